@@ -1,0 +1,123 @@
+//! Hostile input on a traced port: valid traffic, then one connection of pure
+//! binary junk, then a connection carrying a valid request, junk, and another
+//! request, then valid traffic again. The HTTP/1 parser must count the junk as
+//! a resync (`tracer_parser_resyncs_total{protocol="http1"}` rises), keep every
+//! valid exchange exact before and after, invent nothing, and the daemon must
+//! keep serving `/metrics`.
+//!
+//! Ground truth: nginx's access log. nginx answers junk with 400 and closes
+//! the connection (lingering: it reads and discards what comes after), so the
+//! request written after the junk is never answered: the log has no entry for
+//! `/g/mixed-after`, and neither may the tracer (pairing that request with
+//! the earlier 400 would be a wrong exchange).
+
+use std::io::{BufReader, Read, Write};
+
+use tracer_e2e::net::{connect, get_request};
+use tracer_e2e::tracer::try_get;
+use tracer_e2e::{curl, net::url, privileged, read_response, Nginx, Peer, TestDir, Tracer, Want};
+
+const RESYNCS: &str = "tracer_parser_resyncs_total";
+
+/// Bytes that are not HTTP: a NUL first (no method starts with it), then
+/// xorshift noise.
+fn junk(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut bytes: Vec<u8> = (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    bytes[0] = 0;
+    bytes
+}
+
+#[test]
+fn junk_is_resynced_and_valid_exchanges_stay_exact() {
+    if !privileged("junk_is_resynced_and_valid_exchanges_stay_exact") {
+        return;
+    }
+    let dir = TestDir::new("garbage");
+    let mut tracer = Tracer::start(&dir, &[]);
+    let nginx = Nginx::start(&dir, "");
+    let before = vec![url(nginx.addr(), "/g/before"); 3];
+    curl(&[], &before);
+    tracer.barrier(&nginx);
+    let resyncs_before = tracer.scrape().count(RESYNCS, &[("protocol", "http1")]);
+
+    // Connection A: junk only. nginx answers 400 and closes.
+    let mut a = connect(nginx.addr());
+    a.write_all(&junk(4096, 0x5eed)).expect("write junk");
+    let mut answer = Vec::new();
+    let _ = a.read_to_end(&mut answer);
+    assert!(
+        answer.starts_with(b"HTTP/1.1 400"),
+        "nginx's answer to junk: {:?}",
+        String::from_utf8_lossy(&answer[..answer.len().min(80)])
+    );
+    drop(a);
+
+    // Connection B: a valid exchange, junk, then a request nginx discards.
+    let b = connect(nginx.addr());
+    let mut reader = BufReader::new(b.try_clone().expect("clone"));
+    let mut writer = b;
+    writer
+        .write_all(get_request("/g/mixed-before").as_bytes())
+        .expect("write");
+    let first = read_response(&mut reader, false).expect("response to the valid request");
+    assert_eq!(first.status, 200);
+    writer.write_all(&junk(512, 0xbad)).expect("write junk");
+    let second = read_response(&mut reader, false).expect("nginx's answer to junk");
+    assert_eq!(second.status, 400);
+    let mut rest = Vec::new();
+    let _ = reader.read_to_end(&mut rest);
+    // nginx may already have closed for good: a failed write is fine here.
+    let _ = writer.write_all(get_request("/g/mixed-after").as_bytes());
+    drop((reader, writer));
+
+    let after = vec![url(nginx.addr(), "/g/after"); 3];
+    curl(&[], &after);
+
+    tracer.barrier(&nginx);
+    let log = nginx.access_log();
+    assert!(
+        !log.has_path("/g/mixed-after"),
+        "nginx answered the request after junk?"
+    );
+    let mut wants = vec![
+        Want::server("nginx", "/g/mixed-after").is(0),
+        Want::client("curl", "/g/before")
+            .method("GET")
+            .status(200)
+            .is(3),
+        Want::client("curl", "/g/after")
+            .method("GET")
+            .status(200)
+            .is(3),
+    ];
+    for ((method, status, route), n) in log.counts("/g/") {
+        wants.push(Want::server("nginx", &route).is(n));
+        wants.push(
+            Want::server("nginx", &route)
+                .method(&method)
+                .status(status)
+                .is(n),
+        );
+    }
+    tracer.expect(&wants);
+
+    let scrape = tracer.scrape();
+    let resyncs_after = scrape.count(RESYNCS, &[("protocol", "http1")]);
+    assert!(
+        resyncs_after > resyncs_before,
+        "{RESYNCS}{{protocol=\"http1\"}} did not rise after junk: {resyncs_before} → {resyncs_after}\n\
+         tracer internals:\n{}",
+        scrape.lines("tracer_", &[])
+    );
+    tracer.assert_running();
+    let health = try_get(tracer.metrics_addr(), "/healthz").expect("GET /healthz");
+    assert_eq!(health.status, 200, "/healthz after junk");
+}

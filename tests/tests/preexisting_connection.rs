@@ -1,0 +1,69 @@
+//! A keep-alive connection that predates the tracer: one request is answered
+//! on it before the daemon starts, then N more after. The daemon must adopt
+//! the connection it never saw open (it scans /proc at start-up) and count
+//! exactly N on nginx's side: not N+1 (the old request replayed or a stale
+//! half-exchange completed), not N-1 (the first request after start-up lost
+//! while the parser synchronises).
+//!
+//! Ground truth: nginx's access log (N+1 requests on one connection, the last
+//! N after the tracer was ready).
+
+use std::io::{BufReader, Write};
+
+use tracer_e2e::net::{connect, get_request};
+use tracer_e2e::tracer::CLIENT_COUNT;
+use tracer_e2e::{privileged, read_response, Nginx, Peer, TestDir, Tracer, Want};
+
+const AFTER: u64 = 5;
+
+#[test]
+fn keepalive_connection_opened_before_start_counts_only_later_requests() {
+    if !privileged("keepalive_connection_opened_before_start_counts_only_later_requests") {
+        return;
+    }
+    let dir = TestDir::new("preexisting");
+    let nginx = Nginx::start(&dir, "");
+    let stream = connect(nginx.addr());
+    let mut reader = BufReader::new(stream.try_clone().expect("clone the stream"));
+    let mut writer = stream;
+    let mut exchange = |path: &str| {
+        writer
+            .write_all(get_request(path).as_bytes())
+            .expect("write a request");
+        let response = read_response(&mut reader, false).expect("read a response");
+        assert_eq!(response.status, 200, "GET {path}");
+    };
+    exchange("/pre");
+
+    let tracer = Tracer::start(&dir, &[]);
+    for _ in 0..AFTER {
+        exchange("/pre");
+    }
+
+    tracer.barrier(&nginx);
+    let log = nginx.access_log();
+    let entries: Vec<_> = log.under("/pre").collect();
+    assert_eq!(entries.len() as u64, AFTER + 1, "nginx's access log");
+    assert!(
+        entries
+            .iter()
+            .all(|e| e.connection == entries[0].connection),
+        "the requests were not all on one connection: {entries:?}"
+    );
+
+    // The client side (this process) is not part of the contract here, but
+    // its count helps whoever debugs a failure.
+    println!(
+        "client side of the adopted connection:\n{}",
+        tracer
+            .scrape()
+            .lines(CLIENT_COUNT, &[("http_route", "/pre")])
+    );
+    tracer.expect(&[
+        Want::server("nginx", "/pre").is(AFTER),
+        Want::server("nginx", "/pre")
+            .method("GET")
+            .status(200)
+            .is(AFTER),
+    ]);
+}

@@ -1,0 +1,220 @@
+//! Types that cross the kernel/user boundary: ring-buffer events, the socket
+//! map's value and the per-CPU stats indices. The kernel programs
+//! (tracer-ebpf) write them; the daemon (tracer) reads them. Every type is
+//! `#[repr(C)]`, carries no `bool` or data-carrying enum, pads explicitly and
+//! asserts its size at compile time, so both sides agree byte for byte.
+#![no_std]
+
+use core::mem::size_of;
+
+/// Hard upper bound on the bytes captured from one syscall. The runtime limit
+/// (`CAPTURE_LIMIT` global, set at load time) may be lower, never higher.
+pub const MAX_CAPTURE: usize = 8192;
+/// Default runtime capture limit in bytes.
+pub const DEFAULT_CAPTURE: u32 = 4096;
+/// Length of a kernel task name (`TASK_COMM_LEN`).
+pub const COMM_LEN: usize = 16;
+
+/// Address families as the kernel numbers them.
+pub const AF_INET: u16 = 2;
+pub const AF_INET6: u16 = 10;
+
+/// What an event is; the first byte of every ring-buffer record.
+pub mod kind {
+    /// A chunk of payload read or written on a traced socket.
+    pub const DATA: u8 = 1;
+    /// A TCP connection was accepted or connected.
+    pub const OPEN: u8 = 2;
+    /// A traced socket was closed.
+    pub const CLOSE: u8 = 3;
+    /// A process (thread group) exited; its sockets are gone without `close`.
+    pub const PROC_EXIT: u8 = 4;
+}
+
+/// Direction of a data chunk, seen from the traced process.
+pub mod direction {
+    /// Bytes the process read from the socket.
+    pub const INGRESS: u8 = 0;
+    /// Bytes the process wrote to the socket.
+    pub const EGRESS: u8 = 1;
+}
+
+/// Which end of the connection the traced process is.
+pub mod role {
+    pub const UNKNOWN: u8 = 0;
+    /// The socket came from `accept`: the process serves.
+    pub const SERVER: u8 = 1;
+    /// The socket came from `connect`: the process is the client.
+    pub const CLIENT: u8 = 2;
+}
+
+/// Indices of the per-CPU `STATS` array: every kernel-side loss is counted here.
+pub mod stat {
+    /// `bpf_ringbuf_output` failed: the ring buffer was full, the event is lost.
+    pub const RINGBUF_FULL: u32 = 0;
+    /// The socket table was full: a new connection is not traced.
+    pub const CONN_MAP_FULL: u32 = 1;
+    /// A chunk was longer than the capture limit; the rest is a counted gap.
+    pub const TRUNCATED: u32 = 2;
+    /// A vectored I/O had more segments than the kernel side walks.
+    pub const IOV_TRUNCATED: u32 = 3;
+    /// Reading the payload or the syscall arguments from memory failed.
+    pub const READ_FAILED: u32 = 4;
+    /// Number of counters.
+    pub const COUNT: u32 = 5;
+    /// Metric label of each counter, by index.
+    pub const NAMES: [&str; COUNT as usize] = [
+        "ringbuf_full",
+        "conn_map_full",
+        "truncated",
+        "iov_truncated",
+        "read_failed",
+    ];
+}
+
+/// One end of a connection. IPv4 addresses occupy the first 4 bytes of `addr`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockAddr {
+    pub addr: [u8; 16],
+    /// Port in host byte order.
+    pub port: u16,
+    /// `AF_INET`, `AF_INET6`, or 0 when unknown.
+    pub family: u16,
+}
+
+/// Both ends of a connection, as the traced process sees them.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Tuple {
+    pub local: SockAddr,
+    pub remote: SockAddr,
+}
+
+/// Common prefix of every ring-buffer record.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct EventHeader {
+    /// One of [`kind`].
+    pub kind: u8,
+    pub _pad: [u8; 3],
+    /// Process (thread group) id.
+    pub tgid: u32,
+    /// Connection id, unique for the life of the tracer; 0 for process events.
+    pub conn_id: u64,
+    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) when the syscall returned.
+    pub ts_ns: u64,
+}
+
+/// A chunk of payload; `cap_len` bytes of payload follow it in the record.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DataEvent {
+    pub header: EventHeader,
+    /// Byte position of this chunk's first byte within its direction.
+    pub pos: u64,
+    /// Thread id.
+    pub pid: u32,
+    pub fd: i32,
+    /// Bytes the syscall moved.
+    pub orig_len: u32,
+    /// Bytes captured (at most the capture limit); `orig_len - cap_len` were not.
+    pub cap_len: u32,
+    /// One of [`direction`].
+    pub direction: u8,
+    pub _pad: [u8; 7],
+}
+
+/// A connection opened or closed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ConnEvent {
+    pub header: EventHeader,
+    pub tuple: Tuple,
+    pub fd: i32,
+    /// Thread id of the caller.
+    pub pid: u32,
+    /// One of [`role`].
+    pub role: u8,
+    pub _pad: [u8; 7],
+    /// Task name of the caller (NUL padded).
+    pub comm: [u8; COMM_LEN],
+    /// Bytes moved per [`direction`] so far (on close: in total).
+    pub bytes: [u64; 2],
+}
+
+/// Value of the kernel's socket table, keyed by [`conn_key`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ConnInfo {
+    pub conn_id: u64,
+    /// Next byte position per [`direction`].
+    pub pos: [u64; 2],
+    pub tuple: Tuple,
+    /// One of [`role`].
+    pub role: u8,
+    pub _pad: [u8; 7],
+}
+
+/// Key of the socket table: a process's file descriptor.
+#[inline(always)]
+pub const fn conn_key(tgid: u32, fd: u32) -> u64 {
+    ((tgid as u64) << 32) | fd as u64
+}
+
+/// Connection ids made by the daemon for sockets found in /proc at start-up
+/// carry this bit, so they never collide with ids the kernel hands out.
+pub const USER_CONN_ID_BIT: u64 = 1 << 63;
+
+/// Kernel-made connection id: a per-CPU counter with the CPU number on top.
+#[inline(always)]
+pub const fn kernel_conn_id(cpu: u32, counter: u64) -> u64 {
+    ((cpu as u64 & 0x7fff) << 48) | (counter & 0xffff_ffff_ffff)
+}
+
+const _: () = assert!(size_of::<SockAddr>() == 20);
+const _: () = assert!(size_of::<Tuple>() == 40);
+const _: () = assert!(size_of::<EventHeader>() == 24);
+const _: () = assert!(size_of::<DataEvent>() == 56);
+const _: () = assert!(size_of::<ConnEvent>() == 112);
+const _: () = assert!(size_of::<ConnInfo>() == 72);
+const _: () = assert!(MAX_CAPTURE.is_power_of_two());
+const _: () = assert!(DEFAULT_CAPTURE as usize <= MAX_CAPTURE);
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: plain-old-data: repr(C), every field an integer or array of
+    // integers, padding explicit, so any bit pattern is a valid value.
+    unsafe impl aya::Pod for super::ConnInfo {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::offset_of;
+
+    #[test]
+    fn header_is_a_prefix_of_every_event() {
+        assert_eq!(offset_of!(DataEvent, header), 0);
+        assert_eq!(offset_of!(ConnEvent, header), 0);
+        assert_eq!(offset_of!(EventHeader, kind), 0);
+    }
+
+    #[test]
+    fn conn_key_keeps_tgid_and_fd_apart() {
+        assert_eq!(conn_key(1, 2), (1 << 32) | 2);
+        assert_ne!(conn_key(1, 2), conn_key(2, 1));
+    }
+
+    #[test]
+    fn kernel_ids_never_carry_the_user_bit() {
+        let id = kernel_conn_id(u32::MAX, u64::MAX);
+        assert_eq!(id & USER_CONN_ID_BIT, 0);
+        assert_ne!(kernel_conn_id(0, 1), kernel_conn_id(1, 1));
+    }
+
+    #[test]
+    fn stat_names_cover_every_counter() {
+        assert_eq!(stat::NAMES.len(), stat::COUNT as usize);
+    }
+}

@@ -1,0 +1,198 @@
+//! Payload capture: at the exit of every read/write-family syscall on a traced
+//! socket, stamp the chunk with its byte position in that direction and copy
+//! up to the capture limit into the ring buffer.
+
+use aya_ebpf::helpers::{
+    bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user,
+    generated::{bpf_probe_read_user as raw_read_user, bpf_ringbuf_output},
+};
+use core::{ffi::c_void, mem::size_of};
+use tracer_common::{conn_key, kind, stat, DataEvent, EventHeader, MAX_CAPTURE};
+
+use crate::{
+    capture_limit,
+    maps::{count, DataScratch, EVENTS, SCRATCH, SOCKETS},
+    regs::SyscallArgs,
+    self_tgid,
+};
+
+/// Where the syscall's payload lives in user memory.
+#[derive(Clone, Copy)]
+pub enum Buffer {
+    /// `(fd, buf, len, ...)`: read, write, recvfrom, sendto.
+    Flat,
+    /// `(fd, iov, iovcnt)`: readv, writev.
+    Vector,
+    /// `(fd, msghdr, flags)`: recvmsg, sendmsg.
+    Message,
+    /// Bytes moved without passing through user memory (sendfile): a gap.
+    None,
+}
+
+/// Vectored I/O segments walked per syscall; the rest is a counted gap.
+const MAX_SEGMENTS: u32 = 8;
+const MASK: usize = MAX_CAPTURE - 1;
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct IoVec {
+    base: u64,
+    len: u64,
+}
+
+/// A read/write-family syscall returned `ret` bytes moved in `direction`.
+pub fn on_data_exit(ret: i64, direction: u8, buffer: Buffer) {
+    if ret <= 0 {
+        return;
+    }
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    if tgid == self_tgid() {
+        return;
+    }
+    let Some(args) = SyscallArgs::current() else {
+        return;
+    };
+    let Some(fd) = args.arg0() else {
+        return;
+    };
+    let Some(info) = SOCKETS.get_ptr_mut(&conn_key(tgid, fd as u32)) else {
+        return;
+    };
+    let dir = (direction & 1) as usize;
+    let len = ret as u64;
+    // SAFETY: pointer into a live map value. Concurrent writers in the same
+    // direction of one socket are rare; a race skews positions, which the
+    // daemon's reassembly sees as a gap or an overlap and counts.
+    let (conn_id, pos) = unsafe {
+        let pos = (*info).pos[dir];
+        (*info).pos[dir] = pos + len;
+        ((*info).conn_id, pos)
+    };
+
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: per-CPU scratch, exclusively ours until this program returns.
+    let scratch: &mut DataScratch = unsafe { &mut *scratch };
+    let limit = (capture_limit() as u64).min(MAX_CAPTURE as u64);
+    let want = len.min(limit) as usize;
+    let captured = match buffer {
+        Buffer::Flat => args.arg1().map_or(0, |buf| copy_flat(scratch, buf, want)),
+        Buffer::Vector => match (args.arg1(), args.arg2()) {
+            (Some(iov), Some(cnt)) => copy_vector(scratch, iov, cnt, want),
+            _ => 0,
+        },
+        Buffer::Message => args
+            .arg1()
+            .map_or(0, |msg| copy_message(scratch, msg, want)),
+        Buffer::None => 0,
+    };
+    if captured < len as usize && !matches!(buffer, Buffer::None) {
+        count(stat::TRUNCATED);
+    }
+
+    scratch.event = DataEvent {
+        header: EventHeader {
+            kind: kind::DATA,
+            _pad: [0; 3],
+            tgid,
+            conn_id,
+            // SAFETY: no arguments.
+            ts_ns: unsafe { bpf_ktime_get_ns() },
+        },
+        pos,
+        pid: pid_tgid as u32,
+        fd: fd as i32,
+        orig_len: len.min(u32::MAX as u64) as u32,
+        cap_len: captured as u32,
+        direction: dir as u8,
+        _pad: [0; 7],
+    };
+    let size = size_of::<DataEvent>() + (captured & (MAX_CAPTURE * 2 - 1));
+    // SAFETY: `scratch` spans size_of::<DataEvent>() + 2 * MAX_CAPTURE bytes
+    // and `size` is bounded by the mask above.
+    let ret = unsafe {
+        bpf_ringbuf_output(
+            &EVENTS as *const _ as *mut c_void,
+            scratch as *mut DataScratch as *mut c_void,
+            size as u64,
+            0,
+        )
+    };
+    if ret != 0 {
+        count(stat::RINGBUF_FULL);
+    }
+}
+
+/// Copies `len` (at most `MAX_CAPTURE`) bytes from user address `src` to
+/// `scratch.data[offset..]`; returns the bytes copied.
+#[inline(always)]
+fn copy_at(scratch: &mut DataScratch, offset: usize, src: u64, len: usize) -> usize {
+    let offset = offset & MASK;
+    // Clamp with a mask-friendly bound: the verifier must see len <= MAX_CAPTURE.
+    let len = if len > MAX_CAPTURE { MAX_CAPTURE } else { len };
+    if len == 0 {
+        return 0;
+    }
+    // SAFETY: offset < MAX_CAPTURE and len <= MAX_CAPTURE, so the copy stays
+    // inside `data` (2 * MAX_CAPTURE bytes); the helper checks `src`.
+    let ret = unsafe {
+        raw_read_user(
+            scratch.data.as_mut_ptr().add(offset) as *mut c_void,
+            len as u32,
+            src as *const c_void,
+        )
+    };
+    if ret != 0 {
+        count(stat::READ_FAILED);
+        return 0;
+    }
+    len
+}
+
+fn copy_flat(scratch: &mut DataScratch, buf: u64, want: usize) -> usize {
+    copy_at(scratch, 0, buf, want)
+}
+
+fn copy_vector(scratch: &mut DataScratch, iov: u64, count_segments: u64, want: usize) -> usize {
+    let mut copied = 0usize;
+    let mut i = 0u32;
+    while i < MAX_SEGMENTS {
+        if (i as u64) >= count_segments || copied >= want {
+            return copied;
+        }
+        let at = iov + (i as u64) * size_of::<IoVec>() as u64;
+        // SAFETY: bpf_probe_read_user checks the address and fails cleanly.
+        let Ok(seg) = (unsafe { bpf_probe_read_user(at as *const IoVec) }) else {
+            count(stat::READ_FAILED);
+            return copied;
+        };
+        let take = (seg.len as usize).min(want - copied);
+        let got = copy_at(scratch, copied, seg.base, take);
+        copied += got;
+        if got < take {
+            return copied;
+        }
+        i += 1;
+    }
+    if (i as u64) < count_segments && copied < want {
+        count(stat::IOV_TRUNCATED);
+    }
+    copied
+}
+
+fn copy_message(scratch: &mut DataScratch, msg: u64, want: usize) -> usize {
+    // struct user_msghdr: msg_iov at 16, msg_iovlen at 24 (x86-64).
+    // SAFETY: bpf_probe_read_user checks the address and fails cleanly.
+    let iov = unsafe { bpf_probe_read_user((msg + 16) as *const u64) };
+    // SAFETY: as above.
+    let cnt = unsafe { bpf_probe_read_user((msg + 24) as *const u64) };
+    match (iov, cnt) {
+        (Ok(iov), Ok(cnt)) => copy_vector(scratch, iov, cnt, want),
+        _ => {
+            count(stat::READ_FAILED);
+            0
+        }
+    }
+}

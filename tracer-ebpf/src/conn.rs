@@ -1,0 +1,270 @@
+//! The socket table: which (process, fd) pairs are TCP connections we trace,
+//! and the OPEN / CLOSE / PROC_EXIT events that tell the daemon about them.
+//! Server sockets are registered at `accept` exit, client sockets when
+//! `connect` moves them to `SYN_SENT` (the only point where we learn both the
+//! fd and that the socket is TCP) and announced once `ESTABLISHED`.
+
+use aya_ebpf::helpers::{
+    bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user,
+    generated::bpf_get_smp_processor_id,
+};
+use tracer_common::{
+    conn_key, kernel_conn_id, kind, role, ConnEvent, ConnInfo, EventHeader, SockAddr, Tuple,
+    AF_INET, AF_INET6, COMM_LEN,
+};
+
+use crate::{
+    maps::{count, Connecting, CONNECTING, CONN_SEQ, EVENTS, PEER_TO_LOCAL, SOCKETS},
+    regs::SyscallArgs,
+    self_tgid,
+};
+
+const NR_CONNECT: u64 = 42;
+const EINPROGRESS: i64 = 115;
+
+const TCP_ESTABLISHED: i32 = 1;
+const TCP_SYN_SENT: i32 = 2;
+const TCP_SYN_RECV: i32 = 3;
+const TCP_CLOSE: i32 = 7;
+const IPPROTO_TCP: u16 = 6;
+
+/// The fields of the `sock/inet_sock_set_state` tracepoint we use.
+pub struct StateChange {
+    pub sk: u64,
+    pub oldstate: i32,
+    pub newstate: i32,
+    pub protocol: u16,
+    /// `local` is the tracepoint's source, `remote` its destination.
+    pub tuple: Tuple,
+}
+
+fn next_conn_id() -> u64 {
+    // SAFETY: no arguments; returns the current CPU number.
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    let Some(seq) = CONN_SEQ.get_ptr_mut(0) else {
+        return kernel_conn_id(cpu, 0);
+    };
+    // SAFETY: per-CPU slot, no other writer on this CPU while we run.
+    unsafe {
+        *seq += 1;
+        kernel_conn_id(cpu, *seq)
+    }
+}
+
+fn comm() -> [u8; COMM_LEN] {
+    bpf_get_current_comm().unwrap_or([0; COMM_LEN])
+}
+
+fn emit(event_kind: u8, tgid: u32, pid: u32, fd: i32, info: &ConnInfo, comm: [u8; COMM_LEN]) {
+    let event = ConnEvent {
+        header: EventHeader {
+            kind: event_kind,
+            _pad: [0; 3],
+            tgid,
+            conn_id: info.conn_id,
+            // SAFETY: no arguments.
+            ts_ns: unsafe { bpf_ktime_get_ns() },
+        },
+        tuple: info.tuple,
+        fd,
+        pid,
+        role: info.role,
+        _pad: [0; 7],
+        comm,
+        bytes: info.pos,
+    };
+    if EVENTS.output::<ConnEvent>(&event, 0).is_err() {
+        count(tracer_common::stat::RINGBUF_FULL);
+    }
+}
+
+fn register(key: u64, info: &ConnInfo) -> bool {
+    if SOCKETS.insert(&key, info, 0).is_err() {
+        count(tracer_common::stat::CONN_MAP_FULL);
+        return false;
+    }
+    true
+}
+
+/// Reads a `sockaddr_in` / `sockaddr_in6` from user memory.
+fn read_user_sockaddr(ptr: u64) -> Option<SockAddr> {
+    if ptr == 0 {
+        return None;
+    }
+    // sockaddr_in:  family u16 | port be16 | addr [4]
+    // sockaddr_in6: family u16 | port be16 | flowinfo u32 | addr [16]
+    // SAFETY: bpf_probe_read_user checks the address and fails cleanly.
+    let head: [u8; 24] = unsafe { bpf_probe_read_user(ptr as *const [u8; 24]) }.ok()?;
+    let family = u16::from_ne_bytes([head[0], head[1]]);
+    let port = u16::from_be_bytes([head[2], head[3]]);
+    let mut addr = [0u8; 16];
+    match family {
+        AF_INET => addr[..4].copy_from_slice(&head[4..8]),
+        AF_INET6 => addr.copy_from_slice(&head[8..24]),
+        _ => return None,
+    }
+    Some(SockAddr { addr, port, family })
+}
+
+/// `accept` / `accept4` returned `ret`: register the new server socket.
+pub fn on_accept_exit(ret: i64) {
+    if ret < 0 {
+        return;
+    }
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    if tgid == self_tgid() {
+        return;
+    }
+    let Some(args) = SyscallArgs::current() else {
+        return;
+    };
+    let mut tuple = Tuple::default();
+    // A NULL peer buffer leaves the address unknown (family 0); the daemon
+    // then resolves it from /proc. A non-inet family is a Unix socket: skip.
+    if let Some(peer_ptr) = args.arg1().filter(|p| *p != 0) {
+        let Some(remote) = read_user_sockaddr(peer_ptr) else {
+            return;
+        };
+        tuple.remote = remote;
+        // SAFETY: plain map lookup; the value is copied out at once.
+        if let Some(local) = unsafe { PEER_TO_LOCAL.get(&remote) } {
+            tuple.local = *local;
+            let _ = PEER_TO_LOCAL.remove(&remote);
+        }
+    }
+    let fd = ret as u32;
+    let info = ConnInfo {
+        conn_id: next_conn_id(),
+        pos: [0; 2],
+        tuple,
+        role: role::SERVER,
+        _pad: [0; 7],
+    };
+    if register(conn_key(tgid, fd), &info) {
+        emit(kind::OPEN, tgid, pid_tgid as u32, fd as i32, &info, comm());
+    }
+}
+
+/// `connect` returned `ret`: a failure other than "in progress" unregisters
+/// the socket that `SYN_SENT` registered.
+pub fn on_connect_exit(ret: i64) {
+    if ret == 0 || ret == -EINPROGRESS {
+        return;
+    }
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let Some(fd) = SyscallArgs::current().and_then(|a| a.arg0()) else {
+        return;
+    };
+    let _ = SOCKETS.remove(&conn_key(tgid, fd as u32));
+}
+
+/// `close(fd)`: announce and forget a traced socket.
+pub fn on_close(fd: u64) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    let key = conn_key(tgid, fd as u32);
+    // SAFETY: plain map lookup; the value is copied out at once.
+    let Some(info) = (unsafe { SOCKETS.get(&key) }).copied() else {
+        return;
+    };
+    let _ = SOCKETS.remove(&key);
+    emit(kind::CLOSE, tgid, pid_tgid as u32, fd as i32, &info, comm());
+}
+
+/// A TCP socket changed state.
+pub fn on_state_change(change: &StateChange) {
+    if change.protocol != IPPROTO_TCP {
+        return;
+    }
+    match (change.oldstate, change.newstate) {
+        // Inside connect(), in the caller's context: fd and socket meet here.
+        (_, TCP_SYN_SENT) => on_syn_sent(change),
+        (TCP_SYN_SENT, TCP_ESTABLISHED) => on_client_established(change),
+        (TCP_SYN_RECV, TCP_ESTABLISHED) => {
+            // Server side: keep the local address until accept() asks for it.
+            let _ = PEER_TO_LOCAL.insert(&change.tuple.remote, &change.tuple.local, 0);
+        }
+        (_, TCP_CLOSE) => {
+            let _ = CONNECTING.remove(&change.sk);
+        }
+        _ => {}
+    }
+}
+
+fn on_syn_sent(change: &StateChange) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    if tgid == self_tgid() {
+        return;
+    }
+    let Some(args) = SyscallArgs::current() else {
+        return;
+    };
+    // Anything else (io_uring, kernel sockets) has no fd we could match.
+    if args.syscall_nr() != Some(NR_CONNECT) {
+        return;
+    }
+    let Some(fd) = args.arg0() else {
+        return;
+    };
+    let key = conn_key(tgid, fd as u32);
+    let info = ConnInfo {
+        conn_id: next_conn_id(),
+        pos: [0; 2],
+        tuple: change.tuple,
+        role: role::CLIENT,
+        _pad: [0; 7],
+    };
+    if !register(key, &info) {
+        return;
+    }
+    let pending = Connecting {
+        key,
+        pid: pid_tgid as u32,
+        _pad: 0,
+        comm: comm(),
+    };
+    let _ = CONNECTING.insert(&change.sk, &pending, 0);
+}
+
+fn on_client_established(change: &StateChange) {
+    // SAFETY: plain map lookup; the value is copied out at once.
+    let Some(pending) = (unsafe { CONNECTING.get(&change.sk) }).copied() else {
+        return;
+    };
+    let _ = CONNECTING.remove(&change.sk);
+    let Some(info) = SOCKETS.get_ptr_mut(&pending.key) else {
+        return;
+    };
+    // SAFETY: pointer into a live map value; only this connection's hooks
+    // write it and the local port is first known now.
+    let info = unsafe {
+        (*info).tuple = change.tuple;
+        *info
+    };
+    let tgid = (pending.key >> 32) as u32;
+    let fd = pending.key as u32 as i32;
+    emit(kind::OPEN, tgid, pending.pid, fd, &info, pending.comm);
+}
+
+/// A thread exited; when it is the group leader, the process is gone and its
+/// sockets closed without any `close` call we could see.
+pub fn on_process_exit() {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    if tgid != pid_tgid as u32 {
+        return;
+    }
+    let header = EventHeader {
+        kind: kind::PROC_EXIT,
+        _pad: [0; 3],
+        tgid,
+        conn_id: 0,
+        // SAFETY: no arguments.
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+    };
+    if EVENTS.output::<EventHeader>(&header, 0).is_err() {
+        count(tracer_common::stat::RINGBUF_FULL);
+    }
+}

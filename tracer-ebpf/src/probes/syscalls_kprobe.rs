@@ -1,0 +1,76 @@
+//! The kprobe attach path: kretprobes on the x86-64 syscall entry points
+//! (`__x64_sys_*`), for kernels without syscall tracepoints. The same logic
+//! as the tracepoints: arguments come from the task's saved registers.
+
+use aya_ebpf::{
+    macros::{kprobe, kretprobe},
+    programs::{ProbeContext, RetProbeContext},
+};
+use tracer_common::direction::{EGRESS, INGRESS};
+
+use crate::{
+    capture::{on_data_exit, Buffer},
+    conn,
+    regs::SyscallArgs,
+};
+
+macro_rules! data_exit {
+    ($name:ident, $direction:expr, $buffer:expr) => {
+        #[kretprobe]
+        pub fn $name(ctx: RetProbeContext) -> u32 {
+            if crate::hooks_only() {
+                return 0;
+            }
+            on_data_exit(ctx.ret::<i64>(), $direction, $buffer);
+            0
+        }
+    };
+}
+
+data_exit!(kp_exit_read, INGRESS, Buffer::Flat);
+data_exit!(kp_exit_recvfrom, INGRESS, Buffer::Flat);
+data_exit!(kp_exit_readv, INGRESS, Buffer::Vector);
+data_exit!(kp_exit_recvmsg, INGRESS, Buffer::Message);
+data_exit!(kp_exit_write, EGRESS, Buffer::Flat);
+data_exit!(kp_exit_sendto, EGRESS, Buffer::Flat);
+data_exit!(kp_exit_writev, EGRESS, Buffer::Vector);
+data_exit!(kp_exit_sendmsg, EGRESS, Buffer::Message);
+data_exit!(kp_exit_sendfile64, EGRESS, Buffer::None);
+
+#[kretprobe]
+pub fn kp_exit_accept(ctx: RetProbeContext) -> u32 {
+    if crate::hooks_only() {
+        return 0;
+    }
+    conn::on_accept_exit(ctx.ret::<i64>());
+    0
+}
+
+#[kretprobe]
+pub fn kp_exit_accept4(ctx: RetProbeContext) -> u32 {
+    if crate::hooks_only() {
+        return 0;
+    }
+    conn::on_accept_exit(ctx.ret::<i64>());
+    0
+}
+
+#[kretprobe]
+pub fn kp_exit_connect(ctx: RetProbeContext) -> u32 {
+    if crate::hooks_only() {
+        return 0;
+    }
+    conn::on_connect_exit(ctx.ret::<i64>());
+    0
+}
+
+#[kprobe]
+pub fn kp_enter_close(_ctx: ProbeContext) -> u32 {
+    if crate::hooks_only() {
+        return 0;
+    }
+    if let Some(fd) = SyscallArgs::current().and_then(|a| a.arg0()) {
+        conn::on_close(fd);
+    }
+    0
+}

@@ -1,0 +1,53 @@
+//! Syscall arguments read from the task's saved user registers. At syscall
+//! exit the registers still hold the arguments (the kernel writes only the
+//! return value into `ax`), so exit hooks need no enter hook to remember them.
+//! x86-64 only: other architectures save their arguments elsewhere.
+
+use aya_ebpf::helpers::{
+    bpf_probe_read_kernel,
+    generated::{bpf_get_current_task_btf, bpf_task_pt_regs},
+};
+
+// Offsets in `struct pt_regs` (arch/x86/include/asm/ptrace.h), a stable ABI.
+const DI: usize = 112;
+const SI: usize = 104;
+const DX: usize = 96;
+const ORIG_AX: usize = 120;
+
+/// The current task's saved user registers.
+pub struct SyscallArgs(usize);
+
+impl SyscallArgs {
+    #[inline(always)]
+    pub fn current() -> Option<Self> {
+        // SAFETY: both helpers take no pointer from us; the result is only
+        // ever dereferenced through bpf_probe_read_kernel.
+        let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as usize;
+        (regs != 0).then_some(Self(regs))
+    }
+
+    #[inline(always)]
+    fn read(&self, offset: usize) -> Option<u64> {
+        // SAFETY: bpf_probe_read_kernel checks the address and fails cleanly.
+        unsafe { bpf_probe_read_kernel((self.0 + offset) as *const u64) }.ok()
+    }
+
+    /// First, second and third syscall arguments (rdi, rsi, rdx).
+    #[inline(always)]
+    pub fn arg0(&self) -> Option<u64> {
+        self.read(DI)
+    }
+    #[inline(always)]
+    pub fn arg1(&self) -> Option<u64> {
+        self.read(SI)
+    }
+    #[inline(always)]
+    pub fn arg2(&self) -> Option<u64> {
+        self.read(DX)
+    }
+    /// The syscall number the task entered with.
+    #[inline(always)]
+    pub fn syscall_nr(&self) -> Option<u64> {
+        self.read(ORIG_AX)
+    }
+}

@@ -1,0 +1,317 @@
+//! The commands, wired end to end: load the kernel side, adopt connections
+//! that predate us, run the pipeline on the ring buffer, and serve metrics
+//! (`run`) or print exchanges (`watch`) until SIGINT or SIGTERM.
+
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context, Result};
+use tokio::sync::watch;
+
+use crate::{
+    cli::{CaptureArgs, RecordArgs, RunArgs, WatchArgs},
+    config::Config,
+    conntrack::{Counters, Pipeline},
+    ingest,
+    loader::{self, AttachMode, Kernel},
+    metrics::{EventKind, HttpObservation, Metrics},
+    procfs,
+    protocols::Side,
+    records::{ip_of, Record, Sink},
+    server::{self, Health},
+    watch::{Filter, PrintSink},
+};
+
+/// Feeds records into the Prometheus histograms.
+pub struct MetricsSink(pub Arc<Metrics>);
+
+impl Sink for MetricsSink {
+    fn record(&mut self, record: &Record) {
+        let peer = match record.side {
+            Side::Client => ip_of(&record.remote).map(|ip| (ip, record.remote.port)),
+            Side::Server => None,
+        };
+        self.0.observe_http(&HttpObservation {
+            side: record.side,
+            service: &record.service,
+            method: &record.exchange.method,
+            status: record.exchange.status,
+            path: &record.exchange.path,
+            duration_s: record.duration_s(),
+            peer,
+        });
+    }
+}
+
+/// Both sinks at once: `watch` prints and still keeps metrics consistent.
+struct Tee<A, B>(A, B);
+
+impl<A: Sink, B: Sink> Sink for Tee<A, B> {
+    fn record(&mut self, record: &Record) {
+        self.0.record(record);
+        self.1.record(record);
+    }
+}
+
+/// Publishes the pipeline's counters to the metrics as deltas.
+#[derive(Default)]
+pub struct Publisher {
+    last: Counters,
+}
+
+impl Publisher {
+    pub fn publish<S: Sink>(&mut self, pipeline: &Pipeline<S>, metrics: &Metrics) {
+        let now = pipeline.counters;
+        let last = std::mem::replace(&mut self.last, now);
+        metrics.count_events(EventKind::Data, now.data_events - last.data_events);
+        metrics.count_events(EventKind::Open, now.open_events - last.open_events);
+        metrics.count_events(EventKind::Close, now.close_events - last.close_events);
+        metrics.count_events(EventKind::ProcessExit, now.exit_events - last.exit_events);
+        metrics.count_event_bytes(now.event_bytes - last.event_bytes);
+        metrics.count_user_drop("decode_error", now.decode_errors - last.decode_errors);
+        metrics.count_user_drop("unknown_conn", now.unknown_conn - last.unknown_conn);
+        metrics.count_user_drop("conn_evicted", now.evictions - last.evictions);
+        metrics.count_evictions(now.evictions - last.evictions);
+        let (r, lr) = (now.reassembly, last.reassembly);
+        metrics.count_gaps(r.gaps - lr.gaps, r.gap_bytes - lr.gap_bytes);
+        let (p, lp) = (now.parser, last.parser);
+        metrics.count_parser(
+            "http1",
+            p.resyncs - lp.resyncs,
+            p.unmatched_requests - lp.unmatched_requests,
+            p.unmatched_responses - lp.unmatched_responses,
+        );
+        metrics.set_connections(pipeline.connections() as i64);
+    }
+}
+
+/// `tracer run`.
+pub async fn run(args: RunArgs) -> Result<()> {
+    let config = Config::from_args(&args.capture, args.hooks_only)?;
+    let listener = tokio::net::TcpListener::bind(args.metrics_addr)
+        .await
+        .with_context(|| format!("--metrics-addr {}: cannot listen", args.metrics_addr))?;
+    let kernel = loader::load(&config.load)?;
+    tracing::info!(
+        mode = ?kernel.mode,
+        metrics_addr = %args.metrics_addr,
+        capture_bytes = config.load.capture_limit,
+        "kernel programs attached"
+    );
+    let metrics = Arc::new(Metrics::new(config.max_routes_per_service));
+    let health = Arc::new(Health::new());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(wait_for_signal(stop_tx));
+
+    let Kernel {
+        ebpf,
+        events,
+        sockets,
+        stats,
+        ..
+    } = kernel;
+    let stats = Arc::new(Mutex::new(stats));
+    let before_scrape = {
+        let (metrics, stats) = (metrics.clone(), stats.clone());
+        Arc::new(move || {
+            if let Ok(stats) = stats.lock() {
+                metrics.set_kernel_stats(&loader::read_stats(&stats));
+            }
+        })
+    };
+    let server = tokio::spawn(server::serve(
+        listener,
+        metrics.clone(),
+        health.clone(),
+        before_scrape,
+        stopped(stop_rx.clone()),
+    ));
+
+    let mut pipeline = Pipeline::new(
+        config.max_connections,
+        config.service_names.clone(),
+        Some(Box::new(sockets)),
+        MetricsSink(metrics.clone()),
+    );
+    if !args.hooks_only {
+        adopt_existing(&mut pipeline);
+    }
+    health.set_ready(true);
+    let mut publisher = Publisher::default();
+    ingest::run(
+        events,
+        &mut pipeline,
+        |p, record| p.handle(record),
+        |p| {
+            publisher.publish(p, &metrics);
+            health.beat();
+        },
+        stopped(stop_rx),
+    )
+    .await
+    .context("reading the ring buffer")?;
+    health.set_ready(false);
+    drop(ebpf);
+    server.await.context("metrics server task")??;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// `tracer watch`.
+pub async fn watch(args: WatchArgs) -> Result<()> {
+    let config = Config::from_args(&args.capture, false)?;
+    let kernel = loader::load(&config.load)?;
+    tracing::info!(mode = ?kernel.mode, "kernel programs attached; printing exchanges");
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(wait_for_signal(stop_tx));
+    let Kernel {
+        ebpf,
+        events,
+        sockets,
+        ..
+    } = kernel;
+    let filter = Filter {
+        pids: args.pid.clone(),
+        processes: args.process.clone(),
+        ports: args.port.clone(),
+    };
+    let metrics = Arc::new(Metrics::new(config.max_routes_per_service));
+    let sink = Tee(
+        PrintSink::new(filter, std::io::stdout()),
+        MetricsSink(metrics),
+    );
+    let mut pipeline = Pipeline::new(
+        config.max_connections,
+        config.service_names.clone(),
+        Some(Box::new(sockets)),
+        sink,
+    );
+    adopt_existing(&mut pipeline);
+    ingest::run(
+        events,
+        &mut pipeline,
+        |p, record| p.handle(record),
+        |_| {},
+        stopped(stop_rx),
+    )
+    .await
+    .context("reading the ring buffer")?;
+    drop(ebpf);
+    Ok(())
+}
+
+/// `tracer record`: raw ring-buffer records to a file, for replay benchmarks
+/// and bug reports. Each record is a little-endian u32 length and the bytes.
+/// Payload bytes are written as captured: the file is as sensitive as the
+/// traffic, which is why this is an explicit command and never a default.
+pub async fn record(args: RecordArgs) -> Result<()> {
+    use std::io::Write;
+    let config = Config::from_args(&args.capture, false)?;
+    let file = std::fs::File::create(&args.output)
+        .with_context(|| format!("--output {}: cannot create", args.output.display()))?;
+    let kernel = loader::load(&config.load)?;
+    tracing::info!(output = %args.output.display(), seconds = args.seconds, "recording");
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(wait_for_signal(stop_tx.clone()));
+    let seconds = args.seconds;
+    tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_secs(seconds)).await;
+        let _ = stop_tx.send(true);
+    });
+    let Kernel { ebpf, events, .. } = kernel;
+    let mut out = (std::io::BufWriter::new(file), 0u64, None::<std::io::Error>);
+    ingest::run(
+        events,
+        &mut out,
+        |(w, n, err), record| {
+            let len = (record.len() as u32).to_le_bytes();
+            if let Err(e) = w.write_all(&len).and_then(|()| w.write_all(record)) {
+                err.get_or_insert(e);
+            }
+            *n += 1;
+        },
+        |_| {},
+        stopped(stop_rx),
+    )
+    .await
+    .context("reading the ring buffer")?;
+    drop(ebpf);
+    let (mut w, n, err) = out;
+    if let Some(e) = err {
+        return Err(e).context("writing the recording");
+    }
+    w.flush().context("writing the recording")?;
+    println!("recorded {n} records to {}", args.output.display());
+    Ok(())
+}
+
+/// Reads a file written by `tracer record`.
+pub fn read_recording(bytes: &[u8]) -> Vec<&[u8]> {
+    let mut records = Vec::new();
+    let mut rest = bytes;
+    while let Some((len, tail)) = rest.split_first_chunk::<4>() {
+        let len = u32::from_le_bytes(*len) as usize;
+        let Some((record, tail)) = tail.split_at_checked(len) else {
+            break;
+        };
+        records.push(record);
+        rest = tail;
+    }
+    records
+}
+
+/// `tracer check`.
+pub fn check(args: CaptureArgs) -> Result<()> {
+    let config = Config::from_args(&args, false)?;
+    let kernel = loader::load(&config.load)?;
+    println!("attach mode (auto picks): {:?}", kernel.mode);
+    drop(kernel);
+    let kprobes = loader::verify_kprobe_programs(&config.load)?;
+    println!("kprobe programs loaded through the verifier: {kprobes}");
+    let mut tp = config.load.clone();
+    tp.mode = AttachMode::Tracepoint;
+    match loader::load(&tp) {
+        Ok(_) => println!("tracepoint attach: ok"),
+        Err(e) => println!("tracepoint attach: unavailable ({e})"),
+    }
+    let mut kp = config.load;
+    kp.mode = AttachMode::Kprobe;
+    match loader::load(&kp) {
+        Ok(_) => println!("kprobe attach: ok"),
+        Err(e) => println!("kprobe attach: unavailable ({e})"),
+    }
+    Ok(())
+}
+
+fn adopt_existing<S: Sink>(pipeline: &mut Pipeline<S>) {
+    let existing = procfs::existing_connections(std::process::id());
+    let adopted = pipeline.adopt_existing(&existing);
+    tracing::info!(
+        found = existing.len(),
+        adopted,
+        "connections open before start-up"
+    );
+}
+
+async fn wait_for_signal(stop: watch::Sender<bool>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::warn!("cannot install signal handlers; stop with SIGKILL");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    let _ = stop.send(true);
+}
+
+async fn stopped(mut rx: watch::Receiver<bool>) {
+    while !*rx.borrow() {
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,131 @@
+//! Command line: every flag can also come from a `TRACER_*` environment
+//! variable, so a DaemonSet configures the tracer without a wrapper script.
+//! Parsing only; `config` turns this into a validated `Config`.
+
+use std::net::SocketAddr;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::loader::AttachMode;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tracer",
+    version,
+    about = "eBPF tracer: per-service HTTP/1.x RED metrics from socket syscalls, no change to the traced programs",
+    long_about = "eBPF tracer: hooks socket syscalls on this machine, reassembles HTTP/1.x \
+                  requests and responses of every process, and serves per-service RED metrics \
+                  (rate, errors, duration) for Prometheus. Needs root (or CAP_BPF, CAP_PERFMON, \
+                  CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH)."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon: trace and serve /metrics, /healthz and /readyz.
+    Run(RunArgs),
+    /// Trace and print one line per HTTP request/response pair (ad hoc debugging).
+    Watch(WatchArgs),
+    /// Write raw ring-buffer records (payload included) to a file, for replay
+    /// benchmarks and bug reports. The file is as sensitive as the traffic.
+    Record(RecordArgs),
+    /// Check privileges and kernel features, load every program of both attach
+    /// paths through the verifier, report the attach mode `auto` picks, and exit.
+    Check(CaptureArgs),
+}
+
+/// Flags shared by every command that loads the kernel programs.
+#[derive(Debug, Args, Clone)]
+pub struct CaptureArgs {
+    /// How to hook syscalls: `auto` uses syscall tracepoints when the kernel has them, else kprobes.
+    #[arg(long, env = "TRACER_ATTACH", value_enum, default_value = "auto")]
+    pub attach: AttachMode,
+
+    /// Bytes captured per read or write (1 to 8192); the rest of a longer chunk is skipped and counted.
+    #[arg(long, env = "TRACER_CAPTURE_BYTES", default_value_t = tracer_common::DEFAULT_CAPTURE)]
+    pub capture_bytes: u32,
+
+    /// Kernel-to-daemon ring buffer size in MiB (a power of two, 1 to 1024).
+    #[arg(long, env = "TRACER_RING_BUFFER_MIB", default_value_t = 16)]
+    pub ring_buffer_mib: u32,
+
+    /// Connections traced at once (kernel and daemon tables); new ones beyond it are counted, not traced.
+    #[arg(long, env = "TRACER_MAX_CONNECTIONS", default_value_t = 65536)]
+    pub max_connections: u32,
+
+    /// Name a service after an executable: EXE=NAME (repeatable). Default: the executable's name.
+    #[arg(
+        long = "service-name",
+        env = "TRACER_SERVICE_NAMES",
+        value_delimiter = ',',
+        value_name = "EXE=NAME"
+    )]
+    pub service_names: Vec<String>,
+
+    /// Distinct http_route values per service; further routes are folded into "/**" and counted.
+    #[arg(long, env = "TRACER_MAX_ROUTES_PER_SERVICE", default_value_t = 100)]
+    pub max_routes_per_service: usize,
+
+    /// Log format.
+    #[arg(long, env = "TRACER_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+
+    /// Log filter (tracing EnvFilter syntax), e.g. "info" or "tracer=debug".
+    #[arg(long, env = "TRACER_LOG", default_value = "info")]
+    pub log: String,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub capture: CaptureArgs,
+
+    /// Address for /metrics, /healthz and /readyz.
+    #[arg(long, env = "TRACER_METRICS_ADDR", default_value = "0.0.0.0:9464")]
+    pub metrics_addr: SocketAddr,
+
+    /// Attach the hooks but make them return at once, trace nothing (measures the hook overhead floor).
+    #[arg(long, env = "TRACER_HOOKS_ONLY")]
+    pub hooks_only: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    #[command(flatten)]
+    pub capture: CaptureArgs,
+
+    /// Only this process id (repeatable).
+    #[arg(long, env = "TRACER_WATCH_PID", value_delimiter = ',')]
+    pub pid: Vec<u32>,
+
+    /// Only processes whose executable or task name is this (repeatable).
+    #[arg(long = "process", env = "TRACER_WATCH_PROCESS", value_delimiter = ',')]
+    pub process: Vec<String>,
+
+    /// Only connections with this local or remote port (repeatable).
+    #[arg(long, env = "TRACER_WATCH_PORT", value_delimiter = ',')]
+    pub port: Vec<u16>,
+}
+
+#[derive(Debug, Args)]
+pub struct RecordArgs {
+    #[command(flatten)]
+    pub capture: CaptureArgs,
+
+    /// File to write.
+    #[arg(long, short)]
+    pub output: std::path::PathBuf,
+
+    /// Stop after this many seconds.
+    #[arg(long, default_value_t = 10)]
+    pub seconds: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}

@@ -1,0 +1,123 @@
+//! Turns the parsed command line into a validated `Config`: every bad value is
+//! rejected here with the flag's name and what would be accepted, before
+//! anything touches the kernel.
+
+use std::collections::HashMap;
+
+use thiserror::Error;
+use tracer_common::MAX_CAPTURE;
+
+use crate::{cli::CaptureArgs, loader::LoadOptions};
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("--capture-bytes {0}: must be between 1 and {MAX_CAPTURE}")]
+    CaptureBytes(u32),
+    #[error("--ring-buffer-mib {0}: must be a power of two between 1 and 1024")]
+    RingBuffer(u32),
+    #[error("--max-connections {0}: must be between 16 and 4194304")]
+    MaxConnections(u32),
+    #[error("--max-routes-per-service {0}: must be between 1 and 10000")]
+    MaxRoutes(usize),
+    #[error("--service-name {0:?}: expected EXE=NAME, e.g. --service-name nginx=frontend")]
+    ServiceName(String),
+}
+
+/// What the pipeline needs to know, validated.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub load: LoadOptions,
+    /// Executable name → service name overrides.
+    pub service_names: HashMap<String, String>,
+    pub max_routes_per_service: usize,
+    pub max_connections: usize,
+}
+
+impl Config {
+    pub fn from_args(args: &CaptureArgs, hooks_only: bool) -> Result<Self, ConfigError> {
+        if args.capture_bytes == 0 || args.capture_bytes as usize > MAX_CAPTURE {
+            return Err(ConfigError::CaptureBytes(args.capture_bytes));
+        }
+        if !args.ring_buffer_mib.is_power_of_two() || args.ring_buffer_mib > 1024 {
+            return Err(ConfigError::RingBuffer(args.ring_buffer_mib));
+        }
+        if !(16..=4 << 20).contains(&args.max_connections) {
+            return Err(ConfigError::MaxConnections(args.max_connections));
+        }
+        if !(1..=10_000).contains(&args.max_routes_per_service) {
+            return Err(ConfigError::MaxRoutes(args.max_routes_per_service));
+        }
+        let mut service_names = HashMap::new();
+        for pair in &args.service_names {
+            match pair.split_once('=') {
+                Some((exe, name)) if !exe.is_empty() && !name.is_empty() => {
+                    service_names.insert(exe.to_string(), name.to_string());
+                }
+                _ => return Err(ConfigError::ServiceName(pair.clone())),
+            }
+        }
+        Ok(Self {
+            load: LoadOptions {
+                mode: args.attach,
+                capture_limit: args.capture_bytes,
+                ring_buffer_bytes: args.ring_buffer_mib << 20,
+                max_connections: args.max_connections,
+                hooks_only,
+            },
+            service_names,
+            max_routes_per_service: args.max_routes_per_service,
+            max_connections: args.max_connections as usize,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::cli::{Cli, Command};
+
+    fn parse(extra: &[&str]) -> Result<Config, ConfigError> {
+        let mut argv = vec!["tracer", "watch"];
+        argv.extend_from_slice(extra);
+        let cli = Cli::try_parse_from(argv).expect("clap accepts the flags");
+        let Command::Watch(w) = cli.command else {
+            unreachable!("parsed watch")
+        };
+        Config::from_args(&w.capture, false)
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(c.load.capture_limit, 4096);
+        assert_eq!(c.load.ring_buffer_bytes, 16 << 20);
+        assert_eq!(c.max_connections, 65536);
+    }
+
+    #[test]
+    fn bad_values_name_their_flag() {
+        let e = parse(&["--capture-bytes", "0"]).unwrap_err();
+        assert!(e.to_string().starts_with("--capture-bytes 0"));
+        let e = parse(&["--capture-bytes", "9000"]).unwrap_err();
+        assert_eq!(e, ConfigError::CaptureBytes(9000));
+        let e = parse(&["--ring-buffer-mib", "3"]).unwrap_err();
+        assert!(e.to_string().contains("--ring-buffer-mib"));
+        let e = parse(&["--service-name", "nginx"]).unwrap_err();
+        assert!(e.to_string().contains("EXE=NAME"));
+    }
+
+    #[test]
+    fn service_names_map_executables() {
+        let c = parse(&["--service-name", "nginx=frontend,python3=api"]).unwrap();
+        assert_eq!(c.service_names["nginx"], "frontend");
+        assert_eq!(c.service_names["python3"], "api");
+    }
+
+    #[test]
+    fn clap_rejects_unknown_attach_mode() {
+        let err = Cli::try_parse_from(["tracer", "run", "--attach", "uprobe"]).unwrap_err();
+        assert!(err.to_string().contains("--attach"));
+    }
+}

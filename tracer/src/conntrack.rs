@@ -1,0 +1,507 @@
+//! Connection tracking: decodes ring-buffer records (from `ingest`), keeps one
+//! bounded table of live connections keyed by connection id, feeds each
+//! direction's bytes through `reassembly` into the connection's protocol
+//! parser, and hands finished exchanges to a `Sink` as `Record`s. It also
+//! tells the kernel to stop tracing connections that turn out not to speak a
+//! protocol we parse, and adopts connections that predate the tracer.
+
+use std::{
+    collections::{HashMap, HashSet},
+    hash::{BuildHasherDefault, Hasher},
+    mem::size_of,
+    sync::Arc,
+};
+
+use tracer_common::{
+    conn_key, direction, kind, role, ConnEvent, ConnInfo, DataEvent, EventHeader, Tuple,
+    USER_CONN_ID_BIT,
+};
+
+use crate::{
+    procfs::{self, ExistingConn},
+    protocols::{
+        http1::{ConnState, Http1Conn, Mode},
+        Exchange, ParserCounters, Side,
+    },
+    reassembly::{Reassembler, ReassemblyCounters},
+    records::{Record, Sink},
+};
+
+/// The kernel's socket table, as far as the pipeline needs it.
+pub trait KernelSockets {
+    /// Stop tracing this socket.
+    fn forget(&mut self, key: u64);
+    /// Start tracing a socket the kernel did not see open; false if it
+    /// already traces it or the table is full.
+    fn adopt(&mut self, key: u64, info: &ConnInfo) -> bool;
+    /// What the kernel knows of this socket.
+    fn lookup(&self, key: u64) -> Option<ConnInfo>;
+}
+
+impl KernelSockets for aya::maps::HashMap<aya::maps::MapData, u64, ConnInfo> {
+    fn forget(&mut self, key: u64) {
+        // Already gone (closed meanwhile) is fine.
+        let _ = self.remove(&key);
+    }
+
+    fn adopt(&mut self, key: u64, info: &ConnInfo) -> bool {
+        const BPF_NOEXIST: u64 = 1;
+        self.insert(key, *info, BPF_NOEXIST).is_ok()
+    }
+
+    fn lookup(&self, key: u64) -> Option<ConnInfo> {
+        self.get(&key, 0).ok()
+    }
+}
+
+/// Counts the pipeline keeps; the daemon turns them into metrics.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Counters {
+    pub data_events: u64,
+    pub open_events: u64,
+    pub close_events: u64,
+    pub exit_events: u64,
+    pub event_bytes: u64,
+    /// A record too short or of an unknown kind.
+    pub decode_errors: u64,
+    /// Data for a connection neither we nor the kernel know.
+    pub unknown_conn: u64,
+    /// Connections pushed out of a full table.
+    pub evictions: u64,
+    pub reassembly: ReassemblyCounters,
+    pub parser: ParserCounters,
+}
+
+/// Per-connection state.
+struct Conn {
+    tgid: u32,
+    fd: i32,
+    side: Side,
+    tuple: Tuple,
+    service: Arc<str>,
+    streams: [Reassembler; 2],
+    parser: Http1Conn,
+    last_ns: u64,
+    /// This server port is already recorded as speaking HTTP.
+    port_known: bool,
+}
+
+/// Connection ids are spread well already; skip SipHash on the hot path.
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (n ^ (n >> 29)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+    fn write_u32(&mut self, n: u32) {
+        self.write_u64(u64::from(n));
+    }
+}
+
+type IdMap<K, V> = HashMap<K, V, BuildHasherDefault<IdHasher>>;
+
+/// Most server ports remembered as HTTP, so that garbage sent to them later
+/// counts as a resync rather than as "not HTTP".
+const MAX_KNOWN_PORTS: usize = 4096;
+
+/// The whole user-space pipeline after the ring buffer.
+pub struct Pipeline<S: Sink> {
+    conns: IdMap<u64, Conn>,
+    by_process: IdMap<u32, HashSet<u64, BuildHasherDefault<IdHasher>>>,
+    capacity: usize,
+    names: ServiceNames,
+    known_http: HashSet<(u32, u16)>,
+    kernel: Option<Box<dyn KernelSockets + Send>>,
+    next_user_id: u64,
+    exchanges: Vec<Exchange>,
+    pub counters: Counters,
+    pub sink: S,
+}
+
+impl<S: Sink> Pipeline<S> {
+    /// `kernel` is None when replaying recorded events (tests, benchmarks).
+    pub fn new(
+        capacity: usize,
+        overrides: HashMap<String, String>,
+        kernel: Option<Box<dyn KernelSockets + Send>>,
+        sink: S,
+    ) -> Self {
+        Self {
+            conns: IdMap::default(),
+            by_process: IdMap::default(),
+            capacity: capacity.max(1),
+            names: ServiceNames::new(overrides),
+            known_http: HashSet::new(),
+            kernel,
+            next_user_id: 0,
+            exchanges: Vec::new(),
+            counters: Counters::default(),
+            sink,
+        }
+    }
+
+    /// Live connections in the table.
+    pub fn connections(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// One ring-buffer record.
+    pub fn handle(&mut self, record: &[u8]) {
+        self.counters.event_bytes += record.len() as u64;
+        let Some(&event_kind) = record.first() else {
+            self.counters.decode_errors += 1;
+            return;
+        };
+        match event_kind {
+            kind::DATA => match read_event::<DataEvent>(record) {
+                Some(event) => {
+                    self.counters.data_events += 1;
+                    let end = size_of::<DataEvent>() + event.cap_len as usize;
+                    match record.get(size_of::<DataEvent>()..end) {
+                        Some(payload) => self.on_data(&event, payload),
+                        None => self.counters.decode_errors += 1,
+                    }
+                }
+                None => self.counters.decode_errors += 1,
+            },
+            kind::OPEN => match read_event::<ConnEvent>(record) {
+                Some(event) => {
+                    self.counters.open_events += 1;
+                    self.on_open(&event);
+                }
+                None => self.counters.decode_errors += 1,
+            },
+            kind::CLOSE => match read_event::<ConnEvent>(record) {
+                Some(event) => {
+                    self.counters.close_events += 1;
+                    self.close(event.header.conn_id, event.header.ts_ns);
+                }
+                None => self.counters.decode_errors += 1,
+            },
+            kind::PROC_EXIT => match read_event::<EventHeader>(record) {
+                Some(header) => {
+                    self.counters.exit_events += 1;
+                    self.on_process_exit(header.tgid, header.ts_ns);
+                }
+                None => self.counters.decode_errors += 1,
+            },
+            _ => self.counters.decode_errors += 1,
+        }
+    }
+
+    fn on_open(&mut self, event: &ConnEvent) {
+        let side = if event.role == role::CLIENT {
+            Side::Client
+        } else {
+            Side::Server
+        };
+        let tgid = event.header.tgid;
+        let mode =
+            if side == Side::Server && self.known_http.contains(&(tgid, event.tuple.local.port)) {
+                Mode::KnownHttp
+            } else {
+                Mode::Sniff
+            };
+        let service = self.names.resolve(tgid, &event.comm);
+        self.insert(
+            event.header.conn_id,
+            Conn {
+                tgid,
+                fd: event.fd,
+                side,
+                tuple: event.tuple,
+                service,
+                streams: [Reassembler::new(0), Reassembler::new(0)],
+                parser: Http1Conn::new(side, mode),
+                last_ns: event.header.ts_ns,
+                port_known: mode == Mode::KnownHttp,
+            },
+        );
+    }
+
+    fn insert(&mut self, conn_id: u64, conn: Conn) {
+        if self.conns.len() >= self.capacity && !self.conns.contains_key(&conn_id) {
+            self.evict_oldest();
+        }
+        self.by_process
+            .entry(conn.tgid)
+            .or_default()
+            .insert(conn_id);
+        if let Some(old) = self.conns.insert(conn_id, conn) {
+            // The same id twice means the first OPEN was for a socket we
+            // never saw close: finish it as closed.
+            self.finish(old, 0);
+        }
+    }
+
+    /// Drops the least recently active sixteenth of the table at once, so a
+    /// table at capacity pays for the scan once per many new connections.
+    fn evict_oldest(&mut self) {
+        let mut ages: Vec<(u64, u64)> = self.conns.iter().map(|(id, c)| (c.last_ns, *id)).collect();
+        let cut = (ages.len() / 16).max(1);
+        ages.select_nth_unstable(cut - 1);
+        for &(_, id) in &ages[..cut] {
+            if let Some(conn) = self.remove(id) {
+                self.counters.evictions += 1;
+                if let Some(kernel) = self.kernel.as_mut() {
+                    kernel.forget(conn_key(conn.tgid, conn.fd as u32));
+                }
+                let last = conn.last_ns;
+                self.finish(conn, last);
+            }
+        }
+    }
+
+    fn on_data(&mut self, event: &DataEvent, payload: &[u8]) {
+        let conn_id = event.header.conn_id;
+        if !self.conns.contains_key(&conn_id) && !self.adopt_unknown(event) {
+            self.counters.unknown_conn += 1;
+            return;
+        }
+        let Some(conn) = self.conns.get_mut(&conn_id) else {
+            return;
+        };
+        let ts = event.header.ts_ns;
+        conn.last_ns = ts;
+        let outbound = event.direction == direction::EGRESS;
+        let Conn {
+            streams, parser, ..
+        } = conn;
+        let counters = &mut self.counters;
+        let exchanges = &mut self.exchanges;
+        streams[usize::from(outbound)].push(
+            event.pos,
+            payload,
+            u64::from(event.orig_len),
+            &mut counters.reassembly,
+            &mut |piece| parser.on_piece(outbound, piece, ts, &mut counters.parser, exchanges),
+        );
+        match conn.parser.state() {
+            ConnState::Http if !conn.port_known && conn.side == Side::Server => {
+                conn.port_known = true;
+                if self.known_http.len() < MAX_KNOWN_PORTS {
+                    self.known_http.insert((conn.tgid, conn.tuple.local.port));
+                }
+            }
+            ConnState::NotHttp | ConnState::Upgraded => {
+                // Nothing more we can parse here: stop the kernel copying it.
+                if let Some(conn) = self.remove(conn_id) {
+                    if let Some(kernel) = self.kernel.as_mut() {
+                        kernel.forget(conn_key(conn.tgid, conn.fd as u32));
+                    }
+                    self.finish(conn, ts);
+                }
+            }
+            _ => {}
+        }
+        if !self.exchanges.is_empty() {
+            if let Some(conn) = self.conns.get(&conn_id) {
+                deliver(&mut self.exchanges, &mut self.sink, conn);
+            }
+        }
+    }
+
+    /// Data for a connection we have no state for (its OPEN was lost, or it
+    /// was evicted): adopt it mid-stream if the kernel still traces it.
+    fn adopt_unknown(&mut self, event: &DataEvent) -> bool {
+        let key = conn_key(event.header.tgid, event.fd as u32);
+        let Some(info) = self.kernel.as_ref().and_then(|k| k.lookup(key)) else {
+            return false;
+        };
+        if info.conn_id != event.header.conn_id {
+            return false;
+        }
+        let side = if info.role == role::CLIENT {
+            Side::Client
+        } else {
+            Side::Server
+        };
+        let service = self.names.resolve(event.header.tgid, &[0; 16]);
+        self.insert(
+            info.conn_id,
+            Conn {
+                tgid: event.header.tgid,
+                fd: event.fd,
+                side,
+                tuple: info.tuple,
+                service,
+                streams: [
+                    Reassembler::resume_anywhere(),
+                    Reassembler::resume_anywhere(),
+                ],
+                parser: Http1Conn::new(side, Mode::MidStream),
+                last_ns: event.header.ts_ns,
+                port_known: false,
+            },
+        );
+        true
+    }
+
+    /// Registers the connections that were open before the tracer started,
+    /// so their next requests are counted. Returns how many were adopted.
+    pub fn adopt_existing(&mut self, existing: &[ExistingConn]) -> usize {
+        let mut adopted = 0;
+        for conn in existing {
+            self.next_user_id += 1;
+            let conn_id = USER_CONN_ID_BIT | self.next_user_id;
+            let info = ConnInfo {
+                conn_id,
+                pos: [0; 2],
+                tuple: conn.tuple,
+                role: match conn.side {
+                    Side::Server => role::SERVER,
+                    Side::Client => role::CLIENT,
+                },
+                _pad: [0; 7],
+            };
+            let key = conn_key(conn.tgid, conn.fd);
+            if let Some(kernel) = self.kernel.as_mut() {
+                if !kernel.adopt(key, &info) {
+                    continue;
+                }
+            }
+            let service = self.names.resolve(conn.tgid, &[0; 16]);
+            self.insert(
+                conn_id,
+                Conn {
+                    tgid: conn.tgid,
+                    fd: conn.fd as i32,
+                    side: conn.side,
+                    tuple: conn.tuple,
+                    service,
+                    streams: [Reassembler::new(0), Reassembler::new(0)],
+                    parser: Http1Conn::new(conn.side, Mode::MidStream),
+                    last_ns: 0,
+                    port_known: false,
+                },
+            );
+            adopted += 1;
+        }
+        adopted
+    }
+
+    fn close(&mut self, conn_id: u64, ts_ns: u64) {
+        if let Some(conn) = self.remove(conn_id) {
+            self.finish(conn, ts_ns);
+        }
+    }
+
+    fn on_process_exit(&mut self, tgid: u32, ts_ns: u64) {
+        self.names.forget(tgid);
+        let Some(ids) = self.by_process.remove(&tgid) else {
+            return;
+        };
+        for id in ids {
+            if let Some(conn) = self.conns.remove(&id) {
+                if let Some(kernel) = self.kernel.as_mut() {
+                    kernel.forget(conn_key(conn.tgid, conn.fd as u32));
+                }
+                self.finish(conn, ts_ns);
+            }
+        }
+    }
+
+    fn remove(&mut self, conn_id: u64) -> Option<Conn> {
+        let conn = self.conns.remove(&conn_id)?;
+        if let Some(ids) = self.by_process.get_mut(&conn.tgid) {
+            ids.remove(&conn_id);
+            if ids.is_empty() {
+                self.by_process.remove(&conn.tgid);
+            }
+        }
+        Some(conn)
+    }
+
+    /// The connection ended: deliver what reassembly held back, let the
+    /// parser complete close-delimited responses, and leave the resulting
+    /// exchanges in `self.exchanges` with the connection's context.
+    fn finish(&mut self, mut conn: Conn, ts_ns: u64) {
+        let counters = &mut self.counters;
+        let exchanges = &mut self.exchanges;
+        for (index, stream) in conn.streams.iter_mut().enumerate() {
+            let parser = &mut conn.parser;
+            stream.flush(&mut counters.reassembly, &mut |piece| {
+                parser.on_piece(index == 1, piece, ts_ns, &mut counters.parser, exchanges)
+            });
+        }
+        conn.parser.on_close(ts_ns, &mut counters.parser, exchanges);
+        deliver(&mut self.exchanges, &mut self.sink, &conn);
+    }
+}
+
+/// Hands a connection's finished exchanges to the sink.
+fn deliver<S: Sink>(exchanges: &mut Vec<Exchange>, sink: &mut S, conn: &Conn) {
+    for exchange in exchanges.drain(..) {
+        sink.record(&Record {
+            side: conn.side,
+            service: conn.service.clone(),
+            tgid: conn.tgid,
+            local: conn.tuple.local,
+            remote: conn.tuple.remote,
+            exchange,
+        });
+    }
+}
+
+/// Reads a fixed-size event from the front of a record.
+fn read_event<T: Copy>(record: &[u8]) -> Option<T> {
+    if record.len() < size_of::<T>() {
+        return None;
+    }
+    // SAFETY: the length is checked above; T is a repr(C) plain-old-data
+    // type from tracer-common for which any bit pattern is valid, and the
+    // read is unaligned-safe.
+    Some(unsafe { std::ptr::read_unaligned(record.as_ptr().cast::<T>()) })
+}
+
+/// Service name of each process: the executable's name unless overridden.
+struct ServiceNames {
+    overrides: HashMap<String, String>,
+    cache: IdMap<u32, Arc<str>>,
+}
+
+/// Processes whose names are cached at once; past it the cache restarts.
+const MAX_CACHED_NAMES: usize = 65536;
+
+impl ServiceNames {
+    fn new(overrides: HashMap<String, String>) -> Self {
+        Self {
+            overrides,
+            cache: IdMap::default(),
+        }
+    }
+
+    fn resolve(&mut self, tgid: u32, comm: &[u8; 16]) -> Arc<str> {
+        if let Some(name) = self.cache.get(&tgid) {
+            return name.clone();
+        }
+        let exe = procfs::exe_name(tgid).unwrap_or_else(|| {
+            let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
+            String::from_utf8_lossy(&comm[..end]).into_owned()
+        });
+        let exe = if exe.is_empty() {
+            "unknown".to_string()
+        } else {
+            exe
+        };
+        let name: Arc<str> = self.overrides.get(&exe).cloned().unwrap_or(exe).into();
+        if self.cache.len() >= MAX_CACHED_NAMES {
+            self.cache.clear();
+        }
+        self.cache.insert(tgid, name.clone());
+        name
+    }
+
+    fn forget(&mut self, tgid: u32) {
+        self.cache.remove(&tgid);
+    }
+}

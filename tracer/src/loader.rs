@@ -1,0 +1,402 @@
+//! Owns the kernel side: checks what the running kernel and process allow,
+//! loads the embedded eBPF object with its maps sized from the config, picks
+//! the attach mode by probing the kernel, attaches every hook, and hands the
+//! ring buffer, the socket table and the stats map to the rest of the daemon.
+
+use std::path::Path;
+
+use aya::{
+    maps::{HashMap, MapData, PerCpuArray, RingBuf},
+    programs::{KProbe, TracePoint},
+    Btf, Ebpf, EbpfLoader,
+};
+use tracer_common::{stat, ConnInfo};
+
+use crate::error::StartError;
+
+/// The kernel programs, built by build.rs from tracer-ebpf.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer.bpf.o"));
+
+const TRACEFS: &str = "/sys/kernel/tracing";
+const BTF_PATH: &str = "/sys/kernel/btf/vmlinux";
+
+/// How syscall hooks attach.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AttachMode {
+    /// Syscall tracepoints when the kernel has them, else kprobes.
+    Auto,
+    /// `syscalls/sys_{enter,exit}_*` tracepoints.
+    Tracepoint,
+    /// kprobes / kretprobes on the `__x64_sys_*` entry points.
+    Kprobe,
+}
+
+/// One syscall hook: its tracepoint program and its kprobe program.
+struct Hook {
+    tp_program: &'static str,
+    tracepoint: &'static str,
+    kp_program: &'static str,
+    symbol: &'static str,
+}
+
+const fn hook(
+    tp_program: &'static str,
+    tracepoint: &'static str,
+    kp_program: &'static str,
+    symbol: &'static str,
+) -> Hook {
+    Hook {
+        tp_program,
+        tracepoint,
+        kp_program,
+        symbol,
+    }
+}
+
+/// Every syscall hook, in both attach modes.
+const SYSCALL_HOOKS: [Hook; 13] = [
+    hook(
+        "tp_exit_read",
+        "sys_exit_read",
+        "kp_exit_read",
+        "__x64_sys_read",
+    ),
+    hook(
+        "tp_exit_readv",
+        "sys_exit_readv",
+        "kp_exit_readv",
+        "__x64_sys_readv",
+    ),
+    hook(
+        "tp_exit_recvfrom",
+        "sys_exit_recvfrom",
+        "kp_exit_recvfrom",
+        "__x64_sys_recvfrom",
+    ),
+    hook(
+        "tp_exit_recvmsg",
+        "sys_exit_recvmsg",
+        "kp_exit_recvmsg",
+        "__x64_sys_recvmsg",
+    ),
+    hook(
+        "tp_exit_write",
+        "sys_exit_write",
+        "kp_exit_write",
+        "__x64_sys_write",
+    ),
+    hook(
+        "tp_exit_writev",
+        "sys_exit_writev",
+        "kp_exit_writev",
+        "__x64_sys_writev",
+    ),
+    hook(
+        "tp_exit_sendto",
+        "sys_exit_sendto",
+        "kp_exit_sendto",
+        "__x64_sys_sendto",
+    ),
+    hook(
+        "tp_exit_sendmsg",
+        "sys_exit_sendmsg",
+        "kp_exit_sendmsg",
+        "__x64_sys_sendmsg",
+    ),
+    hook(
+        "tp_exit_sendfile64",
+        "sys_exit_sendfile64",
+        "kp_exit_sendfile64",
+        "__x64_sys_sendfile64",
+    ),
+    hook(
+        "tp_exit_accept",
+        "sys_exit_accept",
+        "kp_exit_accept",
+        "__x64_sys_accept",
+    ),
+    hook(
+        "tp_exit_accept4",
+        "sys_exit_accept4",
+        "kp_exit_accept4",
+        "__x64_sys_accept4",
+    ),
+    hook(
+        "tp_exit_connect",
+        "sys_exit_connect",
+        "kp_exit_connect",
+        "__x64_sys_connect",
+    ),
+    hook(
+        "tp_enter_close",
+        "sys_enter_close",
+        "kp_enter_close",
+        "__x64_sys_close",
+    ),
+];
+
+/// Tracepoints both modes need (not syscall tracepoints).
+const COMMON_TRACEPOINTS: [(&str, &str, &str); 2] = [
+    ("tp_inet_sock_set_state", "sock", "inet_sock_set_state"),
+    ("tp_sched_process_exit", "sched", "sched_process_exit"),
+];
+
+/// What the loader needs from the config.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    pub mode: AttachMode,
+    pub capture_limit: u32,
+    pub ring_buffer_bytes: u32,
+    pub max_connections: u32,
+    /// Attach the hooks but make them return at once (benchmark floor).
+    pub hooks_only: bool,
+}
+
+/// The loaded and attached kernel side.
+pub struct Kernel {
+    /// Keep alive: dropping it detaches every program.
+    pub ebpf: Ebpf,
+    pub mode: AttachMode,
+    pub events: RingBuf<MapData>,
+    pub sockets: HashMap<MapData, u64, ConnInfo>,
+    pub stats: PerCpuArray<MapData, u64>,
+}
+
+/// Sums each per-CPU loss counter: (name, total) in `stat` order.
+pub fn read_stats(stats: &PerCpuArray<MapData, u64>) -> Vec<(&'static str, u64)> {
+    {
+        (0..stat::COUNT)
+            .map(|i| {
+                let total = stats
+                    .get(&i, 0)
+                    .map(|per_cpu| per_cpu.iter().sum())
+                    .unwrap_or(0);
+                (stat::NAMES[i as usize], total)
+            })
+            .collect()
+    }
+}
+
+/// Checks privileges and kernel features, loads, and attaches.
+pub fn load(opts: &LoadOptions) -> Result<Kernel, StartError> {
+    preflight()?;
+    let mode = resolve_mode(opts.mode)?;
+    raise_memlock_limit();
+
+    let btf = Btf::from_sys_fs().map_err(|e| StartError::Btf(e.to_string()))?;
+    let self_tgid = std::process::id();
+    let hooks_only: u8 = opts.hooks_only.into();
+    let mut ebpf = EbpfLoader::new()
+        .btf(Some(&btf))
+        .override_global("CAPTURE_LIMIT", &opts.capture_limit, true)
+        .override_global("SELF_TGID", &self_tgid, true)
+        .override_global("HOOKS_ONLY", &hooks_only, true)
+        .map_max_entries("SOCKETS", opts.max_connections)
+        .map_max_entries("EVENTS", opts.ring_buffer_bytes)
+        .load(OBJECT)
+        .map_err(|e| StartError::Load(format!("{e:#}")))?;
+
+    // Maps first: `Ebpf::map` borrows the whole object.
+    let events = take_map(&mut ebpf, "EVENTS")?;
+    let sockets = take_map(&mut ebpf, "SOCKETS")?;
+    let stats = take_map(&mut ebpf, "STATS")?;
+
+    for (program, category, name) in COMMON_TRACEPOINTS {
+        attach_tracepoint(&mut ebpf, program, category, name)?;
+    }
+    for hook in &SYSCALL_HOOKS {
+        match mode {
+            AttachMode::Kprobe => attach_kprobe(&mut ebpf, hook.kp_program, hook.symbol)?,
+            _ => attach_tracepoint(&mut ebpf, hook.tp_program, "syscalls", hook.tracepoint)?,
+        }
+    }
+    Ok(Kernel {
+        ebpf,
+        mode,
+        events,
+        sockets,
+        stats,
+    })
+}
+
+/// Loads every kprobe program without attaching: proves they pass the
+/// verifier on kernels where kprobes cannot attach (used by tests).
+pub fn verify_kprobe_programs(opts: &LoadOptions) -> Result<usize, StartError> {
+    preflight()?;
+    raise_memlock_limit();
+    let btf = Btf::from_sys_fs().map_err(|e| StartError::Btf(e.to_string()))?;
+    let mut ebpf = EbpfLoader::new()
+        .btf(Some(&btf))
+        .override_global("CAPTURE_LIMIT", &opts.capture_limit, true)
+        .load(OBJECT)
+        .map_err(|e| StartError::Load(format!("{e:#}")))?;
+    let mut loaded = 0;
+    for hook in &SYSCALL_HOOKS {
+        let program: &mut KProbe = program_mut(&mut ebpf, hook.kp_program)?;
+        program.load().map_err(|e| StartError::Attach {
+            program: hook.kp_program,
+            target: hook.symbol.into(),
+            reason: format!("{e:#}"),
+        })?;
+        loaded += 1;
+    }
+    Ok(loaded)
+}
+
+fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, StartError>
+where
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf
+        .take_map(name)
+        .ok_or_else(|| StartError::Load(format!("map {name} missing from the object")))?;
+    T::try_from(map).map_err(|e| StartError::Load(format!("map {name}: {e}")))
+}
+
+fn program_mut<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, StartError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    let program = ebpf
+        .program_mut(name)
+        .ok_or_else(|| StartError::Load(format!("program {name} missing from the object")))?;
+    program
+        .try_into()
+        .map_err(|e| StartError::Load(format!("program {name}: {e}")))
+}
+
+fn attach_tracepoint(
+    ebpf: &mut Ebpf,
+    program: &'static str,
+    category: &str,
+    name: &str,
+) -> Result<(), StartError> {
+    let tp: &mut TracePoint = program_mut(ebpf, program)?;
+    let fail = |e: aya::programs::ProgramError| StartError::Attach {
+        program,
+        target: format!("tracepoint {category}/{name}"),
+        reason: format!("{e:#}"),
+    };
+    tp.load().map_err(fail)?;
+    tp.attach(category, name).map_err(fail)?;
+    Ok(())
+}
+
+fn attach_kprobe(ebpf: &mut Ebpf, program: &'static str, symbol: &str) -> Result<(), StartError> {
+    let kp: &mut KProbe = program_mut(ebpf, program)?;
+    let fail = |e: aya::programs::ProgramError| StartError::Attach {
+        program,
+        target: format!("kprobe {symbol}"),
+        reason: format!("{e:#}"),
+    };
+    kp.load().map_err(fail)?;
+    kp.attach(symbol, 0).map_err(fail)?;
+    Ok(())
+}
+
+/// Privileges, BTF and tracefs: each missing piece is one clear error.
+fn preflight() -> Result<(), StartError> {
+    check_capabilities()?;
+    if !Path::new(BTF_PATH).exists() {
+        return Err(StartError::Btf(format!(
+            "{BTF_PATH} is missing: the kernel must be built with CONFIG_DEBUG_INFO_BTF=y"
+        )));
+    }
+    ensure_tracefs()
+}
+
+/// CAP_BPF + CAP_PERFMON load and attach; CAP_SYS_PTRACE and
+/// CAP_DAC_READ_SEARCH read other processes' /proc entries. CAP_SYS_ADMIN
+/// covers the first two on kernels that predate them.
+fn check_capabilities() -> Result<(), StartError> {
+    const CAP_DAC_READ_SEARCH: u32 = 2;
+    const CAP_SYS_PTRACE: u32 = 19;
+    const CAP_SYS_ADMIN: u32 = 21;
+    const CAP_PERFMON: u32 = 38;
+    const CAP_BPF: u32 = 39;
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let effective = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .unwrap_or(0);
+    let has = |cap: u32| effective & (1 << cap) != 0;
+    let mut missing = Vec::new();
+    if !(has(CAP_BPF) && has(CAP_PERFMON) || has(CAP_SYS_ADMIN)) {
+        missing.push("CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN)");
+    }
+    if !has(CAP_SYS_PTRACE) {
+        missing.push("CAP_SYS_PTRACE");
+    }
+    if !has(CAP_DAC_READ_SEARCH) {
+        missing.push("CAP_DAC_READ_SEARCH");
+    }
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(StartError::Privileges(missing.join(", ")))
+    }
+}
+
+/// Tracepoint attach needs event ids from tracefs; mount it if we can.
+fn ensure_tracefs() -> Result<(), StartError> {
+    let events = Path::new(TRACEFS).join("events");
+    if events.exists() {
+        return Ok(());
+    }
+    let status = std::process::Command::new("mount")
+        .args(["-t", "tracefs", "nodev", TRACEFS])
+        .status();
+    if events.exists() {
+        tracing::info!(path = TRACEFS, "mounted tracefs");
+        return Ok(());
+    }
+    Err(StartError::Tracefs(match status {
+        Ok(s) => format!("mount exited with {s}"),
+        Err(e) => e.to_string(),
+    }))
+}
+
+fn syscall_tracepoints_available() -> bool {
+    Path::new(TRACEFS)
+        .join("events/syscalls/sys_exit_read")
+        .exists()
+}
+
+fn kprobes_available() -> bool {
+    Path::new("/sys/bus/event_source/devices/kprobe").exists()
+        || Path::new(TRACEFS).join("kprobe_events").exists()
+}
+
+/// `auto` prefers syscall tracepoints: a stable ABI, unlike kernel symbols.
+fn resolve_mode(requested: AttachMode) -> Result<AttachMode, StartError> {
+    let tracepoints = syscall_tracepoints_available();
+    let kprobes = kprobes_available();
+    match requested {
+        AttachMode::Auto if tracepoints => Ok(AttachMode::Tracepoint),
+        AttachMode::Auto if kprobes => Ok(AttachMode::Kprobe),
+        AttachMode::Auto => Err(StartError::NoAttachMode),
+        AttachMode::Tracepoint if !tracepoints => Err(StartError::ModeUnavailable {
+            mode: "tracepoint",
+            why: "no syscall tracepoints under /sys/kernel/tracing/events/syscalls \
+                  (kernel built without CONFIG_FTRACE_SYSCALLS)",
+        }),
+        AttachMode::Kprobe if !kprobes => Err(StartError::ModeUnavailable {
+            mode: "kprobe",
+            why: "this kernel has no kprobe support (CONFIG_KPROBES is off)",
+        }),
+        mode => Ok(mode),
+    }
+}
+
+/// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK.
+fn raise_memlock_limit() {
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: setrlimit reads the struct we pass and nothing else.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
+        tracing::debug!("could not raise RLIMIT_MEMLOCK; fine on kernels >= 5.11");
+    }
+}

@@ -1,0 +1,42 @@
+//! A finished request/response exchange with the connection it happened on:
+//! what the pipeline hands to its sinks (metrics, watch output).
+
+use std::{net::IpAddr, sync::Arc};
+
+use tracer_common::{SockAddr, AF_INET, AF_INET6};
+
+use crate::protocols::{Exchange, Side};
+
+/// One HTTP exchange, seen from one traced process.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub side: Side,
+    pub service: Arc<str>,
+    pub tgid: u32,
+    pub local: SockAddr,
+    pub remote: SockAddr,
+    pub exchange: Exchange,
+}
+
+impl Record {
+    pub fn duration_s(&self) -> f64 {
+        self.exchange.end_ns.saturating_sub(self.exchange.start_ns) as f64 / 1e9
+    }
+}
+
+/// Where records go.
+pub trait Sink {
+    fn record(&mut self, record: &Record);
+}
+
+/// The IP address of a socket end, if known.
+pub fn ip_of(addr: &SockAddr) -> Option<IpAddr> {
+    match addr.family {
+        AF_INET => {
+            let [a, b, c, d, ..] = addr.addr;
+            Some(IpAddr::from([a, b, c, d]))
+        }
+        AF_INET6 => Some(IpAddr::from(addr.addr)),
+        _ => None,
+    }
+}

@@ -1,0 +1,1509 @@
+//! `cargo xtask bench`: the tracer's benchmarks against real peers on
+//! loopback, bounded in time (about 4 minutes with the defaults).
+//!
+//! Input: the release `tracer` binary (built by the caller), Debian's nginx,
+//! wrk and python3, root. Three parts, each independent of the others:
+//!
+//! 1. Overhead: nginx (1 worker, `return 200`) under `wrk -t1 -c16 --latency`
+//!    with the tracer off, with `tracer run --hooks-only` (hooks attached but
+//!    returning at once: the cost floor) and with the full `tracer run`,
+//!    alternated over several rounds, medians reported. For the full tracer
+//!    also its CPU time per request, and counted/served: the tracer's
+//!    server-side request count for nginx against nginx's access log.
+//! 2. Replay: `tracer record` while wrk drives nginx, then the pipeline
+//!    benchmark (`tracer/benches/pipeline.rs`) on that recording.
+//! 3. Memory: the full tracer's resident memory while 10,000 idle keep-alive
+//!    connections to nginx are open.
+//!
+//! Output: progress on stderr; a markdown report (machine, command, tables,
+//! targets with pass/miss) on stdout and, with `--out`, to a file. Timings
+//! are reported against their targets and never fail the run; a part that
+//! cannot run (a peer fails to start, say) is reported and makes the exit
+//! status non-zero after the report.
+
+use std::{
+    fmt::Write as _,
+    fs,
+    io::{BufRead, BufReader, Read, Write},
+    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, ChildStdin, Command, ExitStatus, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{anyhow, bail, Context, Result};
+
+/// Options of `cargo xtask bench`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// Seconds of wrk load per overhead run.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=300))]
+    pub duration: u64,
+    /// Rounds of the three overhead configurations (alternated; medians reported).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=10))]
+    pub rounds: u64,
+    /// Idle keep-alive connections held open for the memory figure.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=25_000))]
+    pub idle_connections: u64,
+    /// Skip the overhead runs.
+    #[arg(long)]
+    pub no_overhead: bool,
+    /// Skip recording and the replay benchmark.
+    #[arg(long)]
+    pub no_replay: bool,
+    /// Skip the idle-connections memory figure.
+    #[arg(long)]
+    pub no_memory: bool,
+    /// Also write the markdown report to this file.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+/// wrk's connections and threads: the load the reference figures in the
+/// platform notes were taken with, so the numbers compare.
+const WRK_CONNECTIONS: u32 = 16;
+const WRK_THREADS: u32 = 1;
+/// Seconds of `tracer record`, and of wrk load inside that window.
+const RECORD_SECONDS: u64 = 5;
+const RECORD_LOAD_SECONDS: u64 = 3;
+
+const SERVER_COUNT: &str = "http_server_request_duration_seconds_count";
+/// Counters whose non-zero values explain a count below what was served.
+const LOSS_COUNTERS: [&str; 6] = [
+    "tracer_kernel_drops_total",
+    "tracer_user_drops_total",
+    "tracer_truncated_events_total",
+    "tracer_unmatched_total",
+    "tracer_parser_resyncs_total",
+    "tracer_stream_gaps_total",
+];
+
+/// Targets the report checks against.
+const TARGET_HOOKS_RATIO: f64 = 0.95;
+const TARGET_CPU_US: f64 = 5.0;
+const TARGET_RSS_MIB: f64 = 64.0;
+
+pub fn run(root: &Path, tracer: &Path, args: &BenchArgs) -> Result<()> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("cargo xtask bench needs root: the tracer loads eBPF programs (run it with sudo)");
+    }
+    if !tracer.is_file() {
+        bail!(
+            "tracer binary {} not found (cargo build --release -p tracer)",
+            tracer.display()
+        );
+    }
+    for tool in ["nginx", "wrk", "python3"] {
+        if which(tool).is_none() {
+            bail!("{tool} is not on PATH (cargo xtask bootstrap --peers installs it)");
+        }
+    }
+    let started = Instant::now();
+    let dir = WorkDir::new()?;
+    let mut report = Report {
+        others: other_tracers(),
+        ..Report::default()
+    };
+    if !report.others.is_empty() {
+        say(&format!(
+            "warning: other tracer processes are running ({}); their hooks slow every configuration",
+            report.others.join(", ")
+        ));
+    }
+    if !args.no_overhead {
+        report.overhead = Some(overhead(tracer, &dir, args).map_err(|e| format!("{e:#}")));
+    }
+    if !args.no_memory {
+        report.memory =
+            Some(memory(tracer, &dir, args.idle_connections).map_err(|e| format!("{e:#}")));
+    }
+    if !args.no_replay {
+        report.replay = Some(replay(root, tracer, &dir).map_err(|e| format!("{e:#}")));
+    }
+    report.elapsed = started.elapsed();
+    let text = report.markdown(args);
+    println!("{text}");
+    if let Some(out) = &args.out {
+        fs::write(out, &text).with_context(|| format!("--out {}: cannot write", out.display()))?;
+        say(&format!("report written to {}", out.display()));
+    }
+    let failed = report.failures();
+    if !failed.is_empty() {
+        // Keep the peers' logs for a look at what went wrong.
+        dir.keep();
+        bail!(
+            "could not run: {} (logs kept in {})",
+            failed.join(", "),
+            dir.path.display()
+        );
+    }
+    Ok(())
+}
+
+fn say(message: &str) {
+    eprintln!("xtask bench: {message}");
+}
+
+// ---------------------------------------------------------------- overhead
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Config {
+    Off,
+    HooksOnly,
+    Full,
+}
+
+impl Config {
+    const ALL: [Config; 3] = [Config::Off, Config::HooksOnly, Config::Full];
+
+    fn label(self) -> &'static str {
+        match self {
+            Config::Off => "tracer off",
+            Config::HooksOnly => "`tracer run --hooks-only`",
+            Config::Full => "`tracer run` (full)",
+        }
+    }
+
+    fn slug(self) -> &'static str {
+        match self {
+            Config::Off => "off",
+            Config::HooksOnly => "hooks-only",
+            Config::Full => "full",
+        }
+    }
+}
+
+/// One overhead run.
+#[derive(Debug, Clone)]
+struct Run {
+    config: Config,
+    wrk: Wrk,
+    /// Lines in nginx's access log: requests nginx answered.
+    served: u64,
+    /// Tracer CPU (user + system) from wrk's start until the count settled.
+    tracer_cpu: Option<Duration>,
+    /// The tracer's server-side count for nginx (full tracer only).
+    counted: Option<f64>,
+    /// Non-zero loss counters, `name{labels} value`.
+    losses: Vec<String>,
+    /// Kernel drops summed over causes.
+    kernel_drops: Option<f64>,
+    rss_kib: Option<u64>,
+}
+
+impl Run {
+    fn cpu_us_per_request(&self) -> Option<f64> {
+        let cpu = self.tracer_cpu?;
+        (self.served > 0).then(|| cpu.as_secs_f64() * 1e6 / self.served as f64)
+    }
+
+    fn counted_ratio(&self) -> Option<f64> {
+        let counted = self.counted?;
+        (self.served > 0).then(|| counted / self.served as f64)
+    }
+}
+
+fn overhead(tracer: &Path, dir: &WorkDir, args: &BenchArgs) -> Result<Vec<Run>> {
+    let mut runs = Vec::new();
+    for round in 0..args.rounds as usize {
+        // Rotate the order every round so that no configuration always runs
+        // first (cold caches) or last (warm, or after a noisy neighbour).
+        let mut order = Config::ALL;
+        order.rotate_left(round % Config::ALL.len());
+        for config in order {
+            let name = format!("r{}-{}", round + 1, config.slug());
+            say(&format!(
+                "overhead round {}/{}: {}",
+                round + 1,
+                args.rounds,
+                config.label()
+            ));
+            let run = overhead_run(tracer, dir, &name, config, args.duration)
+                .with_context(|| format!("overhead run {name}"))?;
+            say(&format!(
+                "  {:.0} req/s, p50 {}, p99 {}{}",
+                run.wrk.rps,
+                fmt_us(run.wrk.p50_us),
+                fmt_us(run.wrk.p99_us),
+                match (run.counted, run.cpu_us_per_request()) {
+                    (Some(c), Some(cpu)) => {
+                        format!(
+                            ", counted {c:.0} of {} served, {cpu:.2} µs CPU/request",
+                            run.served
+                        )
+                    }
+                    _ => String::new(),
+                }
+            ));
+            runs.push(run);
+        }
+    }
+    Ok(runs)
+}
+
+fn overhead_run(
+    tracer: &Path,
+    dir: &WorkDir,
+    name: &str,
+    config: Config,
+    seconds: u64,
+) -> Result<Run> {
+    let mut nginx = Nginx::start(dir, name)?;
+    let mut daemon = match config {
+        Config::Off => None,
+        Config::HooksOnly => Some(Tracer::start(tracer, dir, name, true)?),
+        Config::Full => Some(Tracer::start(tracer, dir, name, false)?),
+    };
+    let cpu0 = match &daemon {
+        Some(t) => Some(proc_cpu(t.proc.pid())?),
+        None => None,
+    };
+    let wrk = run_wrk(dir, name, nginx.port, seconds)?;
+    let mut run = Run {
+        config,
+        wrk,
+        served: 0,
+        tracer_cpu: None,
+        counted: None,
+        losses: Vec::new(),
+        kernel_drops: None,
+        rss_kib: None,
+    };
+    if let (Some(t), Some(cpu0)) = (&mut daemon, cpu0) {
+        t.proc.check_running()?;
+        let scrape = if config == Config::Full {
+            // The pipeline may still be draining the ring buffer: wait for
+            // the count to stop moving, and charge that work to the run.
+            let (count, scrape) =
+                t.settle(|s| s.sum(SERVER_COUNT, &[("service_name", "nginx")]))?;
+            run.counted = Some(count);
+            scrape
+        } else {
+            t.scrape()?
+        };
+        run.tracer_cpu = Some(proc_cpu(t.proc.pid())?.saturating_sub(cpu0));
+        run.rss_kib = vm_kib(t.proc.pid(), "VmRSS").ok();
+        run.kernel_drops = Some(scrape.sum("tracer_kernel_drops_total", &[]));
+        run.losses = scrape.nonzero(&LOSS_COUNTERS);
+    }
+    if let Some(mut t) = daemon.take() {
+        t.proc.stop(libc::SIGTERM, Duration::from_secs(10))?;
+    }
+    run.served = nginx.stop_and_count()?;
+    Ok(run)
+}
+
+// ---------------------------------------------------------------- replay
+
+/// The pipeline benchmark's summary line, as `key=value` pairs.
+#[derive(Debug, Clone, Default)]
+struct Replay {
+    recorded: u64,
+    file_bytes: u64,
+    figures: Vec<(String, String)>,
+}
+
+impl Replay {
+    fn get(&self, key: &str) -> &str {
+        self.figures
+            .iter()
+            .find(|(k, _)| k == key)
+            .map_or("?", |(_, v)| v.as_str())
+    }
+}
+
+fn replay(root: &Path, tracer: &Path, dir: &WorkDir) -> Result<Replay> {
+    say(&format!(
+        "replay: recording {RECORD_SECONDS} s of nginx under wrk ({RECORD_LOAD_SECONDS} s of load)"
+    ));
+    let mut nginx = Nginx::start(dir, "record")?;
+    let file = dir.path.join("recording.bin");
+    let mut cmd = Command::new(tracer);
+    cmd.arg("record")
+        .arg("--output")
+        .arg(&file)
+        .args(["--seconds", &RECORD_SECONDS.to_string()]);
+    let mut rec = Proc::spawn("tracer-record", &mut cmd, &dir.path)?;
+    // `tracer record` logs "recording" once its hooks are attached; the load
+    // must start after that, and end before its timer does.
+    wait_for(
+        Duration::from_secs(60),
+        "tracer record to attach its hooks",
+        || {
+            rec.check_running()?;
+            Ok(fs::read_to_string(&rec.stderr)
+                .unwrap_or_default()
+                .contains("recording"))
+        },
+    )?;
+    run_wrk(dir, "record", nginx.port, RECORD_LOAD_SECONDS)?;
+    let status = rec
+        .wait_timeout(Duration::from_secs(RECORD_SECONDS + 30))?
+        .ok_or_else(|| anyhow!("tracer record did not stop after --seconds {RECORD_SECONDS}"))?;
+    if !status.success() {
+        bail!("tracer record failed ({status}):\n{}", rec.stderr_tail());
+    }
+    nginx.stop_and_count()?;
+    let stdout = fs::read_to_string(&rec.stdout).unwrap_or_default();
+    let recorded = stdout
+        .split_whitespace()
+        .skip_while(|w| *w != "recorded")
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    let file_bytes = fs::metadata(&file)
+        .with_context(|| format!("tracer record wrote no {}", file.display()))?
+        .len();
+
+    say("replay: cargo bench -p tracer --bench pipeline");
+    let out = Command::new(crate::cargo_bin())
+        .current_dir(root)
+        .args(["bench", "-p", "tracer", "--bench", "pipeline"])
+        .env("TRACER_RECORDING", &file)
+        .stderr(Stdio::inherit())
+        .output()
+        .context("running cargo bench -p tracer --bench pipeline")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    eprint!("{text}");
+    if !out.status.success() {
+        bail!(
+            "cargo bench -p tracer --bench pipeline failed ({})",
+            out.status
+        );
+    }
+    let line = text
+        .lines()
+        .find_map(|l| l.strip_prefix("pipeline-bench:"))
+        .ok_or_else(|| anyhow!("the pipeline bench printed no `pipeline-bench:` summary line"))?;
+    let figures = line
+        .split_whitespace()
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    Ok(Replay {
+        recorded,
+        file_bytes,
+        figures,
+    })
+}
+
+// ---------------------------------------------------------------- memory
+
+#[derive(Debug, Clone)]
+struct Memory {
+    opened: u64,
+    rss_before_kib: u64,
+    conns_before: f64,
+    rss_kib: u64,
+    hwm_kib: u64,
+    conns: f64,
+    conns_after_close: f64,
+}
+
+/// Opens `n` keep-alive connections, one request each, holds them until its
+/// stdin closes, then closes them all. Prints `open N` once all are up.
+const IDLE_CLIENT: &str = r#"
+import resource, socket, sys
+n, port = int(sys.argv[1]), int(sys.argv[2])
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+want = n + 256
+if soft != resource.RLIM_INFINITY and soft < want:
+    # Raising the hard limit needs root, which the bench has.
+    new_hard = hard if hard == resource.RLIM_INFINITY or hard >= want else want
+    resource.setrlimit(resource.RLIMIT_NOFILE, (want, new_hard))
+request = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n"
+socks = []
+for i in range(n):
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    s.sendall(request)
+    buf = b""
+    while True:
+        chunk = s.recv(4096)
+        if not chunk:
+            sys.exit(f"connection {i}: closed before a whole response")
+        buf += chunk
+        head, sep, body = buf.partition(b"\r\n\r\n")
+        if sep:
+            length = 0
+            for line in head.split(b"\r\n")[1:]:
+                k, _, v = line.partition(b":")
+                if k.strip().lower() == b"content-length":
+                    length = int(v)
+            if len(body) >= length:
+                break
+    if not head.startswith(b"HTTP/1.1 200"):
+        sys.exit(f"connection {i}: unexpected response {head[:40]!r}")
+    socks.append(s)
+print(f"open {len(socks)}", flush=True)
+sys.stdin.read()
+for s in socks:
+    s.close()
+print("closed", flush=True)
+"#;
+
+fn memory(tracer: &Path, dir: &WorkDir, n: u64) -> Result<Memory> {
+    say(&format!(
+        "memory: full tracer with {n} idle keep-alive connections to nginx"
+    ));
+    let mut nginx = Nginx::start(dir, "memory")?;
+    let mut t = Tracer::start(tracer, dir, "memory", false)?;
+    let (conns_before, _) = t.settle(|s| s.sum("tracer_connections", &[]))?;
+    let rss_before_kib = vm_kib(t.proc.pid(), "VmRSS")?;
+
+    let script = dir.path.join("idle_client.py");
+    fs::write(&script, IDLE_CLIENT).context("writing the idle client script")?;
+    let mut cmd = Command::new("python3");
+    cmd.arg(&script)
+        .arg(n.to_string())
+        .arg(nginx.port.to_string());
+    let mut client = IdleClient::spawn(&mut cmd, &dir.path)?;
+    let line = client.line(Duration::from_secs(120))?;
+    let opened: u64 = line
+        .strip_prefix("open ")
+        .and_then(|n| n.trim().parse().ok())
+        .ok_or_else(|| anyhow!("idle client said {line:?} instead of `open N`"))?;
+
+    // Let the pipeline catch up with the burst of opens and first requests.
+    let (conns, _) = t.settle(|s| s.sum("tracer_connections", &[]))?;
+    let rss_kib = vm_kib(t.proc.pid(), "VmRSS")?;
+    let hwm_kib = vm_kib(t.proc.pid(), "VmHWM")?;
+
+    client.close()?;
+    let (conns_after_close, _) = t.settle(|s| s.sum("tracer_connections", &[]))?;
+    t.proc.stop(libc::SIGTERM, Duration::from_secs(10))?;
+    nginx.stop_and_count()?;
+    Ok(Memory {
+        opened,
+        rss_before_kib,
+        conns_before,
+        rss_kib,
+        hwm_kib,
+        conns,
+        conns_after_close,
+    })
+}
+
+/// The Python client, its stdout read on a thread so waits can time out.
+struct IdleClient {
+    proc: Proc,
+    stdin: Option<ChildStdin>,
+    lines: mpsc::Receiver<String>,
+}
+
+impl IdleClient {
+    fn spawn(cmd: &mut Command, dir: &Path) -> Result<Self> {
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped());
+        let mut proc = Proc::spawn_with("idle-client", cmd, dir, false)?;
+        let stdin = proc.child.stdin.take();
+        let stdout = proc
+            .child
+            .stdout
+            .take()
+            .ok_or_else(|| anyhow!("idle client has no stdout pipe"))?;
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Self { proc, stdin, lines })
+    }
+
+    fn line(&mut self, timeout: Duration) -> Result<String> {
+        match self.lines.recv_timeout(timeout) {
+            Ok(line) => Ok(line),
+            Err(_) => {
+                let exited = self.proc.child.try_wait().ok().flatten();
+                bail!(
+                    "idle client gave no answer within {timeout:?} (exit: {exited:?}):\n{}",
+                    self.proc.stderr_tail()
+                )
+            }
+        }
+    }
+
+    /// Closing stdin tells the client to close its connections and exit.
+    fn close(&mut self) -> Result<()> {
+        drop(self.stdin.take());
+        let status = self
+            .proc
+            .wait_timeout(Duration::from_secs(60))?
+            .ok_or_else(|| anyhow!("idle client did not exit after its stdin closed"))?;
+        if !status.success() {
+            bail!(
+                "idle client failed ({status}):\n{}",
+                self.proc.stderr_tail()
+            );
+        }
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------- peers
+
+/// nginx as the brief and the reference figures have it: one worker, a
+/// `return 200` location, a buffered access log (so logging costs little),
+/// room for the idle connections of the memory part.
+struct Nginx {
+    proc: Proc,
+    port: u16,
+    log: PathBuf,
+}
+
+impl Nginx {
+    fn start(dir: &WorkDir, name: &str) -> Result<Self> {
+        let port = free_port()?;
+        let d = dir.path.display();
+        let log = dir.path.join(format!("nginx-{name}-access.log"));
+        let conf = format!(
+            r#"user root;
+worker_processes 1;
+worker_rlimit_nofile 65536;
+pid {d}/nginx-{name}.pid;
+error_log {d}/nginx-{name}-error.log warn;
+events {{ worker_connections 30000; }}
+http {{
+    access_log {log} combined buffer=64k;
+    client_body_temp_path {d}/client_body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{ return 200 "ok"; }}
+    }}
+}}
+"#,
+            log = log.display(),
+        );
+        let conf_path = dir.path.join(format!("nginx-{name}.conf"));
+        fs::write(&conf_path, conf).context("writing nginx.conf")?;
+        let mut cmd = Command::new("nginx");
+        cmd.arg("-p")
+            .arg(format!("{d}/"))
+            .arg("-c")
+            .arg(&conf_path)
+            .args(["-g", "daemon off;"]);
+        let mut proc = Proc::spawn(&format!("nginx-{name}"), &mut cmd, &dir.path)?;
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        wait_for(Duration::from_secs(15), "nginx to listen", || {
+            proc.check_running()?;
+            Ok(TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok())
+        })?;
+        Ok(Self { proc, port, log })
+    }
+
+    /// Stops nginx gracefully (SIGQUIT flushes the buffered access log) and
+    /// counts the requests it answered.
+    fn stop_and_count(&mut self) -> Result<u64> {
+        self.proc.stop(libc::SIGQUIT, Duration::from_secs(30))?;
+        let log = fs::read(&self.log).with_context(|| format!("reading {}", self.log.display()))?;
+        Ok(log.iter().filter(|&&b| b == b'\n').count() as u64)
+    }
+}
+
+/// A running `tracer run`.
+struct Tracer {
+    proc: Proc,
+    addr: SocketAddr,
+}
+
+impl Tracer {
+    fn start(bin: &Path, dir: &WorkDir, name: &str, hooks_only: bool) -> Result<Self> {
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?));
+        let mut cmd = Command::new(bin);
+        cmd.arg("run").arg("--metrics-addr").arg(addr.to_string());
+        if hooks_only {
+            cmd.arg("--hooks-only");
+        }
+        let mut proc = Proc::spawn(&format!("tracer-{name}"), &mut cmd, &dir.path)?;
+        // /readyz answers 200 once the hooks are attached and the reader runs.
+        wait_for(Duration::from_secs(60), "tracer /readyz", || {
+            proc.check_running()?;
+            Ok(matches!(http_get(addr, "/readyz"), Ok((200, _))))
+        })?;
+        Ok(Self { proc, addr })
+    }
+
+    fn scrape(&self) -> Result<Scrape> {
+        match http_get(self.addr, "/metrics")? {
+            (200, body) => Ok(Scrape(body)),
+            (status, body) => bail!("/metrics answered {status}: {}", body.trim()),
+        }
+    }
+
+    /// Polls until `value` has not changed for a second; the value and the
+    /// last scrape.
+    fn settle(&mut self, value: impl Fn(&Scrape) -> f64) -> Result<(f64, Scrape)> {
+        const POLL: Duration = Duration::from_millis(250);
+        const QUIET: u32 = 4;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut last = f64::NAN;
+        let mut same = 0;
+        loop {
+            self.proc.check_running()?;
+            let scrape = self.scrape()?;
+            let v = value(&scrape);
+            same = if v == last { same + 1 } else { 0 };
+            last = v;
+            if same >= QUIET {
+                return Ok((v, scrape));
+            }
+            if Instant::now() > deadline {
+                say("warning: the tracer's figures were still moving after 60 s; using the last scrape");
+                return Ok((v, scrape));
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+}
+
+/// What wrk reported.
+#[derive(Debug, Clone)]
+struct Wrk {
+    rps: f64,
+    p50_us: f64,
+    p99_us: f64,
+    /// Anything wrong wrk reported (socket errors, non-2xx answers).
+    errors: Vec<String>,
+}
+
+fn wrk_command(port: u16, seconds: u64) -> String {
+    format!(
+        "wrk -t{WRK_THREADS} -c{WRK_CONNECTIONS} -d{seconds}s --latency http://127.0.0.1:{port}/"
+    )
+}
+
+fn run_wrk(dir: &WorkDir, name: &str, port: u16, seconds: u64) -> Result<Wrk> {
+    let mut cmd = Command::new("wrk");
+    cmd.args([
+        format!("-t{WRK_THREADS}"),
+        format!("-c{WRK_CONNECTIONS}"),
+        format!("-d{seconds}s"),
+        "--latency".to_string(),
+        format!("http://127.0.0.1:{port}/"),
+    ]);
+    let mut proc = Proc::spawn(&format!("wrk-{name}"), &mut cmd, &dir.path)?;
+    let status = proc
+        .wait_timeout(Duration::from_secs(seconds + 30))?
+        .ok_or_else(|| anyhow!("wrk did not finish within {} s", seconds + 30))?;
+    let out = fs::read_to_string(&proc.stdout).unwrap_or_default();
+    if !status.success() {
+        bail!("wrk failed ({status}):\n{out}\n{}", proc.stderr_tail());
+    }
+    parse_wrk(&out).with_context(|| format!("unexpected wrk output:\n{out}"))
+}
+
+fn parse_wrk(out: &str) -> Result<Wrk> {
+    let mut rps = None;
+    let (mut p50, mut p99) = (None, None);
+    let mut errors = Vec::new();
+    for line in out.lines().map(str::trim) {
+        if let Some(v) = line.strip_prefix("Requests/sec:") {
+            rps = v.trim().parse::<f64>().ok();
+        } else if let Some(v) = line.strip_prefix("50%") {
+            p50 = parse_duration_us(v.trim());
+        } else if let Some(v) = line.strip_prefix("99%") {
+            p99 = parse_duration_us(v.trim());
+        } else if line.starts_with("Socket errors") || line.starts_with("Non-2xx") {
+            errors.push(line.to_string());
+        }
+    }
+    Ok(Wrk {
+        rps: rps.ok_or_else(|| anyhow!("no Requests/sec line"))?,
+        p50_us: p50.ok_or_else(|| anyhow!("no 50% latency line (--latency)"))?,
+        p99_us: p99.ok_or_else(|| anyhow!("no 99% latency line (--latency)"))?,
+        errors,
+    })
+}
+
+/// wrk's durations: `112.00us`, `1.23ms`, `2.00s`, `1.00m`.
+fn parse_duration_us(s: &str) -> Option<f64> {
+    let split = s.find(|c: char| c.is_ascii_alphabetic())?;
+    let (n, unit) = s.split_at(split);
+    let n: f64 = n.parse().ok()?;
+    let scale = match unit {
+        "us" => 1.0,
+        "ms" => 1e3,
+        "s" => 1e6,
+        "m" => 60e6,
+        "h" => 3600e6,
+        _ => return None,
+    };
+    Some(n * scale)
+}
+
+// ---------------------------------------------------------------- processes
+
+/// A child process with its output in files, stopped when dropped so that no
+/// peer outlives the bench, even on an error path.
+struct Proc {
+    name: String,
+    child: Child,
+    stdout: PathBuf,
+    stderr: PathBuf,
+}
+
+impl Proc {
+    fn spawn(name: &str, cmd: &mut Command, dir: &Path) -> Result<Self> {
+        Self::spawn_with(name, cmd, dir, true)
+    }
+
+    /// `capture_stdout`: send stdout to `<name>.stdout` (false when the caller
+    /// set up a pipe). Stderr always goes to `<name>.stderr`.
+    fn spawn_with(name: &str, cmd: &mut Command, dir: &Path, capture_stdout: bool) -> Result<Self> {
+        let stdout = dir.join(format!("{name}.stdout"));
+        let stderr = dir.join(format!("{name}.stderr"));
+        if capture_stdout {
+            cmd.stdin(Stdio::null())
+                .stdout(fs::File::create(&stdout).context("creating a stdout file")?);
+        }
+        cmd.stderr(fs::File::create(&stderr).context("creating a stderr file")?);
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting {name}: {cmd:?}"))?;
+        Ok(Self {
+            name: name.to_string(),
+            child,
+            stdout,
+            stderr,
+        })
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn check_running(&mut self) -> Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            bail!("{} exited ({status}):\n{}", self.name, self.stderr_tail());
+        }
+        Ok(())
+    }
+
+    fn wait_timeout(&mut self, timeout: Duration) -> Result<Option<ExitStatus>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(Some(status));
+            }
+            if Instant::now() > deadline {
+                return Ok(None);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn signal(&self, signal: i32) {
+        let Ok(pid) = i32::try_from(self.child.id()) else {
+            return;
+        };
+        // SAFETY: kill has no memory preconditions; the pid is our own child,
+        // not yet reaped (we only reap through `self.child`).
+        unsafe { libc::kill(pid, signal) };
+    }
+
+    /// Sends `signal` and waits for the exit; SIGKILL after `timeout`.
+    fn stop(&mut self, signal: i32, timeout: Duration) -> Result<ExitStatus> {
+        if let Some(status) = self.child.try_wait()? {
+            return Ok(status);
+        }
+        self.signal(signal);
+        if let Some(status) = self.wait_timeout(timeout)? {
+            return Ok(status);
+        }
+        self.child.kill().ok();
+        self.child.wait().ok();
+        bail!(
+            "{} did not stop within {timeout:?} and was killed",
+            self.name
+        )
+    }
+
+    fn stderr_tail(&self) -> String {
+        let text = fs::read_to_string(&self.stderr).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            self.signal(libc::SIGTERM);
+            if !matches!(self.wait_timeout(Duration::from_secs(5)), Ok(Some(_))) {
+                self.child.kill().ok();
+                self.child.wait().ok();
+            }
+        }
+    }
+}
+
+/// The bench's scratch directory, removed at the end unless kept.
+struct WorkDir {
+    path: PathBuf,
+    keep: std::cell::Cell<bool>,
+}
+
+impl WorkDir {
+    fn new() -> Result<Self> {
+        let path = std::env::temp_dir().join(format!("tracer-bench-{}", std::process::id()));
+        // A leftover from an earlier run with the same pid is stale.
+        let _ = fs::remove_dir_all(&path);
+        fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
+        Ok(Self {
+            path,
+            keep: std::cell::Cell::new(false),
+        })
+    }
+
+    fn keep(&self) {
+        self.keep.set(true);
+    }
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        if !self.keep.get() {
+            let _ = fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+fn wait_for(timeout: Duration, what: &str, mut ready: impl FnMut() -> Result<bool>) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    while !ready()? {
+        if Instant::now() > deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+fn free_port() -> Result<u16> {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("finding a free port")?;
+    Ok(listener.local_addr()?.port())
+}
+
+fn which(tool: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join(tool))
+            .find(|p| p.is_file())
+    })
+}
+
+/// Processes named `tracer` that we did not start: they would hook the same
+/// syscalls and tax every configuration, "off" included.
+fn other_tracers() -> Vec<String> {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "tracer")
+        })
+        .map(|pid| pid.to_string())
+        .collect()
+}
+
+/// User + system CPU of a whole process (every thread), from /proc/PID/stat.
+fn proc_cpu(pid: u32) -> Result<Duration> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("reading /proc/{pid}/stat"))?;
+    // The command name (field 2) may hold spaces; fields after it are plain.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .ok_or_else(|| anyhow!("/proc/{pid}/stat: no command name"))?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // rest starts at field 3 (state); utime and stime are fields 14 and 15.
+    let ticks = |i: usize| -> Result<u64> {
+        fields
+            .get(i - 3)
+            .and_then(|f| f.parse().ok())
+            .ok_or_else(|| anyhow!("/proc/{pid}/stat: no field {i}"))
+    };
+    let total = ticks(14)? + ticks(15)?;
+    // SAFETY: sysconf has no memory preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let hz = if hz > 0 { hz as u64 } else { 100 };
+    Ok(Duration::from_nanos(total * 1_000_000_000 / hz))
+}
+
+/// A `Vm*` line of /proc/PID/status, in KiB.
+fn vm_kib(pid: u32, key: &str) -> Result<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("reading /proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .ok_or_else(|| anyhow!("/proc/{pid}/status has no {key}"))
+}
+
+// ---------------------------------------------------------------- HTTP and metrics
+
+/// A GET without a client library. HTTP/1.0 so that the answer is never
+/// chunked: the body is everything up to the close.
+fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| anyhow!("GET {path}: no end of headers"))?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| anyhow!("GET {path}: bad status line"))?;
+    Ok((status, body.to_string()))
+}
+
+/// One `/metrics` answer in OpenMetrics text.
+#[derive(Debug, Clone)]
+struct Scrape(String);
+
+/// One sample line: name, labels, value.
+type Sample<'a> = (&'a str, Vec<(&'a str, &'a str)>, f64);
+
+impl Scrape {
+    fn samples(&self) -> impl Iterator<Item = Sample<'_>> {
+        self.0.lines().filter_map(parse_sample)
+    }
+
+    /// Sum of the samples of `name` whose labels include all of `want`.
+    fn sum(&self, name: &str, want: &[(&str, &str)]) -> f64 {
+        self.samples()
+            .filter(|(n, labels, _)| *n == name && want.iter().all(|w| labels.contains(w)))
+            .map(|(_, _, v)| v)
+            .sum()
+    }
+
+    /// Non-zero samples of the given metrics, as `name{labels} value`.
+    fn nonzero(&self, names: &[&str]) -> Vec<String> {
+        self.samples()
+            .filter(|(n, _, v)| names.contains(n) && *v != 0.0)
+            .map(|(n, labels, v)| {
+                let labels: Vec<String> =
+                    labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+                if labels.is_empty() {
+                    format!("{n} {v}")
+                } else {
+                    format!("{n}{{{}}} {v}", labels.join(","))
+                }
+            })
+            .collect()
+    }
+}
+
+/// `name{k="v",...} value [timestamp] [# exemplar]`, or `name value`.
+fn parse_sample(line: &str) -> Option<Sample<'_>> {
+    if line.starts_with('#') || line.trim().is_empty() {
+        return None;
+    }
+    let name_end = line.find(['{', ' '])?;
+    let name = &line[..name_end];
+    let mut labels = Vec::new();
+    let mut rest = &line[name_end..];
+    if let Some(inner) = rest.strip_prefix('{') {
+        // Walk the label set honouring quotes: a value may hold `}` or `,`.
+        let mut s = inner;
+        loop {
+            s = s.trim_start_matches(',');
+            if let Some(after) = s.strip_prefix('}') {
+                rest = after;
+                break;
+            }
+            let (key, after) = s.split_once("=\"")?;
+            let bytes = after.as_bytes();
+            let mut i = 0;
+            while i < bytes.len() && bytes[i] != b'"' {
+                i += if bytes[i] == b'\\' { 2 } else { 1 };
+            }
+            let value = after.get(..i)?;
+            labels.push((key.trim(), value));
+            s = after.get(i + 1..)?;
+        }
+    }
+    let value = rest.split_whitespace().next()?.parse().ok()?;
+    Some((name, labels, value))
+}
+
+// ---------------------------------------------------------------- report
+
+#[derive(Default)]
+struct Report {
+    others: Vec<String>,
+    overhead: Option<Result<Vec<Run>, String>>,
+    replay: Option<Result<Replay, String>>,
+    memory: Option<Result<Memory, String>>,
+    elapsed: Duration,
+}
+
+/// One line of the targets table.
+struct Target {
+    what: &'static str,
+    measured: String,
+    pass: Option<bool>,
+}
+
+impl Report {
+    fn failures(&self) -> Vec<&'static str> {
+        let mut failed = Vec::new();
+        if matches!(self.overhead, Some(Err(_))) {
+            failed.push("overhead");
+        }
+        if matches!(self.replay, Some(Err(_))) {
+            failed.push("replay");
+        }
+        if matches!(self.memory, Some(Err(_))) {
+            failed.push("memory");
+        }
+        failed
+    }
+
+    fn markdown(&self, args: &BenchArgs) -> String {
+        let mut md = String::new();
+        let m = &mut md;
+        let _ = writeln!(m, "## Benchmark results\n");
+        let _ = writeln!(m, "| machine | |\n| --- | --- |");
+        let _ = writeln!(m, "| CPU | {} |", cpu_model());
+        let _ = writeln!(m, "| cores (`nproc`) | {} |", nproc());
+        let _ = writeln!(m, "| kernel (`uname -r`) | {} |", kernel_release());
+        let _ = writeln!(m, "| memory | {} |", mem_total());
+        let _ = writeln!(m, "| nginx | {} |", tool_version("nginx", &["-v"]));
+        let _ = writeln!(m, "| wrk | {} |", tool_version("wrk", &["-v"]));
+        let _ = writeln!(m);
+        let _ = writeln!(
+            m,
+            "Command: `{}` (took {:.0} s)\n",
+            command_line(),
+            self.elapsed.as_secs_f64()
+        );
+        if !self.others.is_empty() {
+            let _ = writeln!(
+                m,
+                "**Warning:** other `tracer` processes were running (pids {}); every figure pays for their hooks.\n",
+                self.others.join(", ")
+            );
+        }
+        let mut targets = Vec::new();
+        if let Some(overhead) = &self.overhead {
+            let _ = writeln!(
+                m,
+                "### Overhead: nginx under `{}`\n",
+                wrk_command(0, args.duration).replace(":0/", ":PORT/")
+            );
+            match overhead {
+                Ok(runs) => overhead_tables(m, runs, &mut targets),
+                Err(e) => {
+                    let _ = writeln!(m, "Could not run: {e}\n");
+                }
+            }
+        }
+        if let Some(memory) = &self.memory {
+            let _ = writeln!(
+                m,
+                "### Memory: full tracer with {} idle keep-alive connections\n",
+                args.idle_connections
+            );
+            match memory {
+                Ok(mem) => memory_table(m, mem, &mut targets),
+                Err(e) => {
+                    let _ = writeln!(m, "Could not run: {e}\n");
+                }
+            }
+        }
+        if let Some(replay) = &self.replay {
+            let _ = writeln!(
+                m,
+                "### Replay: user-space pipeline on a recording (`cargo bench -p tracer --bench pipeline`)\n"
+            );
+            match replay {
+                Ok(r) => replay_table(m, r),
+                Err(e) => {
+                    let _ = writeln!(m, "Could not run: {e}\n");
+                }
+            }
+        }
+        if !targets.is_empty() {
+            let _ = writeln!(
+                m,
+                "### Targets\n\n| target | measured | result |\n| --- | --- | --- |"
+            );
+            for t in &targets {
+                let verdict = match t.pass {
+                    Some(true) => "pass",
+                    Some(false) => "**miss**",
+                    None => "not measured",
+                };
+                let _ = writeln!(m, "| {} | {} | {verdict} |", t.what, t.measured);
+            }
+            let _ = writeln!(m);
+        }
+        md
+    }
+}
+
+fn overhead_tables(m: &mut String, runs: &[Run], targets: &mut Vec<Target>) {
+    let of = |c: Config| runs.iter().filter(move |r| r.config == c);
+    let med = |c: Config, f: &dyn Fn(&Run) -> Option<f64>| median(of(c).filter_map(f).collect());
+    let rps = |c| med(c, &|r: &Run| Some(r.wrk.rps));
+    let p50 = |c| med(c, &|r: &Run| Some(r.wrk.p50_us));
+    let p99 = |c| med(c, &|r: &Run| Some(r.wrk.p99_us));
+    let cpu = |c| med(c, &|r: &Run| r.cpu_us_per_request());
+    let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => format!("{:.3}", a / b),
+        _ => "–".into(),
+    };
+    let rounds = runs.iter().filter(|r| r.config == Config::Off).count();
+    let _ = writeln!(
+        m,
+        "Medians of {rounds} alternated run(s) per configuration; ratios are of the medians.\n"
+    );
+    let _ = writeln!(
+        m,
+        "| configuration | req/s | vs off | p50 | p50 vs off | p99 | p99 vs off | tracer CPU per request | runs (req/s) |"
+    );
+    let _ = writeln!(
+        m,
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
+    );
+    for c in Config::ALL {
+        let all: Vec<String> = of(c).map(|r| fmt_int(r.wrk.rps)).collect();
+        let _ = writeln!(
+            m,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            c.label(),
+            rps(c).map_or("–".into(), fmt_int),
+            ratio(rps(c), rps(Config::Off)),
+            p50(c).map_or("–".into(), fmt_us),
+            ratio(p50(c), p50(Config::Off)),
+            p99(c).map_or("–".into(), fmt_us),
+            ratio(p99(c), p99(Config::Off)),
+            cpu(c).map_or("–".into(), |v| format!("{v:.2} µs")),
+            all.join(", "),
+        );
+    }
+    let full_vs_hooks = match (rps(Config::Full), rps(Config::HooksOnly)) {
+        (Some(f), Some(h)) if h > 0.0 => Some(f / h),
+        _ => None,
+    };
+    let _ = writeln!(
+        m,
+        "\nFull tracer vs hooks-only: throughput {}, p50 {}, p99 {}.\n",
+        full_vs_hooks.map_or("–".into(), |v| format!("{v:.3}")),
+        ratio(p50(Config::Full), p50(Config::HooksOnly)),
+        ratio(p99(Config::Full), p99(Config::HooksOnly)),
+    );
+
+    let _ = writeln!(
+        m,
+        "Full tracer, each run (served = nginx access-log lines; counted = sum of \
+         `{SERVER_COUNT}{{service_name=\"nginx\"}}` once it stopped changing; CPU = the \
+         tracer's utime+stime from wrk's start until then):\n"
+    );
+    let _ = writeln!(
+        m,
+        "| run | req/s | served | counted | counted/served | tracer CPU per request | tracer RSS | kernel drops | other loss counters |"
+    );
+    let _ = writeln!(
+        m,
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
+    );
+    for (i, r) in of(Config::Full).enumerate() {
+        let losses: Vec<&String> = r
+            .losses
+            .iter()
+            .filter(|l| !l.starts_with("tracer_kernel_drops_total"))
+            .collect();
+        let _ = writeln!(
+            m,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            i + 1,
+            fmt_int(r.wrk.rps),
+            r.served,
+            r.counted.map_or("–".into(), |c| format!("{c:.0}")),
+            r.counted_ratio().map_or("–".into(), |v| format!("{v:.4}")),
+            r.cpu_us_per_request()
+                .map_or("–".into(), |v| format!("{v:.2} µs")),
+            r.rss_kib.map_or("–".into(), fmt_kib),
+            r.kernel_drops.map_or("–".into(), |v| format!("{v:.0}")),
+            if losses.is_empty() {
+                "none".to_string()
+            } else {
+                losses
+                    .iter()
+                    .map(|l| format!("`{l}`"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            },
+        );
+    }
+    let drops: Vec<String> = of(Config::Full)
+        .flat_map(|r| r.losses.iter())
+        .filter(|l| l.starts_with("tracer_kernel_drops_total"))
+        .cloned()
+        .collect();
+    if !drops.is_empty() {
+        let _ = writeln!(m, "\nKernel drops by cause: {}", drops.join("; "));
+    }
+    let wrk_errors: Vec<String> = runs
+        .iter()
+        .flat_map(|r| {
+            r.wrk
+                .errors
+                .iter()
+                .map(move |e| format!("{} – {e}", r.config.slug()))
+        })
+        .collect();
+    if !wrk_errors.is_empty() {
+        let _ = writeln!(m, "\nwrk reported: {}", wrk_errors.join("; "));
+    }
+    let _ = writeln!(m);
+
+    let ratios: Vec<f64> = of(Config::Full).filter_map(Run::counted_ratio).collect();
+    let exact = of(Config::Full).all(|r| r.counted == Some(r.served as f64));
+    targets.push(Target {
+        what: "counted/served = 1.000 (every full run)",
+        measured: if ratios.is_empty() {
+            "–".into()
+        } else {
+            let worst = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+            let all: Vec<String> = ratios.iter().map(|v| format!("{v:.4}")).collect();
+            format!("worst {worst:.4} (runs: {})", all.join(", "))
+        },
+        pass: (!ratios.is_empty()).then_some(exact),
+    });
+    targets.push(Target {
+        what: "full-tracer throughput within 5% of hooks-only",
+        measured: full_vs_hooks.map_or("–".into(), |v| format!("{v:.3} of hooks-only")),
+        pass: full_vs_hooks.map(|v| v >= TARGET_HOOKS_RATIO),
+    });
+    let cpu_full = cpu(Config::Full);
+    targets.push(Target {
+        what: "≤ 5 µs tracer (user-space) CPU per request",
+        measured: cpu_full.map_or("–".into(), |v| format!("{v:.2} µs (median)")),
+        pass: cpu_full.map(|v| v <= TARGET_CPU_US),
+    });
+}
+
+fn memory_table(m: &mut String, mem: &Memory, targets: &mut Vec<Target>) {
+    let per_conn =
+        (mem.rss_kib as f64 - mem.rss_before_kib as f64) * 1024.0 / mem.opened.max(1) as f64;
+    let _ = writeln!(
+        m,
+        "| | before | with the connections open | after closing them |"
+    );
+    let _ = writeln!(m, "| --- | ---: | ---: | ---: |");
+    let _ = writeln!(m, "| client connections open | 0 | {} | 0 |", mem.opened);
+    let _ = writeln!(
+        m,
+        "| `tracer_connections` (both ends are traced) | {:.0} | {:.0} | {:.0} |",
+        mem.conns_before, mem.conns, mem.conns_after_close
+    );
+    let _ = writeln!(
+        m,
+        "| tracer VmRSS | {} | {} (peak VmHWM {}) | |",
+        fmt_kib(mem.rss_before_kib),
+        fmt_kib(mem.rss_kib),
+        fmt_kib(mem.hwm_kib)
+    );
+    let _ = writeln!(m, "\nGrowth per client connection: {per_conn:.0} bytes.\n");
+    let mib = mem.rss_kib as f64 / 1024.0;
+    targets.push(Target {
+        what: "RSS ≤ 64 MiB with 10,000 idle keep-alive connections",
+        measured: format!("{mib:.1} MiB with {} connections", mem.opened),
+        pass: Some(mib <= TARGET_RSS_MIB && mem.opened >= 10_000),
+    });
+}
+
+fn replay_table(m: &mut String, r: &Replay) {
+    let _ = writeln!(
+        m,
+        "Recorded: {} records ({:.1} MiB) by `tracer record --seconds {RECORD_SECONDS}` while `{}` ran; \
+         replayed 5 times through a fresh pipeline with the metrics sink, median pass by CPU time. \
+         \"Per core\" = per CPU-second of the replaying process.\n",
+        r.recorded,
+        r.file_bytes as f64 / (1024.0 * 1024.0),
+        wrk_command(0, RECORD_LOAD_SECONDS).replace(":0/", ":PORT/"),
+    );
+    let _ = writeln!(m, "| figure | value |\n| --- | ---: |");
+    let rows = [
+        ("events replayed", "records"),
+        (
+            "exchanges (requests, client and server side) produced",
+            "exchanges",
+        ),
+        ("events/s per core", "events_per_cpu_s"),
+        ("exchanges/s per core", "exchanges_per_cpu_s"),
+        ("ns per event", "ns_per_event"),
+        ("µs per exchange", "us_per_exchange"),
+        ("events/s wall clock", "events_per_wall_s"),
+    ];
+    for (label, key) in rows {
+        let v = r.get(key);
+        let v = match v.parse::<f64>() {
+            Ok(n) if n >= 1000.0 => fmt_int(n),
+            _ => v.to_string(),
+        };
+        let _ = writeln!(m, "| {label} | {v} |");
+    }
+    let _ = writeln!(m);
+}
+
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let mid = v.len() / 2;
+    Some(if v.len().is_multiple_of(2) {
+        (v[mid - 1] + v[mid]) / 2.0
+    } else {
+        v[mid]
+    })
+}
+
+fn fmt_int(v: f64) -> String {
+    let digits = format!("{:.0}", v.round());
+    let (sign, digits) = digits
+        .strip_prefix('-')
+        .map_or(("", digits.as_str()), |d| ("-", d));
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    format!("{sign}{out}")
+}
+
+fn fmt_us(us: f64) -> String {
+    if us >= 1000.0 {
+        format!("{:.2} ms", us / 1000.0)
+    } else {
+        format!("{us:.0} µs")
+    }
+}
+
+fn fmt_kib(kib: u64) -> String {
+    format!("{:.1} MiB", kib as f64 / 1024.0)
+}
+
+fn command_line() -> String {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    format!("cargo xtask {}", args.join(" "))
+}
+
+fn cpu_model() -> String {
+    fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines().find_map(|l| {
+                l.strip_prefix("model name")?
+                    .split_once(':')
+                    .map(|(_, v)| v.trim().to_string())
+            })
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
+fn nproc() -> String {
+    std::thread::available_parallelism().map_or_else(|_| "unknown".into(), |n| n.to_string())
+}
+
+fn kernel_release() -> String {
+    fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map_or_else(|_| "unknown".into(), |s| s.trim().to_string())
+}
+
+fn mem_total() -> String {
+    fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            let kib: u64 = m
+                .lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()?;
+            Some(format!("{:.1} GiB", kib as f64 / (1024.0 * 1024.0)))
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// The first line a tool prints about its version (nginx prints to stderr).
+fn tool_version(tool: &str, args: &[&str]) -> String {
+    Command::new(tool)
+        .args(args)
+        .output()
+        .ok()
+        .and_then(|o| {
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            );
+            text.lines().next().map(|l| l.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_wrk_latency_output() {
+        let out = "Running 10s test @ http://127.0.0.1:8080/\n  1 threads and 16 connections\n\
+                   \x20 Latency Distribution\n     50%  112.00us\n     75%  130.00us\n     90%  1.50ms\n     99%    2.00s\n\
+                   \x20 1234567 requests in 10.00s, 180.00MB read\n\
+                   Requests/sec: 123456.70\nTransfer/sec:     18.00MB\n";
+        let w = parse_wrk(out).unwrap();
+        assert_eq!(w.rps, 123456.7);
+        assert_eq!(w.p50_us, 112.0);
+        assert_eq!(w.p99_us, 2e6);
+        assert!(w.errors.is_empty());
+    }
+
+    #[test]
+    fn sums_openmetrics_samples_by_label() {
+        let text = "# TYPE x counter\n\
+                    http_server_request_duration_seconds_count{service_name=\"nginx\",http_route=\"/\"} 10\n\
+                    http_server_request_duration_seconds_count{service_name=\"nginx\",http_route=\"/a,}\"} 5 # {trace_id=\"1\"} 1\n\
+                    http_server_request_duration_seconds_count{service_name=\"wrk\"} 7\n\
+                    tracer_connections 3\n# EOF\n";
+        let s = Scrape(text.into());
+        assert_eq!(s.sum(SERVER_COUNT, &[("service_name", "nginx")]), 15.0);
+        assert_eq!(s.sum("tracer_connections", &[]), 3.0);
+        assert_eq!(
+            s.nonzero(&["tracer_connections"]),
+            vec!["tracer_connections 3"]
+        );
+    }
+
+    #[test]
+    fn median_and_formatting() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(vec![4.0, 1.0]), Some(2.5));
+        assert_eq!(median(vec![]), None);
+        assert_eq!(fmt_int(1234567.4), "1,234,567");
+        assert_eq!(fmt_int(999.0), "999");
+    }
+}

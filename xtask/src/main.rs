@@ -1,0 +1,138 @@
+//! What cargo cannot do alone: install the BPF toolchain and the real test
+//! peers, build and run the tracer with privileges, run the whole test suite
+//! (unit, golden and the privileged end-to-end suite), and run benchmarks.
+
+mod bench;
+mod bootstrap;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "Build, run, test and benchmark the tracer")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what building the kernel programs needs (and, with --peers,
+    /// the real servers and clients the tests drive). Says what it installs.
+    Bootstrap {
+        #[arg(long)]
+        peers: bool,
+    },
+    /// Bootstrap, build the release binary, and run `tracer run` with the given arguments.
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Bootstrap everything, then: fmt check, clippy, unit and golden tests,
+    /// and the privileged end-to-end suite against the release binary.
+    Test,
+    /// Bootstrap everything, build the release binary, then measure overhead
+    /// (nginx under wrk), replay throughput and idle-connection memory, and
+    /// print a markdown report (see docs/benchmarks.md).
+    Bench(bench::BenchArgs),
+}
+
+fn main() -> Result<()> {
+    let root = workspace_root();
+    match Cli::parse().command {
+        Cmd::Bootstrap { peers } => {
+            bootstrap::bpf_toolchain()?;
+            if peers {
+                bootstrap::test_peers()?;
+            }
+            Ok(())
+        }
+        Cmd::Run { args } => {
+            bootstrap::bpf_toolchain()?;
+            cargo(&root, &["build", "--release", "-p", "tracer"])?;
+            let bin = root.join("target/release/tracer");
+            let mut cmd = Command::new(bin);
+            cmd.arg("run").args(args);
+            exec(cmd)
+        }
+        Cmd::Test => {
+            bootstrap::bpf_toolchain()?;
+            bootstrap::test_peers()?;
+            cargo(&root, &["fmt", "--all", "--check"])?;
+            cargo(
+                &root,
+                &[
+                    "clippy",
+                    "--all-targets",
+                    "--workspace",
+                    "--",
+                    "-D",
+                    "warnings",
+                ],
+            )?;
+            cargo(&root, &["test", "--workspace", "--exclude", "tracer-e2e"])?;
+            cargo(&root, &["build", "--release", "-p", "tracer"])?;
+            let bin = root.join("target/release/tracer");
+            let status = Command::new(cargo_bin())
+                .current_dir(&root)
+                .args([
+                    "test",
+                    "--release",
+                    "-p",
+                    "tracer-e2e",
+                    "--",
+                    "--test-threads=1",
+                ])
+                .env("TRACER_BIN", &bin)
+                .status()
+                .context("running the end-to-end suite")?;
+            if !status.success() {
+                bail!("end-to-end suite failed");
+            }
+            Ok(())
+        }
+        Cmd::Bench(args) => {
+            bootstrap::bpf_toolchain()?;
+            bootstrap::test_peers()?;
+            cargo(&root, &["build", "--release", "-p", "tracer"])?;
+            bench::run(&root, &root.join("target/release/tracer"), &args)
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// The cargo that runs us (`cargo xtask ...`).
+fn cargo_bin() -> String {
+    std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
+}
+
+fn cargo(root: &Path, args: &[&str]) -> Result<()> {
+    let status = Command::new(cargo_bin())
+        .current_dir(root)
+        .args(args)
+        .status()
+        .with_context(|| format!("running cargo {}", args.join(" ")))?;
+    if !status.success() {
+        bail!("cargo {} failed", args.join(" "));
+    }
+    Ok(())
+}
+
+fn exec(mut cmd: Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
+    if !status.success() {
+        std::process::exit(status.code().unwrap_or(1));
+    }
+    Ok(())
+}
