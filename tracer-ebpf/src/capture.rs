@@ -11,7 +11,7 @@ use tracer_common::{conn_key, kind, stat, DataEvent, EventHeader, MAX_CAPTURE};
 
 use crate::{
     capture_limit,
-    maps::{count, DataScratch, EVENTS, SCRATCH, SOCKETS},
+    maps::{count, wakeup_flags, DataScratch, EVENTS, SCRATCH, SOCKETS},
     regs::SyscallArgs,
     self_tgid,
 };
@@ -110,6 +110,7 @@ pub fn on_data_exit(ret: i64, direction: u8, buffer: Buffer) {
         _pad: [0; 7],
     };
     let size = size_of::<DataEvent>() + (captured & (MAX_CAPTURE * 2 - 1));
+    let flags = wakeup_flags(size as u64);
     // SAFETY: `scratch` spans size_of::<DataEvent>() + 2 * MAX_CAPTURE bytes
     // and `size` is bounded by the mask above.
     let ret = unsafe {
@@ -117,7 +118,7 @@ pub fn on_data_exit(ret: i64, direction: u8, buffer: Buffer) {
             &EVENTS as *const _ as *mut c_void,
             scratch as *mut DataScratch as *mut c_void,
             size as u64,
-            0,
+            flags,
         )
     };
     if ret != 0 {

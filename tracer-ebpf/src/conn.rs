@@ -14,7 +14,7 @@ use tracer_common::{
 };
 
 use crate::{
-    maps::{count, Connecting, CONNECTING, CONN_SEQ, EVENTS, PEER_TO_LOCAL, SOCKETS},
+    maps::{count, wakeup_flags, Connecting, CONNECTING, CONN_SEQ, EVENTS, PEER_TO_LOCAL, SOCKETS},
     regs::SyscallArgs,
     self_tgid,
 };
@@ -73,7 +73,8 @@ fn emit(event_kind: u8, tgid: u32, pid: u32, fd: i32, info: &ConnInfo, comm: [u8
         comm,
         bytes: info.pos,
     };
-    if EVENTS.output::<ConnEvent>(&event, 0).is_err() {
+    let flags = wakeup_flags(core::mem::size_of::<ConnEvent>() as u64);
+    if EVENTS.output::<ConnEvent>(&event, flags).is_err() {
         count(tracer_common::stat::RINGBUF_FULL);
     }
 }
@@ -264,7 +265,8 @@ pub fn on_process_exit() {
         // SAFETY: no arguments.
         ts_ns: unsafe { bpf_ktime_get_ns() },
     };
-    if EVENTS.output::<EventHeader>(&header, 0).is_err() {
+    let flags = wakeup_flags(core::mem::size_of::<EventHeader>() as u64);
+    if EVENTS.output::<EventHeader>(&header, flags).is_err() {
         count(tracer_common::stat::RINGBUF_FULL);
     }
 }

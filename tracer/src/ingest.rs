@@ -11,9 +11,10 @@ use tokio::io::{unix::AsyncFd, Interest};
 /// Records handled before yielding to other tasks (the metrics server).
 const BATCH: usize = 4096;
 
-/// With no traffic, `after_batch` still runs this often: it is the liveness
-/// heartbeat and refreshes gauges. It never reads the ring buffer.
-const IDLE_TICK: std::time::Duration = std::time::Duration::from_secs(5);
+/// The kernel batches wake-ups (see `wakeup_flags` in tracer-ebpf), so the
+/// last events of a burst may wait without one; this timer collects them and,
+/// with no traffic at all, keeps the liveness heartbeat and gauges fresh.
+const TAIL_TICK: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Runs until `shutdown` completes or the ring buffer fd fails: every record
 /// goes to `handle(state, record)`.
@@ -29,12 +30,13 @@ pub async fn run<T>(
     let mut ring = unsafe { AsyncFd::register_with_interest(events, Interest::READABLE) }
         .map_err(|e| e.into_parts().1)?;
     tokio::pin!(shutdown);
-    let mut tick = tokio::time::interval(IDLE_TICK);
+    let mut tick = tokio::time::interval(TAIL_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let mut guard = tokio::select! {
             guard = ring.readable_mut() => guard?,
             _ = tick.tick() => {
+                drain_all(ring.get_mut(), state, &mut handle).await;
                 after_batch(state);
                 continue;
             }
@@ -52,6 +54,17 @@ pub async fn run<T>(
         if more {
             tokio::task::yield_now().await;
         }
+    }
+}
+
+/// Drains without waiting for readiness, yielding between batches.
+async fn drain_all<T>(
+    ring: &mut RingBuf<MapData>,
+    state: &mut T,
+    handle: &mut impl FnMut(&mut T, &[u8]),
+) {
+    while drain(ring, state, handle) {
+        tokio::task::yield_now().await;
     }
 }
 

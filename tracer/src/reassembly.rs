@@ -191,7 +191,7 @@ impl Reassembler {
                 counters.overlaps += 1;
                 skip(&chunk.data, next - chunk.pos)
             } else {
-                &chunk.data[..]
+                &chunk.data
             };
             deliver(data, chunk.end - next - len64(data), sink);
             self.next = Some(chunk.end);
