@@ -25,6 +25,7 @@ pub mod process;
 pub mod tracer;
 pub mod wait;
 
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 pub use accesslog::{template_route, AccessLog};
@@ -52,7 +53,9 @@ pub fn privileged(test: &str) -> bool {
     if std::env::var("CI").is_ok_and(|v| v == "true") {
         panic!("{why} (CI=true: a privileged test may not skip)");
     }
-    eprintln!("SKIPPED {why}");
+    // Straight to fd 2: libtest captures `eprintln!` of passing tests, and a
+    // skip must be visible.
+    let _ = writeln!(std::io::stderr(), "SKIPPED {why}");
     false
 }
 

@@ -52,7 +52,7 @@ pub struct CaptureArgs {
     #[arg(long, env = "TRACER_RING_BUFFER_MIB", default_value_t = 16)]
     pub ring_buffer_mib: u32,
 
-    /// Connections traced at once (kernel and daemon tables); new ones beyond it are counted, not traced.
+    /// Connections traced at once. At capacity the kernel traces no new ones and the daemon evicts its least recently active ones; both are counted.
     #[arg(long, env = "TRACER_MAX_CONNECTIONS", default_value_t = 65536)]
     pub max_connections: u32,
 
@@ -101,7 +101,7 @@ pub struct WatchArgs {
     #[arg(long, env = "TRACER_WATCH_PID", value_delimiter = ',')]
     pub pid: Vec<u32>,
 
-    /// Only processes whose executable or task name is this (repeatable).
+    /// Only processes with this service name: the executable's name unless --service-name renames it (repeatable).
     #[arg(long = "process", env = "TRACER_WATCH_PROCESS", value_delimiter = ',')]
     pub process: Vec<String>,
 

@@ -6,7 +6,7 @@
 //! protocol we parse, and adopts connections that predate the tracer.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{HashMap, HashSet, VecDeque},
     hash::{BuildHasherDefault, Hasher},
     mem::size_of,
     sync::Arc,
@@ -109,6 +109,10 @@ impl Hasher for IdHasher {
 
 type IdMap<K, V> = HashMap<K, V, BuildHasherDefault<IdHasher>>;
 
+/// Connections we told the kernel to stop tracing, remembered so that their
+/// events already in the ring buffer are dropped quietly, not as unknown.
+const MAX_FORGOTTEN: usize = 4096;
+
 /// Most server ports remembered as HTTP, so that garbage sent to them later
 /// counts as a resync rather than as "not HTTP".
 const MAX_KNOWN_PORTS: usize = 4096;
@@ -121,6 +125,7 @@ pub struct Pipeline<S: Sink> {
     names: ServiceNames,
     known_http: HashSet<(u32, u16)>,
     kernel: Option<Box<dyn KernelSockets + Send>>,
+    forgotten: VecDeque<u64>,
     next_user_id: u64,
     exchanges: Vec<Exchange>,
     pub counters: Counters,
@@ -142,6 +147,7 @@ impl<S: Sink> Pipeline<S> {
             names: ServiceNames::new(overrides),
             known_http: HashSet::new(),
             kernel,
+            forgotten: VecDeque::new(),
             next_user_id: 0,
             exchanges: Vec::new(),
             counters: Counters::default(),
@@ -252,9 +258,7 @@ impl<S: Sink> Pipeline<S> {
         for &(_, id) in &ages[..cut] {
             if let Some(conn) = self.remove(id) {
                 self.counters.evictions += 1;
-                if let Some(kernel) = self.kernel.as_mut() {
-                    kernel.forget(conn_key(conn.tgid, conn.fd as u32));
-                }
+                self.stop_tracing(id, &conn);
                 let last = conn.last_ns;
                 self.finish(conn, last);
             }
@@ -263,9 +267,14 @@ impl<S: Sink> Pipeline<S> {
 
     fn on_data(&mut self, event: &DataEvent, payload: &[u8]) {
         let conn_id = event.header.conn_id;
-        if !self.conns.contains_key(&conn_id) && !self.adopt_unknown(event) {
-            self.counters.unknown_conn += 1;
-            return;
+        if !self.conns.contains_key(&conn_id) {
+            if self.forgotten.contains(&conn_id) {
+                return;
+            }
+            if !self.adopt_unknown(event) {
+                self.counters.unknown_conn += 1;
+                return;
+            }
         }
         let Some(conn) = self.conns.get_mut(&conn_id) else {
             return;
@@ -295,9 +304,7 @@ impl<S: Sink> Pipeline<S> {
             ConnState::NotHttp | ConnState::Upgraded => {
                 // Nothing more we can parse here: stop the kernel copying it.
                 if let Some(conn) = self.remove(conn_id) {
-                    if let Some(kernel) = self.kernel.as_mut() {
-                        kernel.forget(conn_key(conn.tgid, conn.fd as u32));
-                    }
+                    self.stop_tracing(conn_id, &conn);
                     self.finish(conn, ts);
                 }
             }
@@ -308,6 +315,17 @@ impl<S: Sink> Pipeline<S> {
                 deliver(&mut self.exchanges, &mut self.sink, conn);
             }
         }
+    }
+
+    /// Tells the kernel to stop tracing a connection we dropped.
+    fn stop_tracing(&mut self, conn_id: u64, conn: &Conn) {
+        if let Some(kernel) = self.kernel.as_mut() {
+            kernel.forget(conn_key(conn.tgid, conn.fd as u32));
+        }
+        if self.forgotten.len() >= MAX_FORGOTTEN {
+            self.forgotten.pop_front();
+        }
+        self.forgotten.push_back(conn_id);
     }
 
     /// Data for a connection we have no state for (its OPEN was lost, or it

@@ -31,7 +31,8 @@ pub struct Exchange {
     pub method: String,
     /// Request target path with the query string and fragment removed.
     pub path: String,
-    /// Final (non-1xx) response status code.
+    /// Final response status code: never 100 or 103 (interim responses);
+    /// 101 when the connection switched protocols.
     pub status: u16,
     /// Timestamp (ns, CLOCK_MONOTONIC) of the first byte of the request.
     pub start_ns: u64,
