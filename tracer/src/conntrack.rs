@@ -126,6 +126,7 @@ pub struct Pipeline<S: Sink> {
     known_http: HashSet<(u32, u16)>,
     kernel: Option<Box<dyn KernelSockets + Send>>,
     forgotten: VecDeque<u64>,
+    forgotten_set: HashSet<u64, BuildHasherDefault<IdHasher>>,
     next_user_id: u64,
     exchanges: Vec<Exchange>,
     pub counters: Counters,
@@ -148,6 +149,7 @@ impl<S: Sink> Pipeline<S> {
             known_http: HashSet::new(),
             kernel,
             forgotten: VecDeque::new(),
+            forgotten_set: HashSet::default(),
             next_user_id: 0,
             exchanges: Vec::new(),
             counters: Counters::default(),
@@ -235,18 +237,20 @@ impl<S: Sink> Pipeline<S> {
     }
 
     fn insert(&mut self, conn_id: u64, conn: Conn) {
-        if self.conns.len() >= self.capacity && !self.conns.contains_key(&conn_id) {
+        // The same id twice means the first OPEN was for a socket we never
+        // saw close: finish it as closed at its last activity.
+        if let Some(old) = self.remove(conn_id) {
+            let last = old.last_ns;
+            self.finish(old, last);
+        }
+        if self.conns.len() >= self.capacity {
             self.evict_oldest();
         }
         self.by_process
             .entry(conn.tgid)
             .or_default()
             .insert(conn_id);
-        if let Some(old) = self.conns.insert(conn_id, conn) {
-            // The same id twice means the first OPEN was for a socket we
-            // never saw close: finish it as closed.
-            self.finish(old, 0);
-        }
+        self.conns.insert(conn_id, conn);
     }
 
     /// Drops the least recently active sixteenth of the table at once, so a
@@ -268,7 +272,7 @@ impl<S: Sink> Pipeline<S> {
     fn on_data(&mut self, event: &DataEvent, payload: &[u8]) {
         let conn_id = event.header.conn_id;
         if !self.conns.contains_key(&conn_id) {
-            if self.forgotten.contains(&conn_id) {
+            if self.forgotten_set.contains(&conn_id) {
                 return;
             }
             if !self.adopt_unknown(event) {
@@ -322,10 +326,19 @@ impl<S: Sink> Pipeline<S> {
         if let Some(kernel) = self.kernel.as_mut() {
             kernel.forget(conn_key(conn.tgid, conn.fd as u32));
         }
+        self.remember_gone(conn_id);
+    }
+
+    /// Events of this connection still in the ring buffer are expected.
+    fn remember_gone(&mut self, conn_id: u64) {
         if self.forgotten.len() >= MAX_FORGOTTEN {
-            self.forgotten.pop_front();
+            if let Some(old) = self.forgotten.pop_front() {
+                self.forgotten_set.remove(&old);
+            }
         }
-        self.forgotten.push_back(conn_id);
+        if self.forgotten_set.insert(conn_id) {
+            self.forgotten.push_back(conn_id);
+        }
     }
 
     /// Data for a connection we have no state for (its OPEN was lost, or it
@@ -408,6 +421,8 @@ impl<S: Sink> Pipeline<S> {
     }
 
     fn close(&mut self, conn_id: u64, ts_ns: u64) {
+        // Another thread's write can land after the close in the ring.
+        self.remember_gone(conn_id);
         if let Some(conn) = self.remove(conn_id) {
             self.finish(conn, ts_ns);
         }
@@ -418,11 +433,11 @@ impl<S: Sink> Pipeline<S> {
         let Some(ids) = self.by_process.remove(&tgid) else {
             return;
         };
+        // A reused pid is another program: it must learn its ports anew.
+        self.known_http.retain(|&(t, _)| t != tgid);
         for id in ids {
             if let Some(conn) = self.conns.remove(&id) {
-                if let Some(kernel) = self.kernel.as_mut() {
-                    kernel.forget(conn_key(conn.tgid, conn.fd as u32));
-                }
+                self.stop_tracing(id, &conn);
                 self.finish(conn, ts_ns);
             }
         }
@@ -506,11 +521,10 @@ impl ServiceNames {
             let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
             String::from_utf8_lossy(&comm[..end]).into_owned()
         });
-        let exe = if exe.is_empty() {
-            "unknown".to_string()
-        } else {
-            exe
-        };
+        if exe.is_empty() {
+            // Not cached: a later OPEN may carry the real task name.
+            return Arc::from("unknown");
+        }
         let name: Arc<str> = self.overrides.get(&exe).cloned().unwrap_or(exe).into();
         if self.cache.len() >= MAX_CACHED_NAMES {
             self.cache.clear();

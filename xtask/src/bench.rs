@@ -175,6 +175,9 @@ struct Run {
     served: u64,
     /// Tracer CPU from wrk's start until the count settled.
     tracer_cpu: Option<Cpu>,
+    /// The nginx worker's and wrk's CPU during the wrk run.
+    nginx_cpu: Cpu,
+    wrk_cpu: Cpu,
     /// Another `tracer` (someone else's test, say) was running at the start
     /// or the end of the run: its hooks tax nginx too, so the run is suspect.
     foreign: Vec<u32>,
@@ -188,6 +191,17 @@ struct Run {
 }
 
 impl Run {
+    /// `cpu` per request served, in µs: (user, system).
+    fn per_request_us(&self, cpu: Cpu) -> Option<(f64, f64)> {
+        let n = self.served as f64;
+        (self.served > 0).then(|| {
+            (
+                cpu.user.as_secs_f64() * 1e6 / n,
+                cpu.system.as_secs_f64() * 1e6 / n,
+            )
+        })
+    }
+
     /// Tracer CPU (user + system) per request served, in µs.
     fn cpu_us_per_request(&self) -> Option<f64> {
         let cpu = self.tracer_cpu?;
@@ -196,14 +210,7 @@ impl Run {
 
     /// The same split into user and system time.
     fn cpu_split_us(&self) -> Option<(f64, f64)> {
-        let cpu = self.tracer_cpu?;
-        let n = self.served as f64;
-        (self.served > 0).then(|| {
-            (
-                cpu.user.as_secs_f64() * 1e6 / n,
-                cpu.system.as_secs_f64() * 1e6 / n,
-            )
-        })
+        self.per_request_us(self.tracer_cpu?)
     }
 
     fn counted_ratio(&self) -> Option<f64> {
@@ -276,7 +283,15 @@ fn overhead_run(
         Some(t) => Some(proc_cpu(t.proc.pid())?),
         None => None,
     };
+    // The hooks run in the traced processes' syscalls, so their cost shows
+    // up as nginx's and wrk's system time, not as the tracer's.
+    let workers = nginx.workers();
+    let nginx0 = cpu_of(&workers)?;
+    let wrk0 = children_cpu();
     let wrk = run_wrk(dir, name, nginx.port, seconds)?;
+    // wrk is the only child reaped in between, so the difference is its CPU.
+    let wrk_cpu = children_cpu().since(wrk0);
+    let nginx_cpu = cpu_of(&workers)?.since(nginx0);
     let own: Vec<u32> = daemon.iter().map(|t| t.proc.pid()).collect();
     foreign.extend(foreign_tracers(&own));
     foreign.sort_unstable();
@@ -286,6 +301,8 @@ fn overhead_run(
         wrk,
         served: 0,
         tracer_cpu: None,
+        nginx_cpu,
+        wrk_cpu,
         foreign,
         counted: None,
         losses: Vec::new(),
@@ -415,12 +432,60 @@ fn replay(root: &Path, tracer: &Path, dir: &WorkDir) -> Result<Replay> {
 #[derive(Debug, Clone)]
 struct Memory {
     opened: u64,
-    rss_before_kib: u64,
+    before: Rss,
     conns_before: f64,
-    rss_kib: u64,
+    open: Rss,
     hwm_kib: u64,
     conns: f64,
+    after: Rss,
     conns_after_close: f64,
+}
+
+/// Resident memory of a process, in KiB, split by kind.
+#[derive(Debug, Clone, Copy)]
+struct Rss {
+    total: u64,
+    /// Heap, stacks: what the daemon allocates.
+    anon: u64,
+    /// Mapped files, and mappings of BPF maps (the ring buffer).
+    file: u64,
+    /// Of `file`: mappings of BPF maps. The ring buffer's data pages are
+    /// mapped twice (so records can wrap around), so its size counts twice
+    /// here though the kernel holds it once.
+    bpf_maps: u64,
+}
+
+impl Rss {
+    fn of(pid: u32) -> Result<Self> {
+        let smaps = fs::read_to_string(format!("/proc/{pid}/smaps"))
+            .with_context(|| format!("reading /proc/{pid}/smaps"))?;
+        let mut bpf_maps = 0;
+        let mut in_bpf_map = false;
+        for line in smaps.lines() {
+            if let Some(kib) = line.strip_prefix("Rss:") {
+                if in_bpf_map {
+                    bpf_maps += kib
+                        .split_whitespace()
+                        .next()
+                        .and_then(|v| v.parse::<u64>().ok())
+                        .unwrap_or(0);
+                }
+            } else if line
+                .split_whitespace()
+                .next()
+                .is_some_and(|f| f.contains('-') && !f.ends_with(':'))
+            {
+                // A mapping's header: `start-end perms offset dev inode [path]`.
+                in_bpf_map = line.ends_with("anon_inode:bpf-map");
+            }
+        }
+        Ok(Self {
+            total: vm_kib(pid, "VmRSS")?,
+            anon: vm_kib(pid, "RssAnon")?,
+            file: vm_kib(pid, "RssFile")?,
+            bpf_maps,
+        })
+    }
 }
 
 /// Opens `n` keep-alive connections, one request each, holds them until its
@@ -471,7 +536,7 @@ fn memory(tracer: &Path, dir: &WorkDir, n: u64) -> Result<Memory> {
     let mut nginx = Nginx::start(dir, "memory")?;
     let mut t = Tracer::start(tracer, dir, "memory", false)?;
     let (conns_before, _) = t.settle(|s| s.sum("tracer_connections", &[]))?;
-    let rss_before_kib = vm_kib(t.proc.pid(), "VmRSS")?;
+    let before = Rss::of(t.proc.pid())?;
 
     let script = dir.path.join("idle_client.py");
     fs::write(&script, IDLE_CLIENT).context("writing the idle client script")?;
@@ -488,20 +553,22 @@ fn memory(tracer: &Path, dir: &WorkDir, n: u64) -> Result<Memory> {
 
     // Let the pipeline catch up with the burst of opens and first requests.
     let (conns, _) = t.settle(|s| s.sum("tracer_connections", &[]))?;
-    let rss_kib = vm_kib(t.proc.pid(), "VmRSS")?;
+    let open = Rss::of(t.proc.pid())?;
     let hwm_kib = vm_kib(t.proc.pid(), "VmHWM")?;
 
     client.close()?;
     let (conns_after_close, _) = t.settle(|s| s.sum("tracer_connections", &[]))?;
+    let after = Rss::of(t.proc.pid())?;
     t.proc.stop(libc::SIGTERM, Duration::from_secs(10))?;
     nginx.stop_and_count()?;
     Ok(Memory {
         opened,
-        rss_before_kib,
+        before,
         conns_before,
-        rss_kib,
+        open,
         hwm_kib,
         conns,
+        after,
         conns_after_close,
     })
 }
@@ -617,6 +684,11 @@ http {{
             Ok(TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok())
         })?;
         Ok(Self { proc, port, log })
+    }
+
+    /// The master's children: the one worker.
+    fn workers(&self) -> Vec<u32> {
+        children_of(self.proc.pid())
     }
 
     /// Stops nginx gracefully (SIGQUIT flushes the buffered access log) and
@@ -975,6 +1047,54 @@ impl Cpu {
     }
 }
 
+/// Sum of the CPU of these processes.
+fn cpu_of(pids: &[u32]) -> Result<Cpu> {
+    let mut sum = Cpu {
+        user: Duration::ZERO,
+        system: Duration::ZERO,
+    };
+    for &pid in pids {
+        let c = proc_cpu(pid)?;
+        sum.user += c.user;
+        sum.system += c.system;
+    }
+    Ok(sum)
+}
+
+/// CPU of every child this process has reaped so far.
+fn children_cpu() -> Cpu {
+    // SAFETY: an all-zero rusage is a valid value of this plain C struct.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `ru` is valid and writable; RUSAGE_CHILDREN is a valid `who`.
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
+    let time = |t: libc::timeval| {
+        Duration::from_secs(t.tv_sec.max(0) as u64) + Duration::from_micros(t.tv_usec.max(0) as u64)
+    };
+    Cpu {
+        user: time(ru.ru_utime),
+        system: time(ru.ru_stime),
+    }
+}
+
+/// Processes whose parent is `parent`.
+fn children_of(parent: u32) -> Vec<u32> {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+                // Field 4 (ppid) is the second field after the command name.
+                stat.rsplit_once(')')
+                    .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok())
+                    == Some(parent)
+            })
+        })
+        .collect()
+}
+
 /// User and system CPU of a whole process, from /proc/PID/stat.
 fn proc_cpu(pid: u32) -> Result<Cpu> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat"))
@@ -1265,6 +1385,44 @@ fn overhead_tables(m: &mut String, runs: &[Run], targets: &mut Vec<Target>) {
              of this run: its hooks slowed nginx too, so the run is suspect."
         );
     }
+    // Where the CPU goes: with nginx and wrk each busy on one of the cores,
+    // any hook work they do in their syscalls is throughput lost.
+    let _ = writeln!(
+        m,
+        "\nCPU per request served, by process (median over runs; µs, user + sys):\n"
+    );
+    let _ = writeln!(
+        m,
+        "| configuration | nginx worker | wrk | tracer | all three |\n| --- | ---: | ---: | ---: | ---: |"
+    );
+    for c in Config::ALL {
+        let split = |f: &dyn Fn(&Run) -> Option<(f64, f64)>| {
+            let u = median(of(c).filter_map(|r| f(r).map(|x| x.0)).collect());
+            let k = median(of(c).filter_map(|r| f(r).map(|x| x.1)).collect());
+            u.zip(k)
+        };
+        let nginx = split(&|r: &Run| r.per_request_us(r.nginx_cpu));
+        let wrk = split(&|r: &Run| r.per_request_us(r.wrk_cpu));
+        let tracer = split(&|r: &Run| r.cpu_split_us());
+        let cell = |v: Option<(f64, f64)>| {
+            v.map_or("–".into(), |(u, k)| {
+                format!("{:.2} ({u:.2} + {k:.2})", u + k)
+            })
+        };
+        let total: f64 = [nginx, wrk, tracer]
+            .iter()
+            .flatten()
+            .map(|(u, k)| u + k)
+            .sum();
+        let _ = writeln!(
+            m,
+            "| {} | {} | {} | {} | {total:.2} |",
+            c.label(),
+            cell(nginx),
+            cell(wrk),
+            cell(tracer)
+        );
+    }
     let full_vs_hooks = match (rps(Config::Full), rps(Config::HooksOnly)) {
         (Some(f), Some(h)) if h > 0.0 => Some(f / h),
         _ => None,
@@ -1373,7 +1531,7 @@ fn overhead_tables(m: &mut String, runs: &[Run], targets: &mut Vec<Target>) {
 
 fn memory_table(m: &mut String, mem: &Memory, targets: &mut Vec<Target>) {
     let per_conn =
-        (mem.rss_kib as f64 - mem.rss_before_kib as f64) * 1024.0 / mem.opened.max(1) as f64;
+        (mem.open.total as f64 - mem.before.total as f64) * 1024.0 / mem.opened.max(1) as f64;
     let _ = writeln!(
         m,
         "| | before | with the connections open | after closing them |"
@@ -1385,15 +1543,34 @@ fn memory_table(m: &mut String, mem: &Memory, targets: &mut Vec<Target>) {
         "| `tracer_connections` (both ends are traced) | {:.0} | {:.0} | {:.0} |",
         mem.conns_before, mem.conns, mem.conns_after_close
     );
+    let (b, o, a) = (&mem.before, &mem.open, &mem.after);
+    let rows = [
+        ("tracer VmRSS", [b.total, o.total, a.total]),
+        ("… RssAnon (heap, stacks)", [b.anon, o.anon, a.anon]),
+        (
+            "… RssFile (binary, libraries, BPF map mappings)",
+            [b.file, o.file, a.file],
+        ),
+        (
+            "… … of which BPF map mappings (ring buffer counted twice)",
+            [b.bpf_maps, o.bpf_maps, a.bpf_maps],
+        ),
+    ];
+    for (label, [before, open, after]) in rows {
+        let _ = writeln!(
+            m,
+            "| {label} | {} | {} | {} |",
+            fmt_kib(before),
+            fmt_kib(open),
+            fmt_kib(after),
+        );
+    }
     let _ = writeln!(
         m,
-        "| tracer VmRSS | {} | {} (peak VmHWM {}) | |",
-        fmt_kib(mem.rss_before_kib),
-        fmt_kib(mem.rss_kib),
+        "\nPeak VmHWM (start-up included): {}. VmRSS growth per client connection: {per_conn:.0} bytes.\n",
         fmt_kib(mem.hwm_kib)
     );
-    let _ = writeln!(m, "\nGrowth per client connection: {per_conn:.0} bytes.\n");
-    let mib = mem.rss_kib as f64 / 1024.0;
+    let mib = mem.open.total as f64 / 1024.0;
     targets.push(Target {
         what: "RSS ≤ 64 MiB with 10,000 idle keep-alive connections",
         measured: format!("{mib:.1} MiB with {} connections", mem.opened),
