@@ -7,11 +7,11 @@
 
 use std::{
     collections::{HashMap, HashSet, VecDeque},
-    hash::{BuildHasherDefault, Hasher},
     mem::size_of,
     sync::Arc,
 };
 
+use rustc_hash::FxBuildHasher;
 use tracer_common::{
     conn_key, direction, kind, role, ConnEvent, ConnInfo, DataEvent, EventHeader, Tuple,
     USER_CONN_ID_BIT,
@@ -86,28 +86,9 @@ struct Conn {
     port_known: bool,
 }
 
-/// Connection ids are spread well already; skip SipHash on the hot path.
-#[derive(Default)]
-struct IdHasher(u64);
-
-impl Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
-        }
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = (n ^ (n >> 29)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    }
-    fn write_u32(&mut self, n: u32) {
-        self.write_u64(u64::from(n));
-    }
-}
-
-type IdMap<K, V> = HashMap<K, V, BuildHasherDefault<IdHasher>>;
+/// Keys are connection ids and pids we choose or the kernel does: no
+/// flooding risk, so skip SipHash on the hot path.
+type IdMap<K, V> = HashMap<K, V, FxBuildHasher>;
 
 /// Connections we told the kernel to stop tracing, remembered so that their
 /// events already in the ring buffer are dropped quietly, not as unknown.
@@ -120,13 +101,13 @@ const MAX_KNOWN_PORTS: usize = 4096;
 /// The whole user-space pipeline after the ring buffer.
 pub struct Pipeline<S: Sink> {
     conns: IdMap<u64, Conn>,
-    by_process: IdMap<u32, HashSet<u64, BuildHasherDefault<IdHasher>>>,
+    by_process: IdMap<u32, HashSet<u64, FxBuildHasher>>,
     capacity: usize,
     names: ServiceNames,
     known_http: HashSet<(u32, u16)>,
     kernel: Option<Box<dyn KernelSockets + Send>>,
     forgotten: VecDeque<u64>,
-    forgotten_set: HashSet<u64, BuildHasherDefault<IdHasher>>,
+    forgotten_set: HashSet<u64, FxBuildHasher>,
     next_user_id: u64,
     exchanges: Vec<Exchange>,
     pub counters: Counters,

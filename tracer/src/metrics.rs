@@ -29,7 +29,9 @@
 //! Internal metrics (prefix `tracer_`) count what the pipeline saw and lost;
 //! see the HELP texts in [`Metrics::new`].
 
-use std::hash::{BuildHasher, RandomState};
+use std::hash::BuildHasher;
+
+use rustc_hash::FxBuildHasher;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -263,7 +265,6 @@ impl CacheEntry {
 struct HttpState {
     routes: RouteBudget,
     peers: KeyBudget<(IpAddr, u16)>,
-    hasher: RandomState,
     /// Direct-mapped: a colliding observation replaces the slot, so the cache
     /// never grows and hot entries win back their slot on the next miss.
     cache: Vec<Option<CacheEntry>>,
@@ -424,7 +425,6 @@ impl Metrics {
         let http = HttpState {
             routes: RouteBudget::new(max_routes_per_service, max_services),
             peers: KeyBudget::new(max_peers_per_service, max_services),
-            hasher: RandomState::new(),
             cache: (0..CACHE_SLOTS).map(|_| None).collect(),
         };
 
@@ -469,7 +469,9 @@ impl Metrics {
             && obs.service.len() <= MAX_CACHED_LEN
             && obs.method.len() <= MAX_CACHED_LEN)
             .then(|| {
-                let hash = state.hasher.hash_one((
+                // Fast and unkeyed: a collision only costs a cache miss,
+                // never a lookup chain, so hostile paths slow nothing down.
+                let hash = FxBuildHasher.hash_one((
                     obs.side,
                     obs.service,
                     obs.method,
