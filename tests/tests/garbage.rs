@@ -15,7 +15,9 @@ use std::io::{BufReader, Read, Write};
 
 use tracer_e2e::net::{connect, get_request};
 use tracer_e2e::tracer::try_get;
-use tracer_e2e::{curl, net::url, privileged, read_response, Nginx, Peer, TestDir, Tracer, Want};
+use tracer_e2e::{
+    curl, net::url, own_service_name, privileged, read_response, Nginx, Peer, TestDir, Tracer, Want,
+};
 
 const RESYNCS: &str = "tracer_parser_resyncs_total";
 
@@ -61,27 +63,30 @@ fn junk_is_resynced_and_valid_exchanges_stay_exact() {
     drop(a);
 
     // Connection B: a valid exchange, junk, then a request nginx discards.
-    let b = connect(nginx.addr());
-    let mut reader = BufReader::new(b.try_clone().expect("clone"));
-    let mut writer = b;
-    writer
+    let mut b = BufReader::new(connect(nginx.addr()));
+    b.get_mut()
         .write_all(get_request("/g/mixed-before").as_bytes())
         .expect("write");
-    let first = read_response(&mut reader, false).expect("response to the valid request");
+    let first = read_response(&mut b, false).expect("response to the valid request");
     assert_eq!(first.status, 200);
-    writer.write_all(&junk(512, 0xbad)).expect("write junk");
-    let second = read_response(&mut reader, false).expect("nginx's answer to junk");
+    b.get_mut()
+        .write_all(&junk(512, 0xbad))
+        .expect("write junk");
+    let second = read_response(&mut b, false).expect("nginx's answer to junk");
     assert_eq!(second.status, 400);
     let mut rest = Vec::new();
-    let _ = reader.read_to_end(&mut rest);
+    let _ = b.read_to_end(&mut rest);
     // nginx may already have closed for good: a failed write is fine here.
-    let _ = writer.write_all(get_request("/g/mixed-after").as_bytes());
-    drop((reader, writer));
+    let _ = b
+        .get_mut()
+        .write_all(get_request("/g/mixed-after").as_bytes());
+    drop(b);
 
     let after = vec![url(nginx.addr(), "/g/after"); 3];
     curl(&[], &after);
 
     tracer.barrier(&nginx);
+    let me = own_service_name();
     let log = nginx.access_log();
     assert!(
         !log.has_path("/g/mixed-after"),
@@ -97,6 +102,12 @@ fn junk_is_resynced_and_valid_exchanges_stay_exact() {
             .method("GET")
             .status(200)
             .is(3),
+        // This process was the client of connection B.
+        Want::client(&me, "/g/mixed-before")
+            .method("GET")
+            .status(200)
+            .is(1),
+        Want::client(&me, "/g/mixed-after").is(0),
     ];
     for ((method, status, route), n) in log.counts("/g/") {
         wants.push(Want::server("nginx", &route).is(n));

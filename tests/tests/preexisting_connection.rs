@@ -3,16 +3,17 @@
 //! the connection it never saw open (it scans /proc at start-up) and count
 //! exactly N on nginx's side: not N+1 (the old request replayed or a stale
 //! half-exchange completed), not N-1 (the first request after start-up lost
-//! while the parser synchronises).
+//! while the parser synchronises). The client end of that connection is this
+//! test process (named `e2e-adopter` through `--service-name`): adopted too,
+//! it must count the same N.
 //!
 //! Ground truth: nginx's access log (N+1 requests on one connection, the last
-//! N after the tracer was ready).
+//! N after the tracer was ready) and the N responses read here.
 
 use std::io::{BufReader, Write};
 
 use tracer_e2e::net::{connect, get_request};
-use tracer_e2e::tracer::CLIENT_COUNT;
-use tracer_e2e::{privileged, read_response, Nginx, Peer, TestDir, Tracer, Want};
+use tracer_e2e::{own_service_name, privileged, read_response, Nginx, Peer, TestDir, Tracer, Want};
 
 const AFTER: u64 = 5;
 
@@ -23,19 +24,20 @@ fn keepalive_connection_opened_before_start_counts_only_later_requests() {
     }
     let dir = TestDir::new("preexisting");
     let nginx = Nginx::start(&dir, "");
-    let stream = connect(nginx.addr());
-    let mut reader = BufReader::new(stream.try_clone().expect("clone the stream"));
-    let mut writer = stream;
+    // One fd for both directions (no `try_clone`: a dup'd fd is another
+    // matter, see dup_fd.rs).
+    let mut conn = BufReader::new(connect(nginx.addr()));
     let mut exchange = |path: &str| {
-        writer
+        conn.get_mut()
             .write_all(get_request(path).as_bytes())
             .expect("write a request");
-        let response = read_response(&mut reader, false).expect("read a response");
+        let response = read_response(&mut conn, false).expect("read a response");
         assert_eq!(response.status, 200, "GET {path}");
     };
     exchange("/pre");
 
-    let tracer = Tracer::start(&dir, &[]);
+    let rename = format!("{}=e2e-adopter", own_service_name());
+    let tracer = Tracer::start(&dir, &["--service-name", &rename]);
     for _ in 0..AFTER {
         exchange("/pre");
     }
@@ -51,19 +53,13 @@ fn keepalive_connection_opened_before_start_counts_only_later_requests() {
         "the requests were not all on one connection: {entries:?}"
     );
 
-    // The client side (this process) is not part of the contract here, but
-    // its count helps whoever debugs a failure.
-    println!(
-        "client side of the adopted connection:\n{}",
-        tracer
-            .scrape()
-            .lines(CLIENT_COUNT, &[("http_route", "/pre")])
-    );
     tracer.expect(&[
         Want::server("nginx", "/pre").is(AFTER),
         Want::server("nginx", "/pre")
             .method("GET")
             .status(200)
             .is(AFTER),
+        // The other end of the same adopted connection: this process.
+        Want::client("e2e-adopter", "/pre").is(AFTER),
     ]);
 }

@@ -14,7 +14,10 @@ use tracer_common::{
 };
 
 use crate::{
-    maps::{count, wakeup_flags, Connecting, CONNECTING, CONN_SEQ, EVENTS, PEER_TO_LOCAL, SOCKETS},
+    maps::{
+        count, wakeup_flags, Connecting, CONNECTING, CONN_SEQ, DUP_REFS, EVENTS, PEER_TO_LOCAL,
+        SOCKETS,
+    },
     regs::SyscallArgs,
     self_tgid,
 };
@@ -164,13 +167,76 @@ pub fn on_connect_exit(ret: i64) {
 pub fn on_close(fd: u64) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
-    let key = conn_key(tgid, fd as u32);
+    drop_descriptor(tgid, pid_tgid as u32, fd as u32);
+}
+
+/// One descriptor of a traced socket is gone; the connection ends with its
+/// last descriptor.
+fn drop_descriptor(tgid: u32, pid: u32, fd: u32) {
+    let key = conn_key(tgid, fd);
     // SAFETY: plain map lookup; the value is copied out at once.
     let Some(info) = (unsafe { SOCKETS.get(&key) }).copied() else {
         return;
     };
     let _ = SOCKETS.remove(&key);
-    emit(kind::CLOSE, tgid, pid_tgid as u32, fd as i32, &info, comm());
+    if let Some(refs) = DUP_REFS.get_ptr_mut(&info.conn_id) {
+        // SAFETY: a valid map value pointer, copied out at once.
+        let left = unsafe {
+            *refs = (*refs).saturating_sub(1);
+            *refs
+        };
+        if left > 0 {
+            return;
+        }
+        let _ = DUP_REFS.remove(&info.conn_id);
+    }
+    emit(kind::CLOSE, tgid, pid, fd as i32, &info, comm());
+}
+
+const NR_FCNTL: u64 = 72;
+const F_DUPFD: u64 = 0;
+const F_DUPFD_CLOEXEC: u64 = 1030;
+
+/// `dup`, `dup2`, `dup3` or `fcntl` returned `ret`: a new descriptor of a
+/// traced socket shares its connection id and starts at its positions.
+pub fn on_dup_exit(ret: i64) {
+    if ret < 0 {
+        return;
+    }
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    if tgid == self_tgid() {
+        return;
+    }
+    let Some(args) = SyscallArgs::current() else {
+        return;
+    };
+    if args.syscall_nr() == Some(NR_FCNTL)
+        && !matches!(args.arg1(), Some(F_DUPFD) | Some(F_DUPFD_CLOEXEC))
+    {
+        return;
+    }
+    let (Some(old_fd), new_fd) = (args.arg0(), ret as u64) else {
+        return;
+    };
+    if old_fd == new_fd {
+        return;
+    }
+    // dup2/dup3 onto an open descriptor closes it first.
+    drop_descriptor(tgid, pid_tgid as u32, new_fd as u32);
+    // SAFETY: plain map lookup; the value is copied out at once.
+    let Some(info) = (unsafe { SOCKETS.get(&conn_key(tgid, old_fd as u32)) }).copied() else {
+        return;
+    };
+    if !register(conn_key(tgid, new_fd as u32), &info) {
+        return;
+    }
+    let refs = match DUP_REFS.get_ptr_mut(&info.conn_id) {
+        // SAFETY: a valid map value pointer.
+        Some(refs) => unsafe { *refs + 1 },
+        None => 2,
+    };
+    let _ = DUP_REFS.insert(&info.conn_id, &refs, 0);
 }
 
 /// A TCP socket changed state.

@@ -15,6 +15,12 @@ use tracer_common::{ConnInfo, DataEvent, SockAddr, COMM_LEN, MAX_CAPTURE};
 #[map]
 pub static SOCKETS: HashMap<u64, ConnInfo> = HashMap::with_max_entries(65536, 0);
 
+/// Open descriptors of connections that were `dup`ed, keyed by connection id:
+/// CLOSE goes out when the last one closes. Only dup'ed connections have an
+/// entry. LRU: an entry of a process that died without closing ages out.
+#[map]
+pub static DUP_REFS: LruHashMap<u64, u32> = LruHashMap::with_max_entries(4096, 0);
+
 /// Where a client socket's `connect` came from, keyed by the kernel's `sock`
 /// address, from `SYN_SENT` until `ESTABLISHED` or `CLOSE`. LRU: an entry
 /// whose socket vanished without a `CLOSE` transition ages out.

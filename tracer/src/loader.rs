@@ -54,7 +54,7 @@ const fn hook(
 }
 
 /// Every syscall hook, in both attach modes.
-const SYSCALL_HOOKS: [Hook; 13] = [
+const SYSCALL_HOOKS: [Hook; 17] = [
     hook(
         "tp_exit_read",
         "sys_exit_read",
@@ -126,6 +126,30 @@ const SYSCALL_HOOKS: [Hook; 13] = [
         "sys_exit_connect",
         "kp_exit_connect",
         "__x64_sys_connect",
+    ),
+    hook(
+        "tp_exit_dup",
+        "sys_exit_dup",
+        "kp_exit_dup",
+        "__x64_sys_dup",
+    ),
+    hook(
+        "tp_exit_dup2",
+        "sys_exit_dup2",
+        "kp_exit_dup2",
+        "__x64_sys_dup2",
+    ),
+    hook(
+        "tp_exit_dup3",
+        "sys_exit_dup3",
+        "kp_exit_dup3",
+        "__x64_sys_dup3",
+    ),
+    hook(
+        "tp_exit_fcntl",
+        "sys_exit_fcntl",
+        "kp_exit_fcntl",
+        "__x64_sys_fcntl",
     ),
     hook(
         "tp_enter_close",

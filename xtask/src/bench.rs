@@ -69,6 +69,11 @@ const RECORD_SECONDS: u64 = 5;
 const RECORD_LOAD_SECONDS: u64 = 3;
 
 const SERVER_COUNT: &str = "http_server_request_duration_seconds_count";
+/// nginx runs from a copy of its binary under this name. The tracer names a
+/// service after its executable, so this keeps our nginx's requests apart
+/// from those of any other nginx on the machine (the end-to-end suite's, on
+/// a shared machine), which would otherwise inflate the count.
+const NGINX_SERVICE: &str = "bench-nginx";
 /// Counters whose non-zero values explain a count below what was served.
 const LOSS_COUNTERS: [&str; 6] = [
     "tracer_kernel_drops_total",
@@ -178,11 +183,18 @@ struct Run {
     /// The nginx worker's and wrk's CPU during the wrk run.
     nginx_cpu: Cpu,
     wrk_cpu: Cpu,
+    /// CPU busy outside nginx, wrk and the tracer during the wrk run, and
+    /// time the hypervisor stole, both in cores.
+    other_load: f64,
+    steal: f64,
     /// Another `tracer` (someone else's test, say) was running at the start
     /// or the end of the run: its hooks tax nginx too, so the run is suspect.
     foreign: Vec<u32>,
-    /// The tracer's server-side count for nginx (full tracer only).
+    /// The tracer's server-side count for our nginx (full tracer only).
     counted: Option<f64>,
+    /// Server-side requests of other services it traced meanwhile: work
+    /// that is not ours in its CPU figure.
+    others_traced: Option<f64>,
     /// Non-zero loss counters, `name{labels} value`.
     losses: Vec<String>,
     /// Kernel drops summed over causes.
@@ -288,10 +300,22 @@ fn overhead_run(
     let workers = nginx.workers();
     let nginx0 = cpu_of(&workers)?;
     let wrk0 = children_cpu();
+    let system0 = system_cpu()?;
+    let started = Instant::now();
     let wrk = run_wrk(dir, name, nginx.port, seconds)?;
+    let (system, wall) = (system_cpu()?.since(system0), started.elapsed());
     // wrk is the only child reaped in between, so the difference is its CPU.
     let wrk_cpu = children_cpu().since(wrk0);
     let nginx_cpu = cpu_of(&workers)?.since(nginx0);
+    let tracer_during = match (&daemon, cpu0) {
+        (Some(t), Some(c0)) => proc_cpu(t.proc.pid())?.since(c0).total(),
+        _ => Duration::ZERO,
+    };
+    // Whatever else kept the cores busy meanwhile (other people's builds and
+    // tests on a shared machine, the hypervisor): the run's noise.
+    let ours = nginx_cpu.total() + wrk_cpu.total() + tracer_during;
+    let other_load = system.user.saturating_sub(ours).as_secs_f64() / wall.as_secs_f64();
+    let steal = system.system.as_secs_f64() / wall.as_secs_f64();
     let own: Vec<u32> = daemon.iter().map(|t| t.proc.pid()).collect();
     foreign.extend(foreign_tracers(&own));
     foreign.sort_unstable();
@@ -303,8 +327,11 @@ fn overhead_run(
         tracer_cpu: None,
         nginx_cpu,
         wrk_cpu,
+        other_load,
+        steal,
         foreign,
         counted: None,
+        others_traced: None,
         losses: Vec::new(),
         kernel_drops: None,
         rss_kib: None,
@@ -315,8 +342,9 @@ fn overhead_run(
             // The pipeline may still be draining the ring buffer: wait for
             // the count to stop moving, and charge that work to the run.
             let (count, scrape) =
-                t.settle(|s| s.sum(SERVER_COUNT, &[("service_name", "nginx")]))?;
+                t.settle(|s| s.sum(SERVER_COUNT, &[("service_name", NGINX_SERVICE)]))?;
             run.counted = Some(count);
+            run.others_traced = Some(scrape.sum(SERVER_COUNT, &[]) - count);
             scrape
         } else {
             t.scrape()?
@@ -671,7 +699,7 @@ http {{
         );
         let conf_path = dir.path.join(format!("nginx-{name}.conf"));
         fs::write(&conf_path, conf).context("writing nginx.conf")?;
-        let mut cmd = Command::new("nginx");
+        let mut cmd = Command::new(&dir.nginx);
         cmd.arg("-p")
             .arg(format!("{d}/"))
             .arg("-c")
@@ -940,6 +968,8 @@ impl Drop for Proc {
 /// The bench's scratch directory, removed at the end unless kept.
 struct WorkDir {
     path: PathBuf,
+    /// The copy of the nginx binary named [`NGINX_SERVICE`].
+    nginx: PathBuf,
     keep: std::cell::Cell<bool>,
 }
 
@@ -949,8 +979,13 @@ impl WorkDir {
         // A leftover from an earlier run with the same pid is stale.
         let _ = fs::remove_dir_all(&path);
         fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
+        let original = which("nginx").ok_or_else(|| anyhow!("nginx is not on PATH"))?;
+        let nginx = path.join(NGINX_SERVICE);
+        fs::copy(&original, &nginx)
+            .with_context(|| format!("copying {} to {}", original.display(), nginx.display()))?;
         Ok(Self {
             path,
+            nginx,
             keep: std::cell::Cell::new(false),
         })
     }
@@ -1045,6 +1080,33 @@ impl Cpu {
             system: self.system.saturating_sub(earlier.system),
         }
     }
+}
+
+/// Busy time of the whole machine (in `user`) and hypervisor steal (in
+/// `system`), from the first line of /proc/stat.
+fn system_cpu() -> Result<Cpu> {
+    let stat = fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+    let ticks: Vec<u64> = stat
+        .lines()
+        .next()
+        .and_then(|l| l.strip_prefix("cpu "))
+        .ok_or_else(|| anyhow!("/proc/stat: no `cpu` line"))?
+        .split_whitespace()
+        .filter_map(|t| t.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest time is
+    // already inside user).
+    let [user, nice, system, _idle, _iowait, irq, softirq, steal, ..] = ticks[..] else {
+        bail!("/proc/stat: short `cpu` line");
+    };
+    // SAFETY: sysconf has no memory preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let hz = if hz > 0 { hz as u64 } else { 100 };
+    let time = |t: u64| Duration::from_nanos(t * 1_000_000_000 / hz);
+    Ok(Cpu {
+        user: time(user + nice + system + irq + softirq),
+        system: time(steal),
+    })
 }
 
 /// Sum of the CPU of these processes.
@@ -1351,11 +1413,11 @@ fn overhead_tables(m: &mut String, runs: &[Run], targets: &mut Vec<Target>) {
     );
     let _ = writeln!(
         m,
-        "| configuration | req/s | vs off | p50 | p50 vs off | p99 | p99 vs off | tracer CPU per request | runs (req/s) |"
+        "| configuration | req/s | vs off | p50 | p50 vs off | p99 | p99 vs off | tracer CPU per request | runs (req/s) | other load per run (cores) |"
     );
     let _ = writeln!(
         m,
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |"
     );
     for c in Config::ALL {
         let all: Vec<String> = of(c)
@@ -1366,7 +1428,7 @@ fn overhead_tables(m: &mut String, runs: &[Run], targets: &mut Vec<Target>) {
             .collect();
         let _ = writeln!(
             m,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             c.label(),
             rps(c).map_or("–".into(), fmt_int),
             ratio(rps(c), rps(Config::Off)),
@@ -1376,8 +1438,17 @@ fn overhead_tables(m: &mut String, runs: &[Run], targets: &mut Vec<Target>) {
             ratio(p99(c), p99(Config::Off)),
             cpu(c).map_or("–".into(), |v| format!("{v:.2} µs")),
             all.join(", "),
+            of(c)
+                .map(|r| format!("{:.2} (steal {:.2})", r.other_load, r.steal))
+                .collect::<Vec<_>>()
+                .join(", "),
         );
     }
+    let _ = writeln!(
+        m,
+        "\nOther load = cores kept busy by anything but nginx, wrk and the tracer during \
+         the wrk run (from /proc/stat); steal = time the hypervisor took. Both are noise."
+    );
     if runs.iter().any(|r| !r.foreign.is_empty()) {
         let _ = writeln!(
             m,
@@ -1393,9 +1464,9 @@ fn overhead_tables(m: &mut String, runs: &[Run], targets: &mut Vec<Target>) {
     );
     let _ = writeln!(
         m,
-        "| configuration | nginx worker | wrk | tracer | all three |\n| --- | ---: | ---: | ---: | ---: |"
+        "| configuration | nginx worker | wrk | tracer | all three | off's total / this total |\n| --- | ---: | ---: | ---: | ---: | ---: |"
     );
-    for c in Config::ALL {
+    let total_cpu = |c: Config| {
         let split = |f: &dyn Fn(&Run) -> Option<(f64, f64)>| {
             let u = median(of(c).filter_map(|r| f(r).map(|x| x.0)).collect());
             let k = median(of(c).filter_map(|r| f(r).map(|x| x.1)).collect());
@@ -1404,23 +1475,35 @@ fn overhead_tables(m: &mut String, runs: &[Run], targets: &mut Vec<Target>) {
         let nginx = split(&|r: &Run| r.per_request_us(r.nginx_cpu));
         let wrk = split(&|r: &Run| r.per_request_us(r.wrk_cpu));
         let tracer = split(&|r: &Run| r.cpu_split_us());
-        let cell = |v: Option<(f64, f64)>| {
-            v.map_or("–".into(), |(u, k)| {
-                format!("{:.2} ({u:.2} + {k:.2})", u + k)
-            })
-        };
         let total: f64 = [nginx, wrk, tracer]
             .iter()
             .flatten()
             .map(|(u, k)| u + k)
             .sum();
+        (nginx, wrk, tracer, total)
+    };
+    let (.., off_total) = total_cpu(Config::Off);
+    for c in Config::ALL {
+        let (nginx, wrk, tracer, total) = total_cpu(c);
+        let cell = |v: Option<(f64, f64)>| {
+            v.map_or("–".into(), |(u, k)| {
+                format!("{:.2} ({u:.2} + {k:.2})", u + k)
+            })
+        };
+        // With both cores saturated, throughput goes as the inverse of the
+        // CPU a request costs: a noise-resistant reading of the ratios above.
         let _ = writeln!(
             m,
-            "| {} | {} | {} | {} | {total:.2} |",
+            "| {} | {} | {} | {} | {total:.2} | {} |",
             c.label(),
             cell(nginx),
             cell(wrk),
-            cell(tracer)
+            cell(tracer),
+            if total > 0.0 {
+                format!("{:.3}", off_total / total)
+            } else {
+                "–".into()
+            },
         );
     }
     let full_vs_hooks = match (rps(Config::Full), rps(Config::HooksOnly)) {
@@ -1438,16 +1521,16 @@ fn overhead_tables(m: &mut String, runs: &[Run], targets: &mut Vec<Target>) {
     let _ = writeln!(
         m,
         "Full tracer, each run (served = nginx access-log lines; counted = sum of \
-         `{SERVER_COUNT}{{service_name=\"nginx\"}}` once it stopped changing; CPU = the \
+         `{SERVER_COUNT}{{service_name=\"{NGINX_SERVICE}\"}}` once it stopped changing; CPU = the \
          tracer's utime+stime from wrk's start until then):\n"
     );
     let _ = writeln!(
         m,
-        "| run | req/s | served | counted | counted/served | tracer CPU per request (user + sys) | tracer RSS | kernel drops | other loss counters |"
+        "| run | req/s | served | counted | counted/served | tracer CPU per request (user + sys) | tracer RSS | kernel drops | other loss counters | others' requests traced |"
     );
     let _ = writeln!(
         m,
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |"
     );
     for (i, r) in of(Config::Full).enumerate() {
         let losses: Vec<&String> = r
@@ -1457,7 +1540,7 @@ fn overhead_tables(m: &mut String, runs: &[Run], targets: &mut Vec<Target>) {
             .collect();
         let _ = writeln!(
             m,
-            "| {}{} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {}{} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             i + 1,
             if r.foreign.is_empty() { "" } else { "*" },
             fmt_int(r.wrk.rps),
@@ -1479,6 +1562,7 @@ fn overhead_tables(m: &mut String, runs: &[Run], targets: &mut Vec<Target>) {
                     .collect::<Vec<_>>()
                     .join(" ")
             },
+            r.others_traced.map_or("–".into(), |v| format!("{v:.0}")),
         );
     }
     let drops: Vec<String> = of(Config::Full)
@@ -1739,6 +1823,7 @@ mod tests {
                     tracer_connections 3\n# EOF\n";
         let s = Scrape(text.into());
         assert_eq!(s.sum(SERVER_COUNT, &[("service_name", "nginx")]), 15.0);
+        assert_eq!(s.sum(SERVER_COUNT, &[]), 22.0);
         assert_eq!(s.sum("tracer_connections", &[]), 3.0);
         assert_eq!(
             s.nonzero(&["tracer_connections"]),

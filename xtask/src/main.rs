@@ -85,6 +85,7 @@ fn main() -> Result<()> {
                     "--release",
                     "-p",
                     "tracer-e2e",
+                    "--no-fail-fast",
                     "--",
                     "--test-threads=1",
                 ])

@@ -64,6 +64,24 @@ pub fn kp_exit_connect(ctx: RetProbeContext) -> u32 {
     0
 }
 
+macro_rules! dup_exit {
+    ($name:ident) => {
+        #[kretprobe]
+        pub fn $name(ctx: RetProbeContext) -> u32 {
+            if crate::hooks_only() {
+                return 0;
+            }
+            conn::on_dup_exit(ctx.ret::<i64>());
+            0
+        }
+    };
+}
+
+dup_exit!(kp_exit_dup);
+dup_exit!(kp_exit_dup2);
+dup_exit!(kp_exit_dup3);
+dup_exit!(kp_exit_fcntl);
+
 #[kprobe]
 pub fn kp_enter_close(_ctx: ProbeContext) -> u32 {
     if crate::hooks_only() {

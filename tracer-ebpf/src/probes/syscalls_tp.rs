@@ -69,6 +69,24 @@ pub fn tp_exit_connect(ctx: TracePointContext) -> u32 {
     0
 }
 
+macro_rules! dup_exit {
+    ($name:ident) => {
+        #[tracepoint]
+        pub fn $name(ctx: TracePointContext) -> u32 {
+            if crate::hooks_only() {
+                return 0;
+            }
+            conn::on_dup_exit(ret(&ctx));
+            0
+        }
+    };
+}
+
+dup_exit!(tp_exit_dup);
+dup_exit!(tp_exit_dup2);
+dup_exit!(tp_exit_dup3);
+dup_exit!(tp_exit_fcntl);
+
 #[tracepoint]
 pub fn tp_enter_close(ctx: TracePointContext) -> u32 {
     if crate::hooks_only() {
