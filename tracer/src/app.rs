@@ -73,6 +73,7 @@ impl Publisher {
         metrics.count_evictions(now.evictions - last.evictions);
         let (r, lr) = (now.reassembly, last.reassembly);
         metrics.count_gaps(r.gaps - lr.gaps, r.gap_bytes - lr.gap_bytes);
+        metrics.count_user_drop("stream_overlap", r.overlaps - lr.overlaps);
         let (p, lp) = (now.parser, last.parser);
         metrics.count_parser(
             "http1",

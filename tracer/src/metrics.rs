@@ -79,12 +79,11 @@ const MAX_CACHED_LEN: usize = 256;
 const TRUNCATED_STAT: &str = "truncated";
 
 /// Drop causes the daemon reports, created at zero so dashboards see them.
-const USER_DROP_CAUSES: [&str; 5] = [
+const USER_DROP_CAUSES: [&str; 4] = [
     "conn_evicted",
-    "reorder_overflow",
     "unknown_conn",
     "decode_error",
-    "not_traced_after_close",
+    "stream_overlap",
 ];
 
 /// Encoding the registry failed (only possible if a metric is malformed).
