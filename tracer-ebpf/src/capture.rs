@@ -3,7 +3,7 @@
 //! up to the capture limit into the ring buffer.
 
 use aya_ebpf::helpers::{
-    bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user,
+    bpf_ktime_get_ns, bpf_probe_read_user,
     generated::{bpf_probe_read_user as raw_read_user, bpf_ringbuf_output},
 };
 use core::{ffi::c_void, mem::size_of};
@@ -12,8 +12,7 @@ use tracer_common::{conn_key, kind, stat, DataEvent, EventHeader, MAX_CAPTURE};
 use crate::{
     capture_limit,
     maps::{count, wakeup_flags, DataScratch, EVENTS, SCRATCH, SOCKETS},
-    regs::SyscallArgs,
-    self_tgid,
+    regs::Caller,
 };
 
 /// Where the syscall's payload lives in user memory.
@@ -45,12 +44,12 @@ pub fn on_data_exit(ret: i64, direction: u8, buffer: Buffer) {
     if ret <= 0 {
         return;
     }
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let tgid = (pid_tgid >> 32) as u32;
-    if tgid == self_tgid() {
-        return;
-    }
-    let Some(args) = SyscallArgs::current() else {
+    let Some(Caller {
+        pid_tgid,
+        tgid,
+        args,
+    }) = Caller::current()
+    else {
         return;
     };
     let Some(fd) = args.arg0() else {

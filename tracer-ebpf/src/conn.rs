@@ -18,8 +18,7 @@ use crate::{
         count, wakeup_flags, Connecting, CONNECTING, CONN_SEQ, DUP_REFS, EVENTS, PEER_TO_LOCAL,
         SOCKETS,
     },
-    regs::SyscallArgs,
-    self_tgid,
+    regs::{Caller, SyscallArgs},
 };
 
 const NR_CONNECT: u64 = 42;
@@ -115,12 +114,12 @@ pub fn on_accept_exit(ret: i64) {
     if ret < 0 {
         return;
     }
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let tgid = (pid_tgid >> 32) as u32;
-    if tgid == self_tgid() {
-        return;
-    }
-    let Some(args) = SyscallArgs::current() else {
+    let Some(Caller {
+        pid_tgid,
+        tgid,
+        args,
+    }) = Caller::current()
+    else {
         return;
     };
     let mut tuple = Tuple::default();
@@ -203,12 +202,12 @@ pub fn on_dup_exit(ret: i64) {
     if ret < 0 {
         return;
     }
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let tgid = (pid_tgid >> 32) as u32;
-    if tgid == self_tgid() {
-        return;
-    }
-    let Some(args) = SyscallArgs::current() else {
+    let Some(Caller {
+        pid_tgid,
+        tgid,
+        args,
+    }) = Caller::current()
+    else {
         return;
     };
     if args.syscall_nr() == Some(NR_FCNTL)
@@ -260,12 +259,12 @@ pub fn on_state_change(change: &StateChange) {
 }
 
 fn on_syn_sent(change: &StateChange) {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let tgid = (pid_tgid >> 32) as u32;
-    if tgid == self_tgid() {
-        return;
-    }
-    let Some(args) = SyscallArgs::current() else {
+    let Some(Caller {
+        pid_tgid,
+        tgid,
+        args,
+    }) = Caller::current()
+    else {
         return;
     };
     // Anything else (io_uring, kernel sockets) has no fd we could match.

@@ -33,10 +33,12 @@ pub static CONNECTING: LruHashMap<u64, Connecting> = LruHashMap::with_max_entrie
 #[map]
 pub static PEER_TO_LOCAL: LruHashMap<SockAddr, SockAddr> = LruHashMap::with_max_entries(16384, 0);
 
-/// All events to the daemon. 16 MiB by default (the loader may change it);
-/// when full `bpf_ringbuf_output` fails and `stat::RINGBUF_FULL` is counted.
+/// All events to the daemon: 8 MiB by default, set by the loader from the
+/// command line (the daemon's RSS counts it twice: the kernel maps the data
+/// pages twice). When full, `bpf_ringbuf_output` fails and
+/// `stat::RINGBUF_FULL` is counted.
 #[map]
-pub static EVENTS: RingBuf = RingBuf::with_byte_size(16 * 1024 * 1024, 0);
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(8 * 1024 * 1024, 0);
 
 /// Per-CPU loss counters, indexed by `tracer_common::stat`.
 #[map]

@@ -4,7 +4,7 @@
 //! x86-64 only: other architectures save their arguments elsewhere.
 
 use aya_ebpf::helpers::{
-    bpf_probe_read_kernel,
+    bpf_get_current_pid_tgid, bpf_probe_read_kernel,
     generated::{bpf_get_current_task_btf, bpf_task_pt_regs},
 };
 
@@ -13,6 +13,36 @@ const DI: usize = 112;
 const SI: usize = 104;
 const DX: usize = 96;
 const ORIG_AX: usize = 120;
+
+/// The calling task, unless it is the tracer itself, with its syscall's
+/// arguments: the common start of every hook.
+pub struct Caller {
+    pub pid_tgid: u64,
+    pub tgid: u32,
+    pub args: SyscallArgs,
+}
+
+impl Caller {
+    #[inline(always)]
+    pub fn current() -> Option<Self> {
+        let pid_tgid = bpf_get_current_pid_tgid();
+        let tgid = (pid_tgid >> 32) as u32;
+        if tgid == crate::self_tgid() {
+            return None;
+        }
+        Some(Self {
+            pid_tgid,
+            tgid,
+            args: SyscallArgs::current()?,
+        })
+    }
+
+    /// Thread id.
+    #[inline(always)]
+    pub fn pid(&self) -> u32 {
+        self.pid_tgid as u32
+    }
+}
 
 /// The current task's saved user registers.
 pub struct SyscallArgs(usize);

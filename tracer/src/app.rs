@@ -21,6 +21,15 @@ use crate::{
     watch::{Filter, PrintSink},
 };
 
+/// Prints a line to stdout; a closed stdout (piped into `head`) is not an
+/// error worth a panic.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 /// Feeds records into the Prometheus histograms.
 pub struct MetricsSink(pub Arc<Metrics>);
 
@@ -241,7 +250,7 @@ pub async fn record(args: RecordArgs) -> Result<()> {
         return Err(e).context("writing the recording");
     }
     w.flush().context("writing the recording")?;
-    println!("recorded {n} records to {}", args.output.display());
+    say!("recorded {n} records to {}", args.output.display());
     Ok(())
 }
 
@@ -264,21 +273,21 @@ pub fn read_recording(bytes: &[u8]) -> Vec<&[u8]> {
 pub fn check(args: CaptureArgs) -> Result<()> {
     let config = Config::from_args(&args, false)?;
     let kernel = loader::load(&config.load)?;
-    println!("attach mode (auto picks): {:?}", kernel.mode);
+    say!("attach mode (auto picks): {:?}", kernel.mode);
     drop(kernel);
     let kprobes = loader::verify_kprobe_programs(&config.load)?;
-    println!("kprobe programs loaded through the verifier: {kprobes}");
+    say!("kprobe programs loaded through the verifier: {kprobes}");
     let mut tp = config.load.clone();
     tp.mode = AttachMode::Tracepoint;
     match loader::load(&tp) {
-        Ok(_) => println!("tracepoint attach: ok"),
-        Err(e) => println!("tracepoint attach: unavailable ({e})"),
+        Ok(_) => say!("tracepoint attach: ok"),
+        Err(e) => say!("tracepoint attach: unavailable ({e})"),
     }
     let mut kp = config.load;
     kp.mode = AttachMode::Kprobe;
     match loader::load(&kp) {
-        Ok(_) => println!("kprobe attach: ok"),
-        Err(e) => println!("kprobe attach: unavailable ({e})"),
+        Ok(_) => say!("kprobe attach: ok"),
+        Err(e) => say!("kprobe attach: unavailable ({e})"),
     }
     Ok(())
 }

@@ -49,7 +49,7 @@ pub struct CaptureArgs {
     pub capture_bytes: u32,
 
     /// Kernel-to-daemon ring buffer size in MiB (a power of two, 1 to 1024).
-    #[arg(long, env = "TRACER_RING_BUFFER_MIB", default_value_t = 16)]
+    #[arg(long, env = "TRACER_RING_BUFFER_MIB", default_value_t = 8)]
     pub ring_buffer_mib: u32,
 
     /// Connections traced at once. At capacity the kernel traces no new ones and the daemon evicts its least recently active ones; both are counted.

@@ -92,7 +92,7 @@ mod tests {
     fn defaults_are_valid() {
         let c = parse(&[]).unwrap();
         assert_eq!(c.load.capture_limit, 4096);
-        assert_eq!(c.load.ring_buffer_bytes, 16 << 20);
+        assert_eq!(c.load.ring_buffer_bytes, 8 << 20);
         assert_eq!(c.max_connections, 65536);
     }
 

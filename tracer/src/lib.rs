@@ -21,4 +21,6 @@ pub mod reassembly;
 pub mod records;
 pub mod route;
 pub mod server;
+#[cfg(test)]
+mod testutil;
 pub mod watch;

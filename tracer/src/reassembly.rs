@@ -442,19 +442,7 @@ mod tests {
         assert_eq!(got, vec![Got::Gap(u64::MAX - 1), d(b"z")]);
     }
 
-    /// Small deterministic generator: tests need no `rand` dependency.
-    struct XorShift(u64);
-    impl XorShift {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-        fn below(&mut self, n: u64) -> u64 {
-            self.next() % n.max(1)
-        }
-    }
+    use crate::testutil::XorShift;
 
     fn stream_byte(pos: u64) -> u8 {
         (pos.wrapping_mul(31) >> 3) as u8

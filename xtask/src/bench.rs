@@ -58,6 +58,16 @@ pub struct BenchArgs {
     /// Also write the markdown report to this file.
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Extra argument for every `tracer run` (repeatable), e.g.
+    /// `--tracer-arg=--ring-buffer-mib=8`.
+    #[arg(long = "tracer-arg", value_name = "ARG", allow_hyphen_values = true)]
+    pub tracer_args: Vec<String>,
+}
+
+/// The tracer binary and the extra arguments every `tracer run` gets.
+struct TracerBin<'a> {
+    path: &'a Path,
+    extra: &'a [String],
 }
 
 /// wrk's connections and threads: the load the reference figures in the
@@ -108,12 +118,16 @@ pub fn run(root: &Path, tracer: &Path, args: &BenchArgs) -> Result<()> {
     let started = Instant::now();
     let dir = WorkDir::new()?;
     let mut report = Report::default();
+    let bin = TracerBin {
+        path: tracer,
+        extra: &args.tracer_args,
+    };
     if !args.no_overhead {
-        report.overhead = Some(overhead(tracer, &dir, args).map_err(|e| format!("{e:#}")));
+        report.overhead = Some(overhead(&bin, &dir, args).map_err(|e| format!("{e:#}")));
     }
     if !args.no_memory {
         report.memory =
-            Some(memory(tracer, &dir, args.idle_connections).map_err(|e| format!("{e:#}")));
+            Some(memory(&bin, &dir, args.idle_connections).map_err(|e| format!("{e:#}")));
     }
     if !args.no_replay {
         report.replay = Some(replay(root, tracer, &dir).map_err(|e| format!("{e:#}")));
@@ -231,7 +245,7 @@ impl Run {
     }
 }
 
-fn overhead(tracer: &Path, dir: &WorkDir, args: &BenchArgs) -> Result<Vec<Run>> {
+fn overhead(tracer: &TracerBin, dir: &WorkDir, args: &BenchArgs) -> Result<Vec<Run>> {
     let mut runs = Vec::new();
     for round in 0..args.rounds as usize {
         // Rotate the order every round so that no configuration always runs
@@ -276,7 +290,7 @@ fn overhead(tracer: &Path, dir: &WorkDir, args: &BenchArgs) -> Result<Vec<Run>> 
 }
 
 fn overhead_run(
-    tracer: &Path,
+    tracer: &TracerBin,
     dir: &WorkDir,
     name: &str,
     config: Config,
@@ -557,7 +571,7 @@ for s in socks:
 print("closed", flush=True)
 "#;
 
-fn memory(tracer: &Path, dir: &WorkDir, n: u64) -> Result<Memory> {
+fn memory(tracer: &TracerBin, dir: &WorkDir, n: u64) -> Result<Memory> {
     say(&format!(
         "memory: full tracer with {n} idle keep-alive connections to nginx"
     ));
@@ -735,13 +749,14 @@ struct Tracer {
 }
 
 impl Tracer {
-    fn start(bin: &Path, dir: &WorkDir, name: &str, hooks_only: bool) -> Result<Self> {
+    fn start(bin: &TracerBin, dir: &WorkDir, name: &str, hooks_only: bool) -> Result<Self> {
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?));
-        let mut cmd = Command::new(bin);
+        let mut cmd = Command::new(bin.path);
         cmd.arg("run").arg("--metrics-addr").arg(addr.to_string());
         if hooks_only {
             cmd.arg("--hooks-only");
         }
+        cmd.args(bin.extra);
         let mut proc = Proc::spawn(&format!("tracer-{name}"), &mut cmd, &dir.path)?;
         // /readyz answers 200 once the hooks are attached and the reader runs.
         wait_for(Duration::from_secs(60), "tracer /readyz", || {
@@ -1666,7 +1681,7 @@ fn memory_table(m: &mut String, mem: &Memory, targets: &mut Vec<Target>) {
 fn replay_table(m: &mut String, r: &Replay) {
     let _ = writeln!(
         m,
-        "Recorded: {} records ({:.1} MiB) by `tracer record --seconds {RECORD_SECONDS}` while `{}` ran; \
+        "Recorded: {} records ({:.1} MiB file) by `tracer record --seconds {RECORD_SECONDS}` while `{}` ran; \
          replayed 5 times through a fresh pipeline with the metrics sink, median pass by CPU time. \
          \"Per core\" = per CPU-second of the replaying process.\n",
         r.recorded,

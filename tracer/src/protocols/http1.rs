@@ -2009,18 +2009,7 @@ mod tests {
         );
     }
 
-    struct XorShift(u64);
-    impl XorShift {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-        fn below(&mut self, n: usize) -> usize {
-            (self.next() % n.max(1) as u64) as usize
-        }
-    }
+    use crate::testutil::XorShift;
 
     /// Random mixes of valid messages, mutations, junk and gaps in random
     /// pieces: no panic, bounded buffers, and counters that add up.
@@ -2047,8 +2036,8 @@ mod tests {
         ];
         for seed in 1..300u64 {
             let mut rng = XorShift(seed.wrapping_mul(0x2545_F491_4F6C_DD1D) | 1);
-            let mode = [Mode::Sniff, Mode::KnownHttp, Mode::MidStream][rng.below(3)];
-            let side = if rng.below(2) == 0 {
+            let mode = [Mode::Sniff, Mode::KnownHttp, Mode::MidStream][rng.below_usize(3)];
+            let side = if rng.below_usize(2) == 0 {
                 Side::Server
             } else {
                 Side::Client
@@ -2057,27 +2046,27 @@ mod tests {
             let mut c = ParserCounters::default();
             let mut out = Vec::new();
             let mut ts = 0;
-            for _ in 0..rng.below(80) {
+            for _ in 0..rng.below_usize(80) {
                 ts += 1;
-                let outbound = rng.below(2) == 0;
-                if rng.below(8) == 0 {
-                    let n = rng.next() % [3, 100, 100_000, u64::MAX][rng.below(4)];
+                let outbound = rng.below_usize(2) == 0;
+                if rng.below_usize(8) == 0 {
+                    let n = rng.next() % [3, 100, 100_000, u64::MAX][rng.below_usize(4)];
                     conn.on_piece(outbound, Piece::Gap(n), ts, &mut c, &mut out);
                     continue;
                 }
                 let mut bytes = Vec::new();
-                for _ in 0..rng.below(4) + 1 {
-                    bytes.extend_from_slice(parts[rng.below(parts.len())]);
+                for _ in 0..rng.below_usize(4) + 1 {
+                    bytes.extend_from_slice(parts[rng.below_usize(parts.len())]);
                 }
-                for _ in 0..rng.below(3) {
-                    let at = rng.below(bytes.len());
+                for _ in 0..rng.below_usize(3) {
+                    let at = rng.below_usize(bytes.len());
                     if let Some(b) = bytes.get_mut(at) {
                         *b = rng.next() as u8;
                     }
                 }
                 let mut rest = bytes.as_slice();
                 while !rest.is_empty() {
-                    let n = rng.below(rest.len()) + 1;
+                    let n = rng.below_usize(rest.len()) + 1;
                     let (piece, tail) = rest.split_at(n);
                     conn.on_piece(outbound, Piece::Data(piece), ts, &mut c, &mut out);
                     rest = tail;
