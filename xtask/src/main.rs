@@ -75,24 +75,32 @@ fn main() -> Result<()> {
                     "warnings",
                 ],
             )?;
-            cargo(&root, &["test", "--workspace", "--exclude", "tracer-e2e"])?;
+            let mut tally = Tally::default();
+            let unit = tally.run(Command::new(cargo_bin()).current_dir(&root).args([
+                "test",
+                "--workspace",
+                "--exclude",
+                "tracer-e2e",
+            ]))?;
             cargo(&root, &["build", "--release", "-p", "tracer"])?;
             let bin = root.join("target/release/tracer");
-            let status = Command::new(cargo_bin())
-                .current_dir(&root)
-                .args([
-                    "test",
-                    "--release",
-                    "-p",
-                    "tracer-e2e",
-                    "--no-fail-fast",
-                    "--",
-                    "--test-threads=1",
-                ])
-                .env("TRACER_BIN", &bin)
-                .status()
-                .context("running the end-to-end suite")?;
-            if !status.success() {
+            // --tests: the suite has no doc-tests, and an empty doc-test run
+            // would be the last "test result" line.
+            let e2e = tally.run(
+                Command::new(cargo_bin())
+                    .current_dir(&root)
+                    .args(["test", "--release", "-p", "tracer-e2e", "--tests"])
+                    .args(["--no-fail-fast", "--", "--test-threads=1"])
+                    .env("TRACER_BIN", &bin),
+            )?;
+            println!(
+                "all tests: {} passed, {} failed",
+                tally.passed, tally.failed
+            );
+            if !unit {
+                bail!("unit or golden tests failed");
+            }
+            if !e2e {
                 bail!("end-to-end suite failed");
             }
             Ok(())
@@ -104,6 +112,44 @@ fn main() -> Result<()> {
             bench::run(&root, &root.join("target/release/tracer"), &args)
         }
     }
+}
+
+/// Passed and failed tests over several `cargo test` runs, read from their
+/// "test result:" lines while their output goes through unchanged.
+#[derive(Default)]
+struct Tally {
+    passed: u64,
+    failed: u64,
+}
+
+impl Tally {
+    /// Runs `cmd`, echoing its stdout; true if it succeeded.
+    fn run(&mut self, cmd: &mut Command) -> Result<bool> {
+        use std::io::{BufRead, BufReader};
+        let mut child = cmd
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .with_context(|| format!("running {cmd:?}"))?;
+        let stdout = child.stdout.take().context("child stdout")?;
+        for line in BufReader::new(stdout).lines() {
+            let line = line.context("reading test output")?;
+            println!("{line}");
+            if let Some(result) = line.strip_prefix("test result: ") {
+                self.passed += count_before(result, " passed");
+                self.failed += count_before(result, " failed");
+            }
+        }
+        Ok(child.wait().context("waiting for cargo test")?.success())
+    }
+}
+
+/// The number just before `label` in "ok. 96 passed; 0 failed; ...".
+fn count_before(text: &str, label: &str) -> u64 {
+    text.split(';')
+        .find_map(|part| part.trim().strip_suffix(label))
+        .and_then(|n| n.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
 }
 
 fn workspace_root() -> PathBuf {
@@ -136,4 +182,19 @@ fn exec(mut cmd: Command) -> Result<()> {
         std::process::exit(status.code().unwrap_or(1));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tally_tests {
+    use super::count_before;
+
+    #[test]
+    fn reads_cargo_test_result_lines() {
+        let line =
+            "ok. 96 passed; 2 failed; 1 ignored; 0 measured; 0 filtered out; finished in 1.08s";
+        assert_eq!(count_before(line, " passed"), 96);
+        assert_eq!(count_before(line, " failed"), 2);
+        assert_eq!(count_before("FAILED. 0 passed; 1 failed;", " failed"), 1);
+        assert_eq!(count_before("garbage", " passed"), 0);
+    }
 }
