@@ -18,15 +18,20 @@ use crate::{
 /// Where the syscall's payload lives in user memory.
 #[derive(Clone, Copy)]
 pub enum Buffer {
-    /// `(fd, buf, len, ...)`: read, write, recvfrom, sendto.
+    /// `(fd, buf, len)`: read, write, sendto.
     Flat,
+    /// `(fd, buf, len, flags, ...)`: recvfrom, which may only peek.
+    FlatWithFlags,
     /// `(fd, iov, iovcnt)`: readv, writev.
     Vector,
-    /// `(fd, msghdr, flags)`: recvmsg, sendmsg.
+    /// `(fd, msghdr, flags)`: recvmsg, sendmsg; a receive may only peek.
     Message,
     /// Bytes moved without passing through user memory (sendfile): a gap.
     None,
 }
+
+/// `MSG_PEEK`: the bytes stay in the socket and will be read again.
+const MSG_PEEK: u64 = 2;
 
 /// Vectored I/O segments walked per syscall; the rest is a counted gap.
 const MAX_SEGMENTS: u32 = 8;
@@ -53,11 +58,21 @@ pub fn on_data_exit(ret: i64, direction: u8, buffer: Buffer) {
         return;
     };
     let Some(fd) = args.arg0() else {
+        count(stat::READ_FAILED);
         return;
     };
     let Some(info) = SOCKETS.get_ptr_mut(&conn_key(tgid, fd as u32)) else {
         return;
     };
+    // A peek is not consumed: counting it would see the same bytes twice.
+    let flags = match buffer {
+        Buffer::FlatWithFlags => args.arg3(),
+        Buffer::Message if direction == tracer_common::direction::INGRESS => args.arg2(),
+        _ => Some(0),
+    };
+    if flags.unwrap_or(0) & MSG_PEEK != 0 {
+        return;
+    }
     let dir = (direction & 1) as usize;
     let len = ret as u64;
     // SAFETY: pointer into a live map value. Concurrent writers in the same
@@ -70,6 +85,7 @@ pub fn on_data_exit(ret: i64, direction: u8, buffer: Buffer) {
     };
 
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        count(stat::READ_FAILED);
         return;
     };
     // SAFETY: per-CPU scratch, exclusively ours until this program returns.
@@ -77,7 +93,9 @@ pub fn on_data_exit(ret: i64, direction: u8, buffer: Buffer) {
     let limit = (capture_limit() as u64).min(MAX_CAPTURE as u64);
     let want = len.min(limit) as usize;
     let captured = match buffer {
-        Buffer::Flat => args.arg1().map_or(0, |buf| copy_flat(scratch, buf, want)),
+        Buffer::Flat | Buffer::FlatWithFlags => {
+            args.arg1().map_or(0, |buf| copy_flat(scratch, buf, want))
+        }
         Buffer::Vector => match (args.arg1(), args.arg2()) {
             (Some(iov), Some(cnt)) => copy_vector(scratch, iov, cnt, want),
             _ => 0,
@@ -87,7 +105,9 @@ pub fn on_data_exit(ret: i64, direction: u8, buffer: Buffer) {
             .map_or(0, |msg| copy_message(scratch, msg, want)),
         Buffer::None => 0,
     };
-    if captured < len as usize && !matches!(buffer, Buffer::None) {
+    // Only the capture limit truncates; failed copies and iovec overflow
+    // have counters of their own.
+    if len > limit && !matches!(buffer, Buffer::None) {
         count(stat::TRUNCATED);
     }
 

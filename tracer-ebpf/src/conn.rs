@@ -123,8 +123,9 @@ pub fn on_accept_exit(ret: i64) {
         return;
     };
     let mut tuple = Tuple::default();
-    // A NULL peer buffer leaves the address unknown (family 0); the daemon
-    // then resolves it from /proc. A non-inet family is a Unix socket: skip.
+    // A NULL peer buffer leaves the addresses unknown (family 0), and the
+    // socket may even be a Unix one: the parser drops it if it is not HTTP.
+    // A non-inet family is a Unix socket: skip.
     if let Some(peer_ptr) = args.arg1().filter(|p| *p != 0) {
         let Some(remote) = read_user_sockaddr(peer_ptr) else {
             return;

@@ -12,6 +12,7 @@ use aya_ebpf::helpers::{
 const DI: usize = 112;
 const SI: usize = 104;
 const DX: usize = 96;
+const R10: usize = 56;
 const ORIG_AX: usize = 120;
 
 /// The calling task, unless it is the tracer itself, with its syscall's
@@ -74,6 +75,11 @@ impl SyscallArgs {
     #[inline(always)]
     pub fn arg2(&self) -> Option<u64> {
         self.read(DX)
+    }
+    /// Fourth syscall argument (r10 in the syscall ABI).
+    #[inline(always)]
+    pub fn arg3(&self) -> Option<u64> {
+        self.read(R10)
     }
     /// The syscall number the task entered with.
     #[inline(always)]

@@ -29,8 +29,9 @@ use crate::{
 
 /// The kernel's socket table, as far as the pipeline needs it.
 pub trait KernelSockets {
-    /// Stop tracing this socket.
-    fn forget(&mut self, key: u64);
+    /// Stop tracing this socket, if it is still connection `conn_id` (the
+    /// fd may already belong to a newer connection).
+    fn forget(&mut self, key: u64, conn_id: u64);
     /// Start tracing a socket the kernel did not see open; false if it
     /// already traces it or the table is full.
     fn adopt(&mut self, key: u64, info: &ConnInfo) -> bool;
@@ -39,9 +40,11 @@ pub trait KernelSockets {
 }
 
 impl KernelSockets for aya::maps::HashMap<aya::maps::MapData, u64, ConnInfo> {
-    fn forget(&mut self, key: u64) {
+    fn forget(&mut self, key: u64, conn_id: u64) {
         // Already gone (closed meanwhile) is fine.
-        let _ = self.remove(&key);
+        if self.get(&key, 0).is_ok_and(|info| info.conn_id == conn_id) {
+            let _ = self.remove(&key);
+        }
     }
 
     fn adopt(&mut self, key: u64, info: &ConnInfo) -> bool {
@@ -258,6 +261,9 @@ impl<S: Sink> Pipeline<S> {
             }
             if !self.adopt_unknown(event) {
                 self.counters.unknown_conn += 1;
+                // Count each lost connection once and spare the map lookup
+                // for its remaining events.
+                self.remember_gone(conn_id);
                 return;
             }
         }
@@ -305,7 +311,7 @@ impl<S: Sink> Pipeline<S> {
     /// Tells the kernel to stop tracing a connection we dropped.
     fn stop_tracing(&mut self, conn_id: u64, conn: &Conn) {
         if let Some(kernel) = self.kernel.as_mut() {
-            kernel.forget(conn_key(conn.tgid, conn.fd as u32));
+            kernel.forget(conn_key(conn.tgid, conn.fd as u32), conn_id);
         }
         self.remember_gone(conn_id);
     }

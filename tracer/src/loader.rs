@@ -165,6 +165,62 @@ const COMMON_TRACEPOINTS: [(&str, &str, &str); 2] = [
     ("tp_sched_process_exit", "sched", "sched_process_exit"),
 ];
 
+/// `sock/inet_sock_set_state` fields the kernel program reads, at the offsets
+/// it reads them (tracer-ebpf/src/probes/sock_state.rs).
+const SOCK_STATE_FIELDS: [(&str, usize); 11] = [
+    ("skaddr", 8),
+    ("oldstate", 16),
+    ("newstate", 20),
+    ("sport", 24),
+    ("dport", 26),
+    ("family", 28),
+    ("protocol", 30),
+    ("saddr", 32),
+    ("daddr", 36),
+    ("saddr_v6", 40),
+    ("daddr_v6", 56),
+];
+
+/// Fails if the running kernel lays out `inet_sock_set_state` differently
+/// from what the kernel program was compiled for.
+fn check_sock_state_format() -> Result<(), StartError> {
+    let path = Path::new(TRACEFS).join("events/sock/inet_sock_set_state/format");
+    let format = std::fs::read_to_string(&path).map_err(|e| {
+        StartError::Load(format!(
+            "{}: {e} (needed for TCP state tracking)",
+            path.display()
+        ))
+    })?;
+    for (field, offset) in SOCK_STATE_FIELDS {
+        if field_offset(&format, field) != Some(offset) {
+            return Err(StartError::Load(format!(
+                "tracepoint sock/inet_sock_set_state: field {field} is not at offset {offset} \
+                 on this kernel; this tracer build does not support it"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The offset of `field` in a tracefs event format description, whose
+/// lines read "field:const void * skaddr;\toffset:8;\tsize:8;...".
+fn field_offset(format: &str, field: &str) -> Option<usize> {
+    format.lines().find_map(|line| {
+        let (decl, rest) = line.trim().strip_prefix("field:")?.split_once(';')?;
+        let name = decl.rsplit([' ', '*']).next()?;
+        let name = name.split('[').next()?;
+        if name != field {
+            return None;
+        }
+        rest.trim()
+            .strip_prefix("offset:")?
+            .split(';')
+            .next()?
+            .parse()
+            .ok()
+    })
+}
+
 /// What the loader needs from the config.
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
@@ -204,6 +260,7 @@ pub fn read_stats(stats: &PerCpuArray<MapData, u64>) -> Vec<(&'static str, u64)>
 /// Checks privileges and kernel features, loads, and attaches.
 pub fn load(opts: &LoadOptions) -> Result<Kernel, StartError> {
     preflight()?;
+    check_sock_state_format()?;
     let mode = resolve_mode(opts.mode)?;
     raise_memlock_limit();
 
@@ -422,5 +479,37 @@ fn raise_memlock_limit() {
     // SAFETY: setrlimit reads the struct we pass and nothing else.
     if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
         tracing::debug!("could not raise RLIMIT_MEMLOCK; fine on kernels >= 5.11");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_field_offsets_from_a_format_file() {
+        let format = "name: inet_sock_set_state\nformat:\n\
+            \tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;\n\
+            \tfield:const void * skaddr;\toffset:8;\tsize:8;\tsigned:0;\n\
+            \tfield:__u8 saddr_v6[16];\toffset:40;\tsize:16;\tsigned:0;\n";
+        assert_eq!(field_offset(format, "skaddr"), Some(8));
+        assert_eq!(field_offset(format, "saddr_v6"), Some(40));
+        assert_eq!(field_offset(format, "saddr"), None);
+        assert_eq!(field_offset(format, "common_type"), Some(0));
+    }
+
+    #[test]
+    fn this_kernel_matches_the_compiled_layout() {
+        let path = Path::new(TRACEFS).join("events/sock/inet_sock_set_state/format");
+        if std::fs::read_to_string(&path).is_err() {
+            let why = format!(
+                "{} is not readable (needs root and tracefs)",
+                path.display()
+            );
+            assert!(std::env::var("CI").as_deref() != Ok("true"), "{why}");
+            eprintln!("skipped: {why}");
+            return;
+        }
+        check_sock_state_format().unwrap();
     }
 }

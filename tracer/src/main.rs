@@ -9,7 +9,7 @@ use tracer::{
 use tracing_subscriber::EnvFilter;
 
 fn main() {
-    let cli = Cli::parse();
+    let cli = Cli::try_parse().unwrap_or_else(|error| exit_on_bad_flags(error));
     let capture = match &cli.command {
         Command::Run(a) => &a.capture,
         Command::Watch(a) => &a.capture,
@@ -21,6 +21,29 @@ fn main() {
         eprintln!("tracer: error: {error:#}");
         std::process::exit(1);
     }
+}
+
+/// `--help` and `--version` print as usual; a bad flag becomes one line that
+/// names the flag and what it accepts, and exit code 2.
+fn exit_on_bad_flags(error: clap::Error) -> ! {
+    use clap::error::ErrorKind;
+    if matches!(
+        error.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        error.exit();
+    }
+    let rendered = error.render().to_string();
+    let line: Vec<&str> = rendered
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("For more information"))
+        .map(|l| l.strip_prefix("error: ").unwrap_or(l))
+        .collect();
+    eprintln!("tracer: error: {} (see tracer --help)", line.join(" "));
+    std::process::exit(2);
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {

@@ -340,7 +340,7 @@ impl Metrics {
         let event_bytes = Counter::default();
         registry.register_with_unit(
             "tracer_event",
-            "Payload bytes carried by data events",
+            "Bytes of the records read from the kernel ring buffer, headers included",
             Unit::Bytes,
             event_bytes.clone(),
         );

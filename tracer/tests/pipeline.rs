@@ -216,10 +216,15 @@ struct KernelState {
 struct FakeKernel(Arc<Mutex<KernelState>>);
 
 impl KernelSockets for FakeKernel {
-    fn forget(&mut self, key: u64) {
+    fn forget(&mut self, key: u64, conn_id: u64) {
         let mut k = self.0.lock().unwrap();
         k.forgets.push(key);
-        k.table.remove(&key);
+        if k.table
+            .get(&key)
+            .is_some_and(|info| info.conn_id == conn_id)
+        {
+            k.table.remove(&key);
+        }
     }
 
     fn adopt(&mut self, key: u64, info: &ConnInfo) -> bool {
@@ -1334,4 +1339,13 @@ fn adoption_without_a_comm_does_not_pin_the_service_name() {
     h.send(&c, OUT, 2_200, &ok(200, ""));
     assert_eq!(h.summary(), [ex("GET", "/named", 200)]);
     assert_eq!(&*h.records()[0].service, "shopd");
+}
+
+#[test]
+fn an_unknown_connection_is_counted_once_and_looked_up_once() {
+    let mut h = Harness::new();
+    h.p.handle(&data(90, DEAD, 11, IN, 0, 1_000, &get("/a"), 33));
+    h.p.handle(&data(90, DEAD, 11, IN, 33, 2_000, &get("/b"), 33));
+    assert_eq!(h.p.counters.unknown_conn, 1);
+    assert_eq!(h.kernel.state().lookups, [conn_key(DEAD, 11)]);
 }

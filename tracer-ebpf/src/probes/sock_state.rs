@@ -7,8 +7,9 @@ use tracer_common::{SockAddr, Tuple, AF_INET, AF_INET6};
 use crate::conn::{on_state_change, StateChange};
 
 // Field offsets from /sys/kernel/tracing/events/sock/inet_sock_set_state/format,
-// unchanged since the tracepoint gained `protocol` (Linux 4.16). The loader
-// checks them against the running kernel's format file before attaching.
+// unchanged since the tracepoint gained `protocol` (Linux 4.16); the loader
+// checks every one against the running kernel's format file before attaching
+// (tracer/src/loader.rs, SOCK_STATE_FIELDS).
 const SKADDR: usize = 8;
 const OLDSTATE: usize = 16;
 const NEWSTATE: usize = 20;

@@ -28,7 +28,7 @@ macro_rules! data_exit {
 }
 
 data_exit!(kp_exit_read, INGRESS, Buffer::Flat);
-data_exit!(kp_exit_recvfrom, INGRESS, Buffer::Flat);
+data_exit!(kp_exit_recvfrom, INGRESS, Buffer::FlatWithFlags);
 data_exit!(kp_exit_readv, INGRESS, Buffer::Vector);
 data_exit!(kp_exit_recvmsg, INGRESS, Buffer::Message);
 data_exit!(kp_exit_write, EGRESS, Buffer::Flat);

@@ -33,7 +33,7 @@ macro_rules! data_exit {
 }
 
 data_exit!(tp_exit_read, INGRESS, Buffer::Flat);
-data_exit!(tp_exit_recvfrom, INGRESS, Buffer::Flat);
+data_exit!(tp_exit_recvfrom, INGRESS, Buffer::FlatWithFlags);
 data_exit!(tp_exit_readv, INGRESS, Buffer::Vector);
 data_exit!(tp_exit_recvmsg, INGRESS, Buffer::Message);
 data_exit!(tp_exit_write, EGRESS, Buffer::Flat);
