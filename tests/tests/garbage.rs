@@ -132,3 +132,45 @@ fn junk_is_resynced_and_valid_exchanges_stay_exact() {
     let health = try_get(tracer.metrics_addr(), "/healthz").expect("GET /healthz");
     assert_eq!(health.status, 200, "/healthz after junk");
 }
+
+/// Junk as the very first bytes a freshly started nginx receives: the port is
+/// not yet known to serve HTTP, so only nginx's HTTP 400 answer can tell the
+/// tracer this was junk sent to an HTTP server and not another protocol.
+#[test]
+fn junk_to_a_fresh_http_server_is_a_resync() {
+    if !privileged("junk_to_a_fresh_http_server_is_a_resync") {
+        return;
+    }
+    let dir = TestDir::new("garbage-fresh");
+    let mut tracer = Tracer::start(&dir, &[]);
+    let nginx = Nginx::start(&dir, "");
+    let resyncs_before = tracer.scrape().count(RESYNCS, &[("protocol", "http1")]);
+
+    let mut a = connect(nginx.addr());
+    a.write_all(&junk(256, 0xf00d)).expect("write junk");
+    let mut answer = Vec::new();
+    let _ = a.read_to_end(&mut answer);
+    assert!(
+        answer.starts_with(b"HTTP/1.1 400"),
+        "nginx's answer to junk"
+    );
+    drop(a);
+
+    // Valid traffic afterwards is still exact.
+    curl(&[], &vec![url(nginx.addr(), "/g/fresh-after"); 2]);
+    tracer.barrier(&nginx);
+    tracer.expect(&[
+        Want::server("nginx", "/g/fresh-after")
+            .method("GET")
+            .status(200)
+            .is(2),
+        Want::client("curl", "/g/fresh-after").is(2),
+    ]);
+    let scrape = tracer.scrape();
+    let resyncs_after = scrape.count(RESYNCS, &[("protocol", "http1")]);
+    assert!(
+        resyncs_after > resyncs_before,
+        "junk to a fresh HTTP server was not counted: {resyncs_before} → {resyncs_after}\n{}",
+        scrape.lines("tracer_", &[])
+    );
+}

@@ -834,10 +834,13 @@ fn non_http_connection_is_dropped_and_forgotten() {
     let mut h = Harness::new();
     let c = h.server(1, DEAD, 5, 6379, 100);
     h.send(&c, IN, 1_000, b"*1\r\n$4\r\nPING\r\n");
+    // Undecided until the server answers: junk to an HTTP server would get
+    // an HTTP error back.
+    assert_eq!(h.p.connections(), 1);
+    h.send(&c, OUT, 1_100, b"+PONG\r\n");
     assert_eq!(h.p.connections(), 0);
     assert_eq!(h.kernel.state().forgets, [conn_key(DEAD, 5)]);
     // Events already in the ring buffer for it are ignored quietly.
-    h.send(&c, OUT, 1_100, b"+PONG\r\n");
     h.send(&c, IN, 1_200, b"*1\r\n$4\r\nPING\r\n");
     h.send(&c, OUT, 1_300, b"+PONG\r\n");
     h.close(&c, 2_000);
@@ -876,6 +879,12 @@ fn tls_client_hello_is_not_http() {
         1_000,
         b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
     );
+    h.send(
+        &c,
+        OUT,
+        1_100,
+        b"\x16\x03\x03\x00\x7a\x02\x00\x00\x76\x03\x03",
+    );
     assert_eq!(h.p.connections(), 0);
     assert_eq!(h.kernel.state().forgets, [conn_key(DEAD, 5)]);
     assert_eq!(h.p.counters.parser.resyncs, 0);
@@ -909,8 +918,8 @@ fn garbage_on_a_port_known_to_serve_http_is_a_resync() {
         [ex("GET", "/ok", 200), ex("GET", "/again", 200)]
     );
 
-    // The same garbage on another port of the same process is just "not
-    // HTTP".
+    // The same garbage on a port not yet known is decided by the answer:
+    // another protocol's answer makes it "not HTTP", counting nothing...
     let resyncs = h.p.counters.parser.resyncs;
     let other = h.server(3, DEAD, 7, 9090, 3_000);
     h.send(
@@ -919,8 +928,23 @@ fn garbage_on_a_port_known_to_serve_http_is_a_resync() {
         3_100,
         b"\x00\x01garbage that is not a request\r\n\r\n",
     );
+    h.send(&other, OUT, 3_200, b"\x00\x00\x00\x04nope");
     assert_eq!(h.p.counters.parser.resyncs, resyncs);
     assert_eq!(h.kernel.state().forgets, [conn_key(DEAD, 7)]);
+
+    // ... while an HTTP error answer (nginx's 400) makes it a resync on a
+    // fresh HTTP server, before it ever served a valid request.
+    let fresh = h.server(4, DEAD, 8, 7070, 4_000);
+    h.send(&fresh, IN, 4_100, b"\x00\x01garbage\r\n\r\n");
+    h.send(
+        &fresh,
+        OUT,
+        4_200,
+        b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n",
+    );
+    assert_eq!(h.p.counters.parser.resyncs, resyncs + 1);
+    assert_eq!(h.p.counters.parser.unmatched_responses, 1);
+    assert_eq!(h.p.connections(), 2, "b and fresh stay traced");
 }
 
 #[test]
@@ -933,6 +957,7 @@ fn process_exit_forgets_its_known_http_ports() {
     // The pid is reused by an unrelated program listening on the same port.
     let b = h.server(2, DEAD, 5, 8080, 3_000);
     h.send(&b, IN, 3_100, b"*1\r\n$4\r\nPING\r\n");
+    h.send(&b, OUT, 3_200, b"+PONG\r\n");
     assert_eq!(h.p.counters.parser.resyncs, 0);
     assert_eq!(h.p.connections(), 0, "not HTTP: dropped");
 }

@@ -57,6 +57,10 @@ const MAX_TRAILER: u16 = 16 * 1024;
 /// found mid-stream before deciding it is not HTTP.
 const MAX_SEEK_PIECES: u16 = 1024;
 
+/// Request pieces of junk a sniffed connection may send before the server's
+/// answer, after which it is taken for another protocol.
+const MAX_JUNK_PIECES: u16 = 16;
+
 /// How a connection's first bytes are treated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -104,6 +108,10 @@ pub struct Http1Conn {
     count_from_ns: u64,
     /// Request pieces looked at while the protocol is unknown.
     seek_pieces: u16,
+    /// The first request bytes of a sniffed connection were not HTTP: junk
+    /// sent to an HTTP server, or another protocol. Nothing is parsed until
+    /// the server's answer tells which (see `on_junk_first`).
+    junk_first: bool,
 }
 
 /// One direction's framing state.
@@ -370,6 +378,7 @@ impl Http1Conn {
             stale: 0,
             count_from_ns,
             seek_pieces: 0,
+            junk_first: false,
         }
     }
 
@@ -392,6 +401,10 @@ impl Http1Conn {
         } else {
             Dir::Resp
         };
+        if self.junk_first {
+            self.on_junk_first(dir, piece, ts_ns, counters, out);
+            return;
+        }
         if dir == Dir::Resp
             && self.state == ConnState::Unknown
             && self.mode == Mode::Sniff
@@ -512,7 +525,7 @@ impl Http1Conn {
                     return blank;
                 }
                 if sniffing && !could_start(dir, rest) {
-                    self.give_up();
+                    self.wait_for_answer();
                     return rest.len();
                 }
                 s.phase = Phase::Head;
@@ -909,8 +922,8 @@ impl Http1Conn {
         }
         if sniffing {
             match cause {
-                // Not HTTP after all; nothing to count.
-                Cause::Malformed => self.give_up(),
+                // Not HTTP, or junk sent to an HTTP server: the answer tells.
+                Cause::Malformed => self.wait_for_answer(),
                 // The start was lost: carry on as if found mid-stream.
                 Cause::Lost => self.go_mid_stream(),
             }
@@ -926,6 +939,60 @@ impl Http1Conn {
         s.phase = Phase::Seek(Seek::Anywhere);
         if dir == Dir::Resp {
             self.stale = self.stale.saturating_add(1);
+        }
+    }
+
+    /// See `junk_first`.
+    fn wait_for_answer(&mut self) {
+        self.junk_first = true;
+        self.stop();
+    }
+
+    /// A piece while `junk_first`. An HTTP server answers junk with an HTTP
+    /// error response: then the junk was a malformed request (a resync) and
+    /// the error answers no request we saw. Any other answer is another
+    /// protocol: give up, counting nothing. A request the client sends after
+    /// its junk also proves HTTP.
+    fn on_junk_first(
+        &mut self,
+        dir: Dir,
+        piece: Piece<'_>,
+        ts: u64,
+        c: &mut ParserCounters,
+        out: &mut Vec<Exchange>,
+    ) {
+        let Piece::Data(bytes) = piece else {
+            return;
+        };
+        match dir {
+            Dir::Resp if looks_like_response(bytes) => {
+                c.resyncs += 1;
+                c.unmatched_responses += 1;
+                self.confirm_http();
+                // Skip the rest of this error response.
+                self.resp.phase = Phase::Seek(Seek::PieceStart);
+            }
+            Dir::Req if looks_like_request(bytes) => {
+                c.resyncs += 1;
+                self.confirm_http();
+                self.on_data(dir, bytes, ts, false, c, out);
+            }
+            Dir::Req => {
+                self.seek_pieces = self.seek_pieces.saturating_add(1);
+                if self.seek_pieces >= MAX_JUNK_PIECES {
+                    self.give_up();
+                }
+            }
+            Dir::Resp => self.give_up(),
+        }
+    }
+
+    fn confirm_http(&mut self) {
+        self.junk_first = false;
+        self.state = ConnState::Http;
+        self.mode = Mode::KnownHttp;
+        for s in [&mut self.req, &mut self.resp] {
+            s.phase = Phase::Idle;
         }
     }
 
@@ -1905,6 +1972,10 @@ mod tests {
                 } else {
                     t.req(case);
                 }
+                // Undecided until the server answers (HTTP/2's preface is
+                // known at once), and nothing counted.
+                assert_ne!(t.conn.state(), ConnState::Http, "{case:?}");
+                t.resp(b"+PONG\r\n");
                 assert_eq!(t.conn.state(), ConnState::NotHttp, "{case:?}");
                 t.close();
                 assert_eq!(t.counts(), (0, 0, 0), "{case:?}");
@@ -1918,6 +1989,34 @@ mod tests {
         t.resp(b"J\x00\x00\x00\n8.0.36\x00");
         assert_eq!(t.conn.state(), ConnState::NotHttp);
         assert_eq!(t.counts(), (0, 0, 0));
+    }
+
+    #[test]
+    fn junk_answered_by_an_http_server_is_a_resync() {
+        let mut t = Conn::new(Side::Server, Mode::Sniff);
+        t.req(b"\x01\x02garbage\r\n\r\n");
+        assert_eq!(t.conn.state(), ConnState::Unknown);
+        t.resp(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 3\r\n\r\nbad");
+        assert_eq!(t.conn.state(), ConnState::Http);
+        // The junk is a resync; the 400 answers no request we saw.
+        assert_eq!(t.counts(), (1, 0, 1));
+        // The connection goes on as HTTP.
+        t.req(b"GET /after HTTP/1.1\r\n\r\n");
+        t.resp(OK_EMPTY);
+        assert_eq!(t.got(), vec![("GET", "/after", 200)]);
+        // Junk then a request from the client proves HTTP too.
+        let mut t = Conn::new(Side::Client, Mode::Sniff);
+        t.req(b"\x00junk");
+        t.req(b"GET /x HTTP/1.1\r\n\r\n");
+        t.resp(OK_EMPTY);
+        assert_eq!(t.got(), vec![("GET", "/x", 200)]);
+        assert_eq!(t.counts(), (1, 0, 0));
+        // Endless junk with no answer is given up.
+        let mut t = Conn::new(Side::Server, Mode::Sniff);
+        for _ in 0..=MAX_JUNK_PIECES {
+            t.req(b"\x00junk");
+        }
+        assert_eq!(t.conn.state(), ConnState::NotHttp);
     }
 
     #[test]
