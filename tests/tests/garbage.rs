@@ -142,7 +142,7 @@ fn junk_to_a_fresh_http_server_is_a_resync() {
         return;
     }
     let dir = TestDir::new("garbage-fresh");
-    let mut tracer = Tracer::start(&dir, &[]);
+    let tracer = Tracer::start(&dir, &[]);
     let nginx = Nginx::start(&dir, "");
     let resyncs_before = tracer.scrape().count(RESYNCS, &[("protocol", "http1")]);
 

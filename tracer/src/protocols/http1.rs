@@ -1262,9 +1262,26 @@ fn body(headers: &[Header<'_>], response: bool) -> Body {
     }
 }
 
+/// Longest path kept per request: up to 64 requests wait per connection on
+/// tens of thousands of connections, and routes are cut at 128 bytes anyway.
+const MAX_PATH: usize = 512;
+
 /// The request target's path: query and fragment removed, and for the
-/// absolute form (`http://host/p`) the scheme and authority too.
+/// absolute form (`http://host/p`) the scheme and authority too; at most
+/// `MAX_PATH` bytes, cut at a character boundary.
 fn request_path(target: &str) -> String {
+    let mut path = full_request_path(target);
+    if path.len() > MAX_PATH {
+        let mut cut = MAX_PATH;
+        while !path.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        path.truncate(cut);
+    }
+    path
+}
+
+fn full_request_path(target: &str) -> String {
     let end = target.find(['?', '#']).unwrap_or(target.len());
     let target = target.get(..end).unwrap_or(target);
     if target.starts_with('/') {
@@ -1427,6 +1444,14 @@ mod tests {
         assert!(!could_start(Dir::Req, b"POSTX"));
         assert!(could_start(Dir::Resp, b"HTTP/1"));
         assert!(!could_start(Dir::Resp, b"HTTP/2"));
+    }
+
+    #[test]
+    fn long_paths_are_cut() {
+        let long = format!("/{}é?q=1", "a".repeat(MAX_PATH));
+        let path = request_path(&long);
+        assert_eq!(path.len(), MAX_PATH);
+        assert!(path.starts_with("/aaa"));
     }
 
     #[test]
