@@ -23,7 +23,10 @@ const PEERS: [(&str, &str); 6] = [
 
 pub fn bpf_toolchain() -> Result<()> {
     if bpf_rustc().is_none() {
-        say("no compiler can build `core` for bpfel-unknown-none (rustup has no nightly with rust-src here): installing Debian's rustc-web and rust-web-src");
+        rustup_nightly_with_src();
+    }
+    if bpf_rustc().is_none() {
+        say("no rustup nightly with rust-src could be had: installing Debian's rustc-web and rust-web-src instead");
         apt_install(&DEBIAN_BPF_RUSTC)?;
     }
     let Some(rustc) = bpf_rustc() else {
@@ -78,6 +81,30 @@ pub fn test_peers() -> Result<()> {
         apt_install(&missing)?;
     }
     Ok(())
+}
+
+/// The usual route: rustup's nightly with the `rust-src` component. Where
+/// rustup cannot download, this fails quickly and Debian's rustc is used.
+fn rustup_nightly_with_src() {
+    if !on_path("rustup") {
+        return;
+    }
+    let has_nightly = Command::new("rustup")
+        .args(["run", "nightly", "rustc", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    let mut cmd = Command::new("rustup");
+    if has_nightly {
+        say("no compiler can build `core` for bpfel-unknown-none: adding rust-src to rustup's nightly (rustup component add rust-src --toolchain nightly)");
+        cmd.args(["component", "add", "rust-src", "--toolchain", "nightly"]);
+    } else {
+        say("no compiler can build `core` for bpfel-unknown-none: installing rustup's nightly with rust-src (rustup toolchain install nightly --profile minimal --component rust-src)");
+        cmd.args(["toolchain", "install", "nightly", "--profile", "minimal"])
+            .args(["--component", "rust-src"]);
+    }
+    if !cmd.status().is_ok_and(|s| s.success()) {
+        say("rustup could not install it");
+    }
 }
 
 fn say(message: &str) {
