@@ -111,3 +111,36 @@ fn sigterm_stops_the_daemon_cleanly() {
         "the daemon exited {status} on SIGTERM\nstderr:\n{stderr}"
     );
 }
+
+/// The daemon never traces itself: its own `/metrics` answers would otherwise
+/// appear as server-side exchanges of service "tracer". The scraping test
+/// process is traced as the client of the same exchanges, which proves they
+/// went through the pipeline.
+#[test]
+fn the_tracer_never_traces_itself() {
+    if !privileged("the_tracer_never_traces_itself") {
+        return;
+    }
+    let dir = TestDir::new("self");
+    let tracer = Tracer::start(&dir, &[]);
+    let nginx = tracer_e2e::Nginx::start(&dir, "");
+    for _ in 0..5 {
+        tracer.scrape();
+    }
+    tracer.barrier(&nginx);
+    let me = tracer_e2e::own_service_name();
+    let scrape = tracer.scrape();
+    let served_by_tracer = scrape.count(
+        "http_server_request_duration_seconds_count",
+        &[("service_name", "tracer")],
+    );
+    let scraped_by_me = scrape.count(
+        "http_client_request_duration_seconds_count",
+        &[("service_name", me.as_str()), ("http_route", "/metrics")],
+    );
+    assert_eq!(served_by_tracer, 0, "the tracer traced its own server");
+    assert!(
+        scraped_by_me >= 5,
+        "the scrapes were not seen from the client side: {scraped_by_me}"
+    );
+}

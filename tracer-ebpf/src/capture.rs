@@ -35,7 +35,6 @@ const MSG_PEEK: u64 = 2;
 
 /// Vectored I/O segments walked per syscall; the rest is a counted gap.
 const MAX_SEGMENTS: u32 = 8;
-const MASK: usize = MAX_CAPTURE - 1;
 
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -128,10 +127,10 @@ pub fn on_data_exit(ret: i64, direction: u8, buffer: Buffer) {
         direction: dir as u8,
         _pad: [0; 7],
     };
-    let size = size_of::<DataEvent>() + (captured & (MAX_CAPTURE * 2 - 1));
+    let size = size_of::<DataEvent>() + captured;
     let flags = wakeup_flags(size as u64);
     // SAFETY: `scratch` spans size_of::<DataEvent>() + 2 * MAX_CAPTURE bytes
-    // and `size` is bounded by the mask above.
+    // and `captured` is at most `want` <= MAX_CAPTURE.
     let ret = unsafe {
         bpf_ringbuf_output(
             &EVENTS as *const _ as *mut c_void,
@@ -149,8 +148,9 @@ pub fn on_data_exit(ret: i64, direction: u8, buffer: Buffer) {
 /// `scratch.data[offset..]`; returns the bytes copied.
 #[inline(always)]
 fn copy_at(scratch: &mut DataScratch, offset: usize, src: u64, len: usize) -> usize {
-    let offset = offset & MASK;
-    // Clamp with a mask-friendly bound: the verifier must see len <= MAX_CAPTURE.
+    // Without this clamp Linux 6.18's verifier rejects the vectored copies
+    // ("R2 min value is negative, either use unsigned or 'var &= const'"):
+    // it cannot bound a segment's length read from user memory.
     let len = if len > MAX_CAPTURE { MAX_CAPTURE } else { len };
     if len == 0 {
         return 0;

@@ -55,9 +55,10 @@ pub static CONN_SEQ: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 /// Per-CPU staging area for one data event: too large for the 512-byte stack.
 /// Per-CPU values are capped at 32 KiB by the kernel, which caps MAX_CAPTURE.
-/// The payload area is twice `MAX_CAPTURE` so that a copy of at most
-/// `MAX_CAPTURE` bytes at any offset below `MAX_CAPTURE` is provably in
-/// bounds for the verifier (vectored I/O copies segment after segment).
+/// The payload area is twice `MAX_CAPTURE`: vectored I/O copies segment after
+/// segment, and the verifier bounds the offset (below `MAX_CAPTURE`) and the
+/// length (at most `MAX_CAPTURE`) separately, so it can prove a copy in
+/// bounds only if their sum fits.
 #[map]
 pub static SCRATCH: PerCpuArray<DataScratch> = PerCpuArray::with_max_entries(1, 0);
 
