@@ -9,11 +9,9 @@ use aya_ebpf::helpers::{
 };
 
 // Offsets in `struct pt_regs` (arch/x86/include/asm/ptrace.h), a stable ABI.
-const DI: usize = 112;
-const SI: usize = 104;
-const DX: usize = 96;
+// dx, si, di and orig_ax sit next to each other: one read fetches all four.
+const DX_SI_DI_ORIG_AX: usize = 96;
 const R10: usize = 56;
-const ORIG_AX: usize = 120;
 
 /// The calling task, unless it is the tracer itself, with its syscall's
 /// arguments: the common start of every hook.
@@ -45,8 +43,13 @@ impl Caller {
     }
 }
 
-/// The current task's saved user registers.
-pub struct SyscallArgs(usize);
+/// The current task's saved user registers: the syscall's first three
+/// arguments and number, read once.
+pub struct SyscallArgs {
+    regs: usize,
+    /// rdx, rsi, rdi, orig_ax.
+    head: [u64; 4],
+}
 
 impl SyscallArgs {
     #[inline(always)]
@@ -54,36 +57,37 @@ impl SyscallArgs {
         // SAFETY: both helpers take no pointer from us; the result is only
         // ever dereferenced through bpf_probe_read_kernel.
         let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as usize;
-        (regs != 0).then_some(Self(regs))
-    }
-
-    #[inline(always)]
-    fn read(&self, offset: usize) -> Option<u64> {
+        if regs == 0 {
+            return None;
+        }
         // SAFETY: bpf_probe_read_kernel checks the address and fails cleanly.
-        unsafe { bpf_probe_read_kernel((self.0 + offset) as *const u64) }.ok()
+        let head =
+            unsafe { bpf_probe_read_kernel((regs + DX_SI_DI_ORIG_AX) as *const [u64; 4]) }.ok()?;
+        Some(Self { regs, head })
     }
 
     /// First, second and third syscall arguments (rdi, rsi, rdx).
     #[inline(always)]
     pub fn arg0(&self) -> Option<u64> {
-        self.read(DI)
+        Some(self.head[2])
     }
     #[inline(always)]
     pub fn arg1(&self) -> Option<u64> {
-        self.read(SI)
+        Some(self.head[1])
     }
     #[inline(always)]
     pub fn arg2(&self) -> Option<u64> {
-        self.read(DX)
+        Some(self.head[0])
     }
     /// Fourth syscall argument (r10 in the syscall ABI).
     #[inline(always)]
     pub fn arg3(&self) -> Option<u64> {
-        self.read(R10)
+        // SAFETY: bpf_probe_read_kernel checks the address and fails cleanly.
+        unsafe { bpf_probe_read_kernel((self.regs + R10) as *const u64) }.ok()
     }
     /// The syscall number the task entered with.
     #[inline(always)]
     pub fn syscall_nr(&self) -> Option<u64> {
-        self.read(ORIG_AX)
+        Some(self.head[3])
     }
 }
