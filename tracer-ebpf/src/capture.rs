@@ -56,20 +56,17 @@ pub fn on_data_exit(ret: i64, direction: u8, buffer: Buffer) {
     else {
         return;
     };
-    let Some(fd) = args.arg0() else {
-        count(stat::READ_FAILED);
-        return;
-    };
+    let fd = args.arg0();
     let Some(info) = SOCKETS.get_ptr_mut(&conn_key(tgid, fd as u32)) else {
         return;
     };
     // A peek is not consumed: counting it would see the same bytes twice.
     let flags = match buffer {
-        Buffer::FlatWithFlags => args.arg3(),
+        Buffer::FlatWithFlags => args.arg3().unwrap_or(0),
         Buffer::Message if direction == tracer_common::direction::INGRESS => args.arg2(),
-        _ => Some(0),
+        _ => 0,
     };
-    if flags.unwrap_or(0) & MSG_PEEK != 0 {
+    if flags & MSG_PEEK != 0 {
         return;
     }
     let dir = (direction & 1) as usize;
@@ -92,16 +89,9 @@ pub fn on_data_exit(ret: i64, direction: u8, buffer: Buffer) {
     let limit = (capture_limit() as u64).min(MAX_CAPTURE as u64);
     let want = len.min(limit) as usize;
     let captured = match buffer {
-        Buffer::Flat | Buffer::FlatWithFlags => {
-            args.arg1().map_or(0, |buf| copy_flat(scratch, buf, want))
-        }
-        Buffer::Vector => match (args.arg1(), args.arg2()) {
-            (Some(iov), Some(cnt)) => copy_vector(scratch, iov, cnt, want),
-            _ => 0,
-        },
-        Buffer::Message => args
-            .arg1()
-            .map_or(0, |msg| copy_message(scratch, msg, want)),
+        Buffer::Flat | Buffer::FlatWithFlags => copy_flat(scratch, args.arg1(), want),
+        Buffer::Vector => copy_vector(scratch, args.arg1(), args.arg2(), want),
+        Buffer::Message => copy_message(scratch, args.arg1(), want),
         Buffer::None => 0,
     };
     // Only the capture limit truncates; failed copies and iovec overflow

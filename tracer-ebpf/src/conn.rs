@@ -126,7 +126,8 @@ pub fn on_accept_exit(ret: i64) {
     // A NULL peer buffer leaves the addresses unknown (family 0), and the
     // socket may even be a Unix one: the parser drops it if it is not HTTP.
     // A non-inet family is a Unix socket: skip.
-    if let Some(peer_ptr) = args.arg1().filter(|p| *p != 0) {
+    let peer_ptr = args.arg1();
+    if peer_ptr != 0 {
         let Some(remote) = read_user_sockaddr(peer_ptr) else {
             return;
         };
@@ -157,7 +158,7 @@ pub fn on_connect_exit(ret: i64) {
         return;
     }
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    let Some(fd) = SyscallArgs::current().and_then(|a| a.arg0()) else {
+    let Some(fd) = SyscallArgs::current().map(|a| a.arg0()) else {
         return;
     };
     let _ = SOCKETS.remove(&conn_key(tgid, fd as u32));
@@ -211,14 +212,10 @@ pub fn on_dup_exit(ret: i64) {
     else {
         return;
     };
-    if args.syscall_nr() == Some(NR_FCNTL)
-        && !matches!(args.arg1(), Some(F_DUPFD) | Some(F_DUPFD_CLOEXEC))
-    {
+    if args.syscall_nr() == NR_FCNTL && !matches!(args.arg1(), F_DUPFD | F_DUPFD_CLOEXEC) {
         return;
     }
-    let (Some(old_fd), new_fd) = (args.arg0(), ret as u64) else {
-        return;
-    };
+    let (old_fd, new_fd) = (args.arg0(), ret as u64);
     if old_fd == new_fd {
         return;
     }
@@ -269,12 +266,10 @@ fn on_syn_sent(change: &StateChange) {
         return;
     };
     // Anything else (io_uring, kernel sockets) has no fd we could match.
-    if args.syscall_nr() != Some(NR_CONNECT) {
+    if args.syscall_nr() != NR_CONNECT {
         return;
     }
-    let Some(fd) = args.arg0() else {
-        return;
-    };
+    let fd = args.arg0();
     let key = conn_key(tgid, fd as u32);
     let info = ConnInfo {
         conn_id: next_conn_id(),

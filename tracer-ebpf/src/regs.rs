@@ -35,12 +35,6 @@ impl Caller {
             args: SyscallArgs::current()?,
         })
     }
-
-    /// Thread id.
-    #[inline(always)]
-    pub fn pid(&self) -> u32 {
-        self.pid_tgid as u32
-    }
 }
 
 /// The current task's saved user registers: the syscall's first three
@@ -68,16 +62,16 @@ impl SyscallArgs {
 
     /// First, second and third syscall arguments (rdi, rsi, rdx).
     #[inline(always)]
-    pub fn arg0(&self) -> Option<u64> {
-        Some(self.head[2])
+    pub fn arg0(&self) -> u64 {
+        self.head[2]
     }
     #[inline(always)]
-    pub fn arg1(&self) -> Option<u64> {
-        Some(self.head[1])
+    pub fn arg1(&self) -> u64 {
+        self.head[1]
     }
     #[inline(always)]
-    pub fn arg2(&self) -> Option<u64> {
-        Some(self.head[0])
+    pub fn arg2(&self) -> u64 {
+        self.head[0]
     }
     /// Fourth syscall argument (r10 in the syscall ABI).
     #[inline(always)]
@@ -87,7 +81,7 @@ impl SyscallArgs {
     }
     /// The syscall number the task entered with.
     #[inline(always)]
-    pub fn syscall_nr(&self) -> Option<u64> {
-        Some(self.head[3])
+    pub fn syscall_nr(&self) -> u64 {
+        self.head[3]
     }
 }

@@ -87,7 +87,7 @@ pub fn kp_enter_close(_ctx: ProbeContext) -> u32 {
     if crate::hooks_only() {
         return 0;
     }
-    if let Some(fd) = SyscallArgs::current().and_then(|a| a.arg0()) {
+    if let Some(fd) = SyscallArgs::current().map(|a| a.arg0()) {
         conn::on_close(fd);
     }
     0
