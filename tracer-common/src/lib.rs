@@ -12,6 +12,13 @@ use core::mem::size_of;
 pub const MAX_CAPTURE: usize = 8192;
 /// Default runtime capture limit in bytes.
 pub const DEFAULT_CAPTURE: u32 = 4096;
+/// Ring buffers the kernel side spreads its events over: CPU `c` writes to
+/// ring `c % rings in use`, so CPUs do not contend for one ring's lock and
+/// positions. The loader uses one per CPU up to this many.
+pub const MAX_RINGS: usize = 16;
+/// Where `EventHeader::ts_ns` sits in every record: the daemon merges the
+/// rings by it.
+pub const TS_OFFSET: usize = 16;
 /// Length of a kernel task name (`TASK_COMM_LEN`).
 pub const COMM_LEN: usize = 16;
 
@@ -105,6 +112,8 @@ pub struct EventHeader {
     /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) when the syscall returned.
     pub ts_ns: u64,
 }
+
+const _: () = assert!(core::mem::offset_of!(EventHeader, ts_ns) == TS_OFFSET);
 
 /// A chunk of payload; `cap_len` bytes of payload follow it in the record.
 #[repr(C)]

@@ -3,15 +3,14 @@
 //! up to the capture limit into the ring buffer.
 
 use aya_ebpf::helpers::{
-    bpf_ktime_get_ns, bpf_probe_read_user,
-    generated::{bpf_probe_read_user as raw_read_user, bpf_ringbuf_output},
+    bpf_ktime_get_ns, bpf_probe_read_user, generated::bpf_probe_read_user as raw_read_user,
 };
 use core::{ffi::c_void, mem::size_of};
 use tracer_common::{conn_key, kind, stat, DataEvent, EventHeader, MAX_CAPTURE};
 
 use crate::{
     capture_limit,
-    maps::{count, wakeup_flags, DataScratch, EVENTS, SCRATCH, SOCKETS},
+    maps::{count, output, DataScratch, SCRATCH, SOCKETS},
     regs::Caller,
 };
 
@@ -100,14 +99,15 @@ pub fn on_data_exit(ret: i64, direction: u8, buffer: Buffer) {
         count(stat::TRUNCATED);
     }
 
+    // SAFETY: no arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
     scratch.event = DataEvent {
         header: EventHeader {
             kind: kind::DATA,
             _pad: [0; 3],
             tgid,
             conn_id,
-            // SAFETY: no arguments.
-            ts_ns: unsafe { bpf_ktime_get_ns() },
+            ts_ns: now,
         },
         pos,
         pid: pid_tgid as u32,
@@ -117,21 +117,14 @@ pub fn on_data_exit(ret: i64, direction: u8, buffer: Buffer) {
         direction: dir as u8,
         _pad: [0; 7],
     };
+    // `scratch` spans size_of::<DataEvent>() + 2 * MAX_CAPTURE bytes and
+    // `captured` is at most `want` <= MAX_CAPTURE.
     let size = size_of::<DataEvent>() + captured;
-    let flags = wakeup_flags(size as u64);
-    // SAFETY: `scratch` spans size_of::<DataEvent>() + 2 * MAX_CAPTURE bytes
-    // and `captured` is at most `want` <= MAX_CAPTURE.
-    let ret = unsafe {
-        bpf_ringbuf_output(
-            &EVENTS as *const _ as *mut c_void,
-            scratch as *mut DataScratch as *mut c_void,
-            size as u64,
-            flags,
-        )
-    };
-    if ret != 0 {
-        count(stat::RINGBUF_FULL);
-    }
+    output(
+        scratch as *const DataScratch as *const c_void,
+        size as u64,
+        now,
+    );
 }
 
 /// Copies `len` (at most `MAX_CAPTURE`) bytes from user address `src` to

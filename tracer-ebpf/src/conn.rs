@@ -13,11 +13,10 @@ use tracer_common::{
     AF_INET, AF_INET6, COMM_LEN,
 };
 
+use core::{ffi::c_void, mem::size_of};
+
 use crate::{
-    maps::{
-        count, wakeup_flags, Connecting, CONNECTING, CONN_SEQ, DUP_REFS, EVENTS, PEER_TO_LOCAL,
-        SOCKETS,
-    },
+    maps::{count, output, Connecting, CONNECTING, CONN_SEQ, DUP_REFS, PEER_TO_LOCAL, SOCKETS},
     regs::{Caller, SyscallArgs},
 };
 
@@ -57,28 +56,37 @@ fn comm() -> [u8; COMM_LEN] {
     bpf_get_current_comm().unwrap_or([0; COMM_LEN])
 }
 
-fn emit(event_kind: u8, tgid: u32, pid: u32, fd: i32, info: &ConnInfo, comm: [u8; COMM_LEN]) {
+/// `task`: the process id in the upper half and the thread id in the lower,
+/// as `bpf_get_current_pid_tgid` gives them (BPF calls take five arguments).
+fn emit(event_kind: u8, task: u64, fd: i32, info: &ConnInfo, comm: [u8; COMM_LEN]) {
+    // SAFETY: no arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
     let event = ConnEvent {
         header: EventHeader {
             kind: event_kind,
             _pad: [0; 3],
-            tgid,
+            tgid: (task >> 32) as u32,
             conn_id: info.conn_id,
-            // SAFETY: no arguments.
-            ts_ns: unsafe { bpf_ktime_get_ns() },
+            ts_ns: now,
         },
         tuple: info.tuple,
         fd,
-        pid,
+        pid: task as u32,
         role: info.role,
         _pad: [0; 7],
         comm,
         bytes: info.pos,
     };
-    let flags = wakeup_flags(core::mem::size_of::<ConnEvent>() as u64);
-    if EVENTS.output::<ConnEvent>(&event, flags).is_err() {
-        count(tracer_common::stat::RINGBUF_FULL);
-    }
+    output(
+        &event as *const ConnEvent as *const c_void,
+        size_of::<ConnEvent>() as u64,
+        now,
+    );
+}
+
+#[inline(always)]
+fn task(tgid: u32, pid: u32) -> u64 {
+    ((tgid as u64) << 32) | pid as u64
 }
 
 fn register(key: u64, info: &ConnInfo) -> bool {
@@ -147,7 +155,7 @@ pub fn on_accept_exit(ret: i64) {
         _pad: [0; 7],
     };
     if register(conn_key(tgid, fd), &info) {
-        emit(kind::OPEN, tgid, pid_tgid as u32, fd as i32, &info, comm());
+        emit(kind::OPEN, pid_tgid, fd as i32, &info, comm());
     }
 }
 
@@ -191,7 +199,7 @@ fn drop_descriptor(tgid: u32, pid: u32, fd: u32) {
         }
         let _ = DUP_REFS.remove(&info.conn_id);
     }
-    emit(kind::CLOSE, tgid, pid, fd as i32, &info, comm());
+    emit(kind::CLOSE, task(tgid, pid), fd as i32, &info, comm());
 }
 
 const NR_FCNTL: u64 = 72;
@@ -307,7 +315,7 @@ fn on_client_established(change: &StateChange) {
     };
     let tgid = (pending.key >> 32) as u32;
     let fd = pending.key as u32 as i32;
-    emit(kind::OPEN, tgid, pending.pid, fd, &info, pending.comm);
+    emit(kind::OPEN, task(tgid, pending.pid), fd, &info, pending.comm);
 }
 
 /// A thread exited; when it is the group leader, the process is gone and its
@@ -318,16 +326,18 @@ pub fn on_process_exit() {
     if tgid != pid_tgid as u32 {
         return;
     }
+    // SAFETY: no arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
     let header = EventHeader {
         kind: kind::PROC_EXIT,
         _pad: [0; 3],
         tgid,
         conn_id: 0,
-        // SAFETY: no arguments.
-        ts_ns: unsafe { bpf_ktime_get_ns() },
+        ts_ns: now,
     };
-    let flags = wakeup_flags(core::mem::size_of::<EventHeader>() as u64);
-    if EVENTS.output::<EventHeader>(&header, flags).is_err() {
-        count(tracer_common::stat::RINGBUF_FULL);
-    }
+    output(
+        &header as *const EventHeader as *const c_void,
+        size_of::<EventHeader>() as u64,
+        now,
+    );
 }

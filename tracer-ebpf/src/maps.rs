@@ -2,9 +2,11 @@
 //! The loader may resize `SOCKETS` and `EVENTS` from the command line.
 
 use aya_ebpf::{
+    helpers::{bpf_get_smp_processor_id, generated::bpf_ringbuf_output},
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
+use core::ffi::c_void;
 use tracer_common::{ConnInfo, DataEvent, SockAddr, COMM_LEN, MAX_CAPTURE};
 
 /// Traced TCP sockets, keyed by `conn_key(tgid, fd)`: the filter every data
@@ -33,12 +35,77 @@ pub static CONNECTING: LruHashMap<u64, Connecting> = LruHashMap::with_max_entrie
 #[map]
 pub static PEER_TO_LOCAL: LruHashMap<SockAddr, SockAddr> = LruHashMap::with_max_entries(16384, 0);
 
-/// All events to the daemon: 8 MiB by default, set by the loader from the
-/// command line (the daemon's RSS counts it twice: the kernel maps the data
-/// pages twice). When full, `bpf_ringbuf_output` fails and
-/// `stat::RINGBUF_FULL` is counted.
-#[map]
-pub static EVENTS: RingBuf = RingBuf::with_byte_size(8 * 1024 * 1024, 0);
+/// Events to the daemon, one ring per CPU (up to `MAX_RINGS`, CPUs beyond
+/// share): a single ring shared by all CPUs made every event pay for its
+/// lock and positions bouncing between CPUs, about a third of the cost of
+/// an event. The loader sizes the rings in use from the command line and
+/// shrinks the others to one page (the daemon's RSS counts each ring twice:
+/// the kernel maps the data pages twice). A full ring fails the output and
+/// `stat::RINGBUF_FULL` is counted. The names are the loader's: `EVENTS_0`...
+macro_rules! rings {
+    ($($name:ident = $index:literal),* $(,)?) => {
+        $(
+            #[map]
+            pub static $name: RingBuf = RingBuf::with_byte_size(4096, 0);
+        )*
+
+        /// Copies `size` bytes at `data` into this CPU's ring as one record.
+        #[inline(always)]
+        pub fn output(data: *const c_void, size: u64, now: u64) {
+            let flags = wakeup_flags(size, now);
+            // SAFETY: no arguments.
+            let cpu = unsafe { bpf_get_smp_processor_id() };
+            let data = data as *mut c_void;
+            // One call per ring: the verifier needs each map as a constant.
+            // SAFETY: the caller's `data` spans `size` readable bytes.
+            let ret = match cpu % ring_count() {
+                $($index => unsafe {
+                    bpf_ringbuf_output(&$name as *const RingBuf as *mut c_void, data, size, flags)
+                },)*
+                _ => -1,
+            };
+            if ret != 0 {
+                count(tracer_common::stat::RINGBUF_FULL);
+            }
+        }
+    };
+}
+
+rings!(
+    EVENTS_0 = 0,
+    EVENTS_1 = 1,
+    EVENTS_2 = 2,
+    EVENTS_3 = 3,
+    EVENTS_4 = 4,
+    EVENTS_5 = 5,
+    EVENTS_6 = 6,
+    EVENTS_7 = 7,
+    EVENTS_8 = 8,
+    EVENTS_9 = 9,
+    EVENTS_10 = 10,
+    EVENTS_11 = 11,
+    EVENTS_12 = 12,
+    EVENTS_13 = 13,
+    EVENTS_14 = 14,
+    EVENTS_15 = 15,
+);
+const _: () = assert!(tracer_common::MAX_RINGS == 16);
+
+/// Rings in use, set by the loader (1 to `MAX_RINGS`).
+#[no_mangle]
+static RING_COUNT: u32 = 1;
+
+#[inline(always)]
+fn ring_count() -> u32 {
+    // SAFETY: a plain read of a global the loader sets before load;
+    // volatile so the compiler does not fold in the default.
+    let n = unsafe { core::ptr::read_volatile(&RING_COUNT) };
+    if n == 0 {
+        1
+    } else {
+        n
+    }
+}
 
 /// Per-CPU loss counters, indexed by `tracer_common::stat`.
 #[map]
@@ -48,6 +115,10 @@ pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(tracer_common
 /// CPUs; see `wakeup_flags`. Racy updates only shift one wake-up.
 #[map]
 pub static LAST_WAKEUP: Array<u64> = Array::with_max_entries(1, 0);
+
+/// Bytes this CPU wrote to its ring since it last woke the daemon.
+#[map]
+pub static PENDING_BYTES: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 /// Per-CPU counter behind kernel connection ids.
 #[map]
@@ -77,30 +148,40 @@ pub struct Connecting {
     pub comm: [u8; COMM_LEN],
 }
 
-/// Unread bytes in `EVENTS` that make the next event wake the daemon.
-const WAKEUP_BYTES: u64 = 128 * 1024;
+/// Bytes this CPU may add to its ring before it wakes the daemon, set by the
+/// loader: a share of the ring, so that the CPUs sharing it stay well below
+/// its size.
+#[no_mangle]
+static WAKEUP_BYTES: u32 = 64 * 1024;
 /// Longest a waiting event may go without a wake-up while events keep coming.
 const WAKEUP_AFTER_NS: u64 = 5_000_000;
 const BPF_RB_NO_WAKEUP: u64 = 1;
 const BPF_RB_FORCE_WAKEUP: u64 = 2;
-const BPF_RB_AVAIL_DATA: u64 = 0;
 
 /// Flags for `bpf_ringbuf_output` that batch wake-ups. The kernel's default
 /// wakes the reader for nearly every event when it keeps up, which costs a
 /// context switch per event: more than all the rest of the work. Instead wake
-/// when `WAKEUP_BYTES` are waiting or the last wake-up is `WAKEUP_AFTER_NS`
-/// old; the daemon's short timer collects the tail of a burst.
+/// when this CPU has written `WAKEUP_BYTES` since its last wake-up, or when
+/// the last wake-up (by any CPU: the daemon then reads every ring) is
+/// `WAKEUP_AFTER_NS` old; the daemon's short timer collects the tail of a
+/// burst.
 #[inline(always)]
-pub fn wakeup_flags(size: u64) -> u64 {
-    let waiting = EVENTS.query(BPF_RB_AVAIL_DATA);
-    if waiting < WAKEUP_BYTES && waiting + size >= WAKEUP_BYTES {
-        return BPF_RB_FORCE_WAKEUP;
+fn wakeup_flags(size: u64, now: u64) -> u64 {
+    if let Some(pending) = PENDING_BYTES.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot, no other writer on this CPU while we run.
+        unsafe {
+            let total = *pending + size;
+            // SAFETY: a plain read of a global the loader sets before load.
+            if total >= core::ptr::read_volatile(&WAKEUP_BYTES) as u64 {
+                *pending = 0;
+                return BPF_RB_FORCE_WAKEUP;
+            }
+            *pending = total;
+        }
     }
     let Some(last) = LAST_WAKEUP.get_ptr_mut(0) else {
         return 0;
     };
-    // SAFETY: no arguments.
-    let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
     // SAFETY: a valid map value pointer; a racy update only shifts one wake-up.
     unsafe {
         if now.wrapping_sub(*last) >= WAKEUP_AFTER_NS {

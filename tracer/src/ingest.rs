@@ -1,53 +1,65 @@
-//! Reads the kernel's ring buffer on the tokio runtime: waits on the map's fd
-//! through `AsyncFd` (epoll, no polling loop), drains every record into a
-//! handler (the pipeline, or a recording file), and after each drained batch
-//! lets the caller publish counters and beat the liveness heartbeat.
+//! Reads the kernel's event rings on the tokio runtime: waits on an epoll set
+//! of the rings' fds through `AsyncFd` (no polling loop), drains every record
+//! into a handler (the pipeline, or a recording file) in timestamp order, and
+//! after each drained batch lets the caller publish counters and beat the
+//! liveness heartbeat.
 
-use std::{future::Future, time::Duration};
+use std::{
+    future::Future,
+    io,
+    os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd},
+    time::Duration,
+};
 
-use aya::maps::{MapData, RingBuf};
+use aya::maps::MapData;
 use tokio::{
     io::{unix::AsyncFd, Interest},
     time::Instant,
 };
 
+use crate::rings::{Drained, Rings};
+
 /// Records handled before yielding to other tasks (the metrics server).
 const BATCH: usize = 4096;
 
 /// The kernel batches wake-ups (`wakeup_flags` in tracer-ebpf): an event
-/// within 5 ms of the last wake-up raises none. So after every batch that
-/// handled records, one look this much later collects such stragglers; it
-/// re-arms only while it finds records, so an idle tracer has no timer.
+/// within 5 ms of the last wake-up raises none, and records from several
+/// CPUs are held back until they are 2 ms old (`rings::HOLD_BACK_NS`). So
+/// after every batch that handled or left records, one look this much later
+/// collects them; it re-arms only while there are any, so an idle tracer has
+/// no timer.
 const TAIL: Duration = Duration::from_millis(10);
 
 /// With no traffic at all, the caller still publishes gauges and beats the
-/// liveness heartbeat this often; the ring buffer is not read then.
+/// liveness heartbeat this often; the rings are not read then.
 const HEARTBEAT: Duration = Duration::from_secs(5);
 
-/// Runs until `shutdown` completes or the ring buffer fd fails: every record
-/// goes to `handle(state, record)`.
+/// Runs until `shutdown` completes or waiting on the rings fails: every
+/// record goes to `handle(state, record)`.
 pub async fn run<T>(
-    events: RingBuf<MapData>,
+    events: Vec<MapData>,
     state: &mut T,
     mut handle: impl FnMut(&mut T, &[u8]),
     mut after_batch: impl FnMut(&mut T),
     shutdown: impl Future<Output = ()>,
-) -> std::io::Result<()> {
-    // SAFETY: the ring buffer owns its map fd and keeps it open and
-    // unchanged until it is dropped, which only the AsyncFd does.
-    let mut ring = unsafe { AsyncFd::register_with_interest(events, Interest::READABLE) }
+) -> io::Result<()> {
+    let mut rings = Rings::new(events)?;
+    // SAFETY: the OwnedFd keeps the epoll fd open and unchanged until it is
+    // dropped, which only the AsyncFd does.
+    let ready = unsafe { AsyncFd::register_with_interest(epoll_of(&rings)?, Interest::READABLE) }
         .map_err(|e| e.into_parts().1)?;
     tokio::pin!(shutdown);
     let mut heartbeat = tokio::time::interval(HEARTBEAT);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut tail: Option<Instant> = None;
+    let mut drain = |rings: &mut Rings, state: &mut T| rings.drain(BATCH, |r| handle(state, r));
     loop {
         let tail_at = tail.unwrap_or_else(Instant::now);
         let mut guard = tokio::select! {
-            guard = ring.readable_mut() => guard?,
+            guard = ready.readable() => guard?,
             () = tokio::time::sleep_until(tail_at), if tail.is_some() => {
-                let (handled, _) = drain_all(ring.get_mut(), state, &mut handle).await;
-                tail = (handled > 0).then(|| Instant::now() + TAIL);
+                let last = drain_all(&mut rings, state, &mut drain).await;
+                tail = (last.handled > 0 || last.waiting).then(|| Instant::now() + TAIL);
                 after_batch(state);
                 continue;
             }
@@ -57,55 +69,71 @@ pub async fn run<T>(
             }
             () = &mut shutdown => return Ok(()),
         };
-        let (mut handled, mut more) = drain(guard.get_inner_mut(), state, &mut handle);
-        if !more {
+        let mut last = drain(&mut rings, state);
+        let mut handled = last.handled;
+        if !last.more {
             guard.clear_ready();
             // A record that landed between the last read and clear_ready
             // raised no new edge: look once more before sleeping.
-            let (again, rest) = drain(guard.get_inner_mut(), state, &mut handle);
-            handled += again;
-            more = rest;
+            last = drain(&mut rings, state);
+            handled += last.handled;
         }
         drop(guard);
-        if handled > 0 {
+        if handled > 0 || last.waiting {
             tail = Some(Instant::now() + TAIL);
         }
         after_batch(state);
-        if more {
+        if last.more {
             tokio::task::yield_now().await;
         }
     }
 }
 
 /// Drains without waiting for readiness, yielding between batches; returns
-/// the records handled.
+/// the last batch.
 async fn drain_all<T>(
-    ring: &mut RingBuf<MapData>,
+    rings: &mut Rings,
     state: &mut T,
-    handle: &mut impl FnMut(&mut T, &[u8]),
-) -> (usize, bool) {
-    let mut total = 0;
+    drain: &mut impl FnMut(&mut Rings, &mut T) -> Drained,
+) -> Drained {
+    let mut handled = 0;
     loop {
-        let (handled, more) = drain(ring, state, handle);
-        total += handled;
-        if !more {
-            return (total, false);
+        let last = drain(rings, state);
+        handled += last.handled;
+        if !last.more {
+            return Drained { handled, ..last };
         }
         tokio::task::yield_now().await;
     }
 }
 
-/// Handles up to `BATCH` records: how many, and whether more may remain.
-fn drain<T>(
-    ring: &mut RingBuf<MapData>,
-    state: &mut T,
-    handle: &mut impl FnMut(&mut T, &[u8]),
-) -> (usize, bool) {
-    for handled in 0..BATCH {
-        match ring.next() {
-            Some(record) => handle(state, &record),
-            None => return (handled, false),
+/// An epoll set holding every ring: readable when any ring has records. One
+/// fd for the runtime to wait on, however many rings there are.
+fn epoll_of(rings: &Rings) -> io::Result<OwnedFd> {
+    // SAFETY: plain syscall; the result is checked before use.
+    let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh fd that nothing else owns.
+    let epoll = unsafe { OwnedFd::from_raw_fd(fd) };
+    for ring in rings.iter() {
+        let mut event = libc::epoll_event {
+            events: libc::EPOLLIN as u32,
+            u64: 0,
+        };
+        // SAFETY: both fds are open; `event` is a valid epoll_event.
+        let rc = unsafe {
+            libc::epoll_ctl(
+                epoll.as_raw_fd(),
+                libc::EPOLL_CTL_ADD,
+                ring.as_fd().as_raw_fd(),
+                &mut event,
+            )
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
         }
     }
-    (BATCH, true)
+    Ok(epoll)
 }

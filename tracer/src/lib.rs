@@ -19,6 +19,7 @@ pub mod procfs;
 pub mod protocols;
 pub mod reassembly;
 pub mod records;
+pub mod rings;
 pub mod route;
 pub mod server;
 #[cfg(test)]

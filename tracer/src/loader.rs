@@ -6,11 +6,11 @@
 use std::path::Path;
 
 use aya::{
-    maps::{HashMap, MapData, PerCpuArray, RingBuf},
+    maps::{HashMap, Map, MapData, PerCpuArray},
     programs::{KProbe, TracePoint},
     Btf, Ebpf, EbpfLoader,
 };
-use tracer_common::{stat, ConnInfo};
+use tracer_common::{stat, ConnInfo, MAX_RINGS};
 
 use crate::error::StartError;
 
@@ -237,9 +237,70 @@ pub struct Kernel {
     /// Keep alive: dropping it detaches every program.
     pub ebpf: Ebpf,
     pub mode: AttachMode,
-    pub events: RingBuf<MapData>,
+    /// The event rings in use, in CPU order (`cpu % rings.len()`).
+    pub events: Vec<MapData>,
     pub sockets: HashMap<MapData, u64, ConnInfo>,
     pub stats: PerCpuArray<MapData, u64>,
+}
+
+/// The kernel side's event rings, `EVENTS_0` to `EVENTS_15`.
+const RING_NAMES: [&str; MAX_RINGS] = [
+    "EVENTS_0",
+    "EVENTS_1",
+    "EVENTS_2",
+    "EVENTS_3",
+    "EVENTS_4",
+    "EVENTS_5",
+    "EVENTS_6",
+    "EVENTS_7",
+    "EVENTS_8",
+    "EVENTS_9",
+    "EVENTS_10",
+    "EVENTS_11",
+    "EVENTS_12",
+    "EVENTS_13",
+    "EVENTS_14",
+    "EVENTS_15",
+];
+
+/// Smallest ring the kernel accepts: one page.
+const PAGE: u32 = 4096;
+
+/// How `--ring-buffer-mib` is spread over the per-CPU rings.
+#[derive(Debug, PartialEq, Eq)]
+pub struct RingLayout {
+    /// Rings in use: one per CPU, up to `MAX_RINGS`.
+    pub count: u32,
+    /// Bytes per ring: an equal share of the total, rounded down to a power
+    /// of two (the kernel requires one), at least a page.
+    pub bytes: u32,
+    /// Bytes a CPU writes before it wakes the daemon: a quarter of its share
+    /// of its ring, between 4 and 128 KiB (the daemon then reads every ring).
+    pub wakeup_bytes: u32,
+}
+
+impl RingLayout {
+    pub fn new(total_bytes: u32, cpus: u32) -> Self {
+        let cpus = cpus.max(1);
+        let count = cpus.min(MAX_RINGS as u32);
+        let share = (total_bytes / count).max(PAGE);
+        let bytes = 1 << share.ilog2();
+        let cpus_per_ring = cpus.div_ceil(count);
+        let wakeup_bytes = (bytes / 4 / cpus_per_ring).clamp(4 << 10, 128 << 10);
+        Self {
+            count,
+            bytes,
+            wakeup_bytes,
+        }
+    }
+}
+
+/// CPUs the kernel may run programs on: ring indices are `cpu % count`.
+fn possible_cpus() -> u32 {
+    aya::util::nr_cpus()
+        .ok()
+        .and_then(|n| u32::try_from(n).ok())
+        .unwrap_or(1)
 }
 
 /// Sums each per-CPU loss counter: (name, total) in `stat` order.
@@ -267,18 +328,35 @@ pub fn load(opts: &LoadOptions) -> Result<Kernel, StartError> {
     let btf = Btf::from_sys_fs().map_err(|e| StartError::Btf(e.to_string()))?;
     let self_tgid = std::process::id();
     let hooks_only: u8 = opts.hooks_only.into();
-    let mut ebpf = EbpfLoader::new()
+    let rings = RingLayout::new(opts.ring_buffer_bytes, possible_cpus());
+    let mut loader = EbpfLoader::new();
+    loader
         .btf(Some(&btf))
         .override_global("CAPTURE_LIMIT", &opts.capture_limit, true)
         .override_global("SELF_TGID", &self_tgid, true)
         .override_global("HOOKS_ONLY", &hooks_only, true)
-        .map_max_entries("SOCKETS", opts.max_connections)
-        .map_max_entries("EVENTS", opts.ring_buffer_bytes)
+        .override_global("RING_COUNT", &rings.count, true)
+        .override_global("WAKEUP_BYTES", &rings.wakeup_bytes, true)
+        .map_max_entries("SOCKETS", opts.max_connections);
+    for (i, name) in RING_NAMES.iter().enumerate() {
+        let used = i < rings.count as usize;
+        loader.map_max_entries(name, if used { rings.bytes } else { PAGE });
+    }
+    let mut ebpf = loader
         .load(OBJECT)
         .map_err(|e| StartError::Load(format!("{e:#}")))?;
 
     // Maps first: `Ebpf::map` borrows the whole object.
-    let events = take_map(&mut ebpf, "EVENTS")?;
+    let events = RING_NAMES
+        .iter()
+        .take(rings.count as usize)
+        .map(|name| match ebpf.take_map(name) {
+            Some(Map::RingBuf(data)) => Ok(data),
+            _ => Err(StartError::Load(format!(
+                "ring buffer {name} missing from the object"
+            ))),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let sockets = take_map(&mut ebpf, "SOCKETS")?;
     let stats = take_map(&mut ebpf, "STATS")?;
 
@@ -496,6 +574,26 @@ mod tests {
         assert_eq!(field_offset(format, "saddr_v6"), Some(40));
         assert_eq!(field_offset(format, "saddr"), None);
         assert_eq!(field_offset(format, "common_type"), Some(0));
+    }
+
+    #[test]
+    fn ring_layout_splits_the_total_per_cpu() {
+        // Two CPUs, the default 8 MiB: two rings of 4 MiB.
+        let two = RingLayout::new(8 << 20, 2);
+        assert_eq!(
+            (two.count, two.bytes, two.wakeup_bytes),
+            (2, 4 << 20, 128 << 10)
+        );
+        // Shares round down to a power of two.
+        assert_eq!(RingLayout::new(8 << 20, 3).bytes, 2 << 20);
+        // Past MAX_RINGS CPUs share rings and wake sooner.
+        let many = RingLayout::new(8 << 20, 64);
+        assert_eq!((many.count, many.bytes), (16, 512 << 10));
+        assert_eq!(many.wakeup_bytes, 32 << 10);
+        // Never below a page, never a zero count.
+        assert_eq!(RingLayout::new(1 << 20, 0).count, 1);
+        assert_eq!(RingLayout::new(4096, 16).bytes, PAGE);
+        assert_eq!(RingLayout::new(4096, 16).wakeup_bytes, 4 << 10);
     }
 
     #[test]
