@@ -61,7 +61,7 @@ pub fn on_data_exit(ret: i64, direction: u8, buffer: Buffer) {
     };
     // A peek is not consumed: counting it would see the same bytes twice.
     let flags = match buffer {
-        Buffer::FlatWithFlags => args.arg3().unwrap_or(0),
+        Buffer::FlatWithFlags => args.arg3(),
         Buffer::Message if direction == tracer_common::direction::INGRESS => args.arg2(),
         _ => 0,
     };

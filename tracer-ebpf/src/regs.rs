@@ -4,14 +4,19 @@
 //! x86-64 only: other architectures save their arguments elsewhere.
 
 use aya_ebpf::helpers::{
-    bpf_get_current_pid_tgid, bpf_probe_read_kernel,
+    bpf_get_current_pid_tgid,
     generated::{bpf_get_current_task_btf, bpf_task_pt_regs},
 };
 
-// Offsets in `struct pt_regs` (arch/x86/include/asm/ptrace.h), a stable ABI.
-// dx, si, di and orig_ax sit next to each other: one read fetches all four.
-const DX_SI_DI_ORIG_AX: usize = 96;
-const R10: usize = 56;
+// Indices of 8-byte words in `struct pt_regs`
+// (arch/x86/include/asm/ptrace.h), a stable ABI. `bpf_task_pt_regs` returns a
+// BTF-typed pointer, so the verifier checks each read against the kernel's
+// own layout at load time and lets it be a plain load, not a helper call.
+const R10: usize = 7;
+const DX: usize = 12;
+const SI: usize = 13;
+const DI: usize = 14;
+const ORIG_AX: usize = 15;
 
 /// The calling task, unless it is the tracer itself, with its syscall's
 /// arguments: the common start of every hook.
@@ -37,51 +42,47 @@ impl Caller {
     }
 }
 
-/// The current task's saved user registers: the syscall's first three
-/// arguments and number, read once.
+/// The current task's saved user registers: the syscall's arguments and
+/// number.
 pub struct SyscallArgs {
-    regs: usize,
-    /// rdx, rsi, rdi, orig_ax.
-    head: [u64; 4],
+    regs: *const u64,
 }
 
 impl SyscallArgs {
     #[inline(always)]
     pub fn current() -> Option<Self> {
-        // SAFETY: both helpers take no pointer from us; the result is only
-        // ever dereferenced through bpf_probe_read_kernel.
-        let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as usize;
-        if regs == 0 {
-            return None;
-        }
-        // SAFETY: bpf_probe_read_kernel checks the address and fails cleanly.
-        let head =
-            unsafe { bpf_probe_read_kernel((regs + DX_SI_DI_ORIG_AX) as *const [u64; 4]) }.ok()?;
-        Some(Self { regs, head })
+        // SAFETY: both helpers take no pointer from us.
+        let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as *const u64;
+        (!regs.is_null()).then_some(Self { regs })
     }
 
-    /// First, second and third syscall arguments (rdi, rsi, rdx).
+    #[inline(always)]
+    fn word(&self, index: usize) -> u64 {
+        // SAFETY: `regs` is a non-null BTF-typed `struct pt_regs *` and
+        // `index` one of the constants above: the verifier checks the load.
+        unsafe { core::ptr::read_volatile(self.regs.add(index)) }
+    }
+
+    /// First, second, third and fourth syscall arguments (rdi, rsi, rdx, r10).
     #[inline(always)]
     pub fn arg0(&self) -> u64 {
-        self.head[2]
+        self.word(DI)
     }
     #[inline(always)]
     pub fn arg1(&self) -> u64 {
-        self.head[1]
+        self.word(SI)
     }
     #[inline(always)]
     pub fn arg2(&self) -> u64 {
-        self.head[0]
+        self.word(DX)
     }
-    /// Fourth syscall argument (r10 in the syscall ABI).
     #[inline(always)]
-    pub fn arg3(&self) -> Option<u64> {
-        // SAFETY: bpf_probe_read_kernel checks the address and fails cleanly.
-        unsafe { bpf_probe_read_kernel((self.regs + R10) as *const u64) }.ok()
+    pub fn arg3(&self) -> u64 {
+        self.word(R10)
     }
     /// The syscall number the task entered with.
     #[inline(always)]
     pub fn syscall_nr(&self) -> u64 {
-        self.head[3]
+        self.word(ORIG_AX)
     }
 }
