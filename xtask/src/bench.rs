@@ -1525,12 +1525,20 @@ fn overhead_tables(m: &mut String, runs: &[Run], targets: &mut Vec<Target>) {
         (Some(f), Some(h)) if h > 0.0 => Some(f / h),
         _ => None,
     };
+    let (.., hooks_total) = total_cpu(Config::HooksOnly);
+    let (.., full_total) = total_cpu(Config::Full);
     let _ = writeln!(
         m,
-        "\nFull tracer vs hooks-only: throughput {}, p50 {}, p99 {}.\n",
+        "\nFull tracer vs hooks-only: throughput {}, p50 {}, p99 {}; by CPU per request \
+         (hooks-only's total / full's total, the same ratio with less noise) {}.\n",
         full_vs_hooks.map_or("–".into(), |v| format!("{v:.3}")),
         ratio(p50(Config::Full), p50(Config::HooksOnly)),
         ratio(p99(Config::Full), p99(Config::HooksOnly)),
+        if full_total > 0.0 {
+            format!("{:.3}", hooks_total / full_total)
+        } else {
+            "–".into()
+        },
     );
 
     let _ = writeln!(
