@@ -80,6 +80,7 @@ impl Publisher {
         metrics.count_user_drop("unknown_conn", now.unknown_conn - last.unknown_conn);
         metrics.count_user_drop("conn_evicted", now.evictions - last.evictions);
         metrics.count_evictions(now.evictions - last.evictions);
+        metrics.count_late_events(now.late_events - last.late_events);
         let (r, lr) = (now.reassembly, last.reassembly);
         metrics.count_gaps(r.gaps - lr.gaps, r.gap_bytes - lr.gap_bytes);
         metrics.count_user_drop("stream_overlap", r.overlaps - lr.overlaps);

@@ -13,7 +13,7 @@ use std::{
 
 use rustc_hash::FxBuildHasher;
 use tracer_common::{
-    conn_key, direction, kind, role, ConnEvent, ConnInfo, DataEvent, EventHeader, Tuple,
+    conn_key, direction, kind, role, ConnEvent, ConnInfo, DataEvent, EventHeader, Tuple, TS_OFFSET,
     USER_CONN_ID_BIT,
 };
 
@@ -71,6 +71,9 @@ pub struct Counters {
     pub unknown_conn: u64,
     /// Connections pushed out of a full table.
     pub evictions: u64,
+    /// Records older than one already handled: the rings' merge by time was
+    /// overtaken (see `rings`).
+    pub late_events: u64,
     pub reassembly: ReassemblyCounters,
     pub parser: ParserCounters,
 }
@@ -113,6 +116,8 @@ pub struct Pipeline<S: Sink> {
     forgotten_set: HashSet<u64, FxBuildHasher>,
     next_user_id: u64,
     exchanges: Vec<Exchange>,
+    /// Newest record timestamp handled so far.
+    newest_ns: u64,
     pub counters: Counters,
     pub sink: S,
 }
@@ -136,6 +141,7 @@ impl<S: Sink> Pipeline<S> {
             forgotten_set: HashSet::default(),
             next_user_id: 0,
             exchanges: Vec::new(),
+            newest_ns: 0,
             counters: Counters::default(),
             sink,
         }
@@ -153,6 +159,17 @@ impl<S: Sink> Pipeline<S> {
             self.counters.decode_errors += 1;
             return;
         };
+        if let Some(ts) = record
+            .get(TS_OFFSET..TS_OFFSET + 8)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_le_bytes)
+        {
+            if ts < self.newest_ns {
+                self.counters.late_events += 1;
+            } else {
+                self.newest_ns = ts;
+            }
+        }
         match event_kind {
             kind::DATA => match read_event::<DataEvent>(record) {
                 Some(event) => {

@@ -289,6 +289,7 @@ pub struct Metrics {
     gap_bytes: Counter,
     connections: Gauge,
     evictions: Counter,
+    late_events: Counter,
     http: Mutex<HttpState>,
 }
 
@@ -414,6 +415,12 @@ impl Metrics {
             "Tracked connections evicted to make room for new ones",
             evictions.clone(),
         );
+        let late_events = Counter::default();
+        registry.register(
+            "tracer_late_events",
+            "Events that reached the daemon after a younger event of another CPU (a CPU stalled past the 2 ms hold-back, or CPUs sharing one of the 16 rings)",
+            late_events.clone(),
+        );
         let route_overflow = Family::<ServiceLabel, Counter>::default();
         registry.register(
             "tracer_http_route_overflow",
@@ -443,6 +450,7 @@ impl Metrics {
             gap_bytes,
             connections,
             evictions,
+            late_events,
             http: Mutex::new(http),
         }
     }
@@ -650,6 +658,11 @@ impl Metrics {
     /// Adds `n` connection evictions.
     pub fn count_evictions(&self, n: u64) {
         self.evictions.inc_by(n);
+    }
+
+    /// Adds `n` events that came after younger ones.
+    pub fn count_late_events(&self, n: u64) {
+        self.late_events.inc_by(n);
     }
 
     /// The registry as OpenMetrics text, ending in `# EOF`.
@@ -942,6 +955,7 @@ mod tests {
         m.count_gaps(4, 4096);
         m.set_connections(17);
         m.count_evictions(5);
+        m.count_late_events(6);
         let text = encoded(&m);
         let expect = [
             (r#"tracer_events_total{kind="data"}"#, 2.0),
@@ -965,6 +979,7 @@ mod tests {
             ("tracer_stream_gap_bytes_total", 4096.0),
             ("tracer_connections", 17.0),
             ("tracer_connection_evictions_total", 5.0),
+            ("tracer_late_events_total", 6.0),
         ];
         for (series, value) in expect {
             assert_eq!(sample(&text, series), Some(value), "{series}\n{text}");

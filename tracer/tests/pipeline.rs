@@ -1375,3 +1375,17 @@ fn an_unknown_connection_is_counted_once_and_looked_up_once() {
     assert_eq!(h.p.counters.unknown_conn, 1);
     assert_eq!(h.kernel.state().lookups, [conn_key(DEAD, 11)]);
 }
+
+#[test]
+fn events_older_than_one_already_handled_are_counted_late() {
+    let mut h = Harness::new();
+    let c = h.server(1, DEAD, 5, 8080, 1_000);
+    h.send(&c, IN, 5_000, &get("/"));
+    // Stamped before the request: a CPU that stalled past the hold-back.
+    h.send(&c, OUT, 4_000, &ok(200, ""));
+    assert_eq!(h.p.counters.late_events, 1);
+    // In order again: nothing more is late.
+    h.send(&c, IN, 6_000, &get("/b"));
+    h.send(&c, OUT, 7_000, &ok(200, ""));
+    assert_eq!(h.p.counters.late_events, 1);
+}

@@ -85,13 +85,14 @@ const SERVER_COUNT: &str = "http_server_request_duration_seconds_count";
 /// a shared machine), which would otherwise inflate the count.
 const NGINX_SERVICE: &str = "bench-nginx";
 /// Counters whose non-zero values explain a count below what was served.
-const LOSS_COUNTERS: [&str; 6] = [
+const LOSS_COUNTERS: [&str; 7] = [
     "tracer_kernel_drops_total",
     "tracer_user_drops_total",
     "tracer_truncated_events_total",
     "tracer_unmatched_total",
     "tracer_parser_resyncs_total",
     "tracer_stream_gaps_total",
+    "tracer_late_events_total",
 ];
 
 /// Targets the report checks against.
