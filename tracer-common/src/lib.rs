@@ -19,6 +19,12 @@ pub const MAX_RINGS: usize = 16;
 /// Where `EventHeader::ts_ns` sits in every record: the daemon merges the
 /// rings by it.
 pub const TS_OFFSET: usize = 16;
+
+/// The timestamp every record starts with, if the record is long enough.
+pub fn record_ts(record: &[u8]) -> Option<u64> {
+    let bytes = record.get(TS_OFFSET..TS_OFFSET + 8)?;
+    Some(u64::from_le_bytes(bytes.try_into().ok()?))
+}
 /// Length of a kernel task name (`TASK_COMM_LEN`).
 pub const COMM_LEN: usize = 16;
 

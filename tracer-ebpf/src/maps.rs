@@ -1,5 +1,6 @@
 //! Every map of the kernel side, with its sizing and what happens when full.
-//! The loader may resize `SOCKETS` and `EVENTS` from the command line.
+//! The loader sizes `SOCKETS` and the event rings `EVENTS_*` from the
+//! command line.
 
 use aya_ebpf::{
     helpers::{bpf_get_smp_processor_id, generated::bpf_ringbuf_output},

@@ -13,7 +13,7 @@ use std::{
 
 use rustc_hash::FxBuildHasher;
 use tracer_common::{
-    conn_key, direction, kind, role, ConnEvent, ConnInfo, DataEvent, EventHeader, Tuple, TS_OFFSET,
+    conn_key, direction, kind, record_ts, role, ConnEvent, ConnInfo, DataEvent, EventHeader, Tuple,
     USER_CONN_ID_BIT,
 };
 
@@ -159,11 +159,7 @@ impl<S: Sink> Pipeline<S> {
             self.counters.decode_errors += 1;
             return;
         };
-        if let Some(ts) = record
-            .get(TS_OFFSET..TS_OFFSET + 8)
-            .and_then(|b| b.try_into().ok())
-            .map(u64::from_le_bytes)
-        {
+        if let Some(ts) = record_ts(record) {
             if ts < self.newest_ns {
                 self.counters.late_events += 1;
             } else {

@@ -25,7 +25,7 @@ use std::{
 };
 
 use aya::maps::MapData;
-use tracer_common::TS_OFFSET;
+use tracer_common::record_ts;
 
 /// Records younger than this wait for the next look when there are several
 /// rings: far longer than a program takes from its clock read to its commit.
@@ -149,10 +149,9 @@ impl Source for Ring {
                 self.pos += (len + HEADER).next_multiple_of(8);
                 continue;
             }
-            let ts = self
-                .bytes(at + HEADER, len)
-                .get(TS_OFFSET..TS_OFFSET + 8)
-                .map_or(0, |b| u64::from_le_bytes(b.try_into().unwrap_or_default()));
+            // A record too short for a timestamp goes first; the pipeline
+            // counts it as malformed.
+            let ts = record_ts(self.bytes(at + HEADER, len)).unwrap_or(0);
             self.head = Some((ts, at + HEADER, len));
             return Next::Ready(ts);
         }
