@@ -11,6 +11,9 @@
 //! - [`openmetrics`]: a small OpenMetrics text parser and label queries;
 //! - [`accesslog`]: the access-log format nginx and the Python peer share;
 //! - [`peers`]: nginx and the Python `http.server` peer (`peers/http_server.py`);
+//! - [`kube`]: the Kubernetes API server stand-in (`peers/kube_apiserver.py`),
+//!   its control API and builders of realistic objects;
+//! - [`cgroups`]: kubelet-style pod cgroups for real processes;
 //! - [`tracer`]: the daemon under test, its scrapes and the count assertions;
 //! - [`wait`]: polling with a deadline (tests never sleep to synchronise).
 //!
@@ -18,6 +21,8 @@
 //! test skips with the reason, except under `CI=true` where it fails.
 
 pub mod accesslog;
+pub mod cgroups;
+pub mod kube;
 pub mod net;
 pub mod openmetrics;
 pub mod peers;

@@ -154,7 +154,12 @@ fn replay(records: &[&[u8]]) -> Result<Pass, String> {
         exchanges: 0,
     };
     // No kernel: a replay cannot adopt or forget kernel sockets.
-    let mut pipeline = Pipeline::new(CAPACITY, HashMap::new(), None, sink);
+    let mut pipeline = Pipeline::new(
+        CAPACITY,
+        tracer::metadata::Identities::inline(HashMap::new()),
+        None,
+        sink,
+    );
     let (cpu0, wall0) = (process_cpu()?, Instant::now());
     for record in records {
         pipeline.handle(record);

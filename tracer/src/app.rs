@@ -9,12 +9,12 @@ use tokio::sync::watch;
 
 use crate::{
     cli::{CaptureArgs, RecordArgs, RunArgs, WatchArgs},
-    config::Config,
+    config::{Config, PipelineConfig},
     conntrack::{Counters, Pipeline},
     ingest,
     loader::{self, AttachMode, Kernel},
-    metrics::{EventKind, HttpObservation, Metrics},
-    procfs,
+    metadata::{self, procfs},
+    metrics::{EventKind, HttpObservation, Limits, Metrics},
     protocols::Side,
     records::{ip_of, Record, Sink},
     server::{self, Health},
@@ -41,12 +41,14 @@ impl Sink for MetricsSink {
         };
         self.0.observe_http(&HttpObservation {
             side: record.side,
-            service: &record.service,
+            identity: &record.identity,
             method: &record.exchange.method,
             status: record.exchange.status,
+            failure: record.exchange.failure,
             path: &record.exchange.path,
             duration_s: record.duration_s(),
             peer,
+            peer_service: record.peer_service.as_ref(),
         });
     }
 }
@@ -81,6 +83,8 @@ impl Publisher {
         metrics.count_user_drop("conn_evicted", now.evictions - last.evictions);
         metrics.count_evictions(now.evictions - last.evictions);
         metrics.count_late_events(now.late_events - last.late_events);
+        metrics.count_user_drop("identity_pending", now.pending_full - last.pending_full);
+        metrics.set_pending_records(pipeline.pending() as i64);
         let (r, lr) = (now.reassembly, last.reassembly);
         metrics.count_gaps(r.gaps - lr.gaps, r.gap_bytes - lr.gap_bytes);
         metrics.count_user_drop("stream_overlap", r.overlaps - lr.overlaps);
@@ -98,17 +102,23 @@ impl Publisher {
 /// `tracer run`.
 pub async fn run(args: RunArgs) -> Result<()> {
     let config = Config::from_args(&args.capture, args.hooks_only)?;
+    let pipeline_config = PipelineConfig::from_args(&args.pipeline)?;
     let listener = tokio::net::TcpListener::bind(args.metrics_addr)
         .await
         .with_context(|| format!("--metrics-addr {}: cannot listen", args.metrics_addr))?;
+    let stage = metadata::start(config.service_names.clone(), &pipeline_config.kube)?;
     let kernel = loader::load(&config.load)?;
     tracing::info!(
         mode = ?kernel.mode,
         metrics_addr = %args.metrics_addr,
         capture_bytes = config.load.capture_limit,
+        kubernetes = stage.kube_stats.is_some(),
         "kernel programs attached"
     );
-    let metrics = Arc::new(Metrics::new(config.max_routes_per_service));
+    let metrics = Arc::new(Metrics::with_limits(
+        Limits::with_routes(config.max_routes_per_service),
+        stage.kube_stats.is_some(),
+    ));
     let health = Arc::new(Health::new());
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(wait_for_signal(stop_tx));
@@ -122,10 +132,13 @@ pub async fn run(args: RunArgs) -> Result<()> {
     } = kernel;
     let stats = Arc::new(Mutex::new(stats));
     let before_scrape = {
-        let (metrics, stats) = (metrics.clone(), stats.clone());
+        let (metrics, stats, kube) = (metrics.clone(), stats.clone(), stage.kube_stats.clone());
         Arc::new(move || {
             if let Ok(stats) = stats.lock() {
                 metrics.set_kernel_stats(&loader::read_stats(&stats));
+            }
+            if let Some(kube) = &kube {
+                metrics.set_kube_stats(kube);
             }
         })
     };
@@ -137,23 +150,36 @@ pub async fn run(args: RunArgs) -> Result<()> {
         stopped(stop_rx.clone()),
     ));
 
+    let metadata::Stage {
+        identities,
+        kube_stats,
+        gone_pods,
+    } = stage;
     let mut pipeline = Pipeline::new(
         config.max_connections,
-        config.service_names.clone(),
+        identities,
         Some(Box::new(sockets)),
         MetricsSink(metrics.clone()),
     );
     if !args.hooks_only {
         adopt_existing(&mut pipeline);
     }
-    health.set_ready(true);
     let mut publisher = Publisher::default();
+    let mut housekeeping = Housekeeping::new(pipeline_config.request_timeout);
     ingest::run(
         events,
         &mut pipeline,
         |p, record| p.handle(record),
         |p| {
+            housekeeping.after_batch(p);
+            for uid in gone_pods.try_iter() {
+                metrics.http.forget_pod(&uid);
+            }
             publisher.publish(p, &metrics);
+            let synced = kube_stats
+                .as_ref()
+                .is_none_or(|s| s.synced.load(std::sync::atomic::Ordering::Relaxed));
+            health.set_ready(synced);
             health.beat();
         },
         stopped(stop_rx),
@@ -167,9 +193,48 @@ pub async fn run(args: RunArgs) -> Result<()> {
     Ok(())
 }
 
+/// What the pipeline does between batches of events: hand over exchanges
+/// whose identity has been resolved, and about once a second report
+/// requests that have waited past the timeout.
+struct Housekeeping {
+    timeout_ns: u64,
+    next_expiry: std::time::Instant,
+}
+
+impl Housekeeping {
+    fn new(timeout: std::time::Duration) -> Self {
+        Self {
+            timeout_ns: u64::try_from(timeout.as_nanos()).unwrap_or(u64::MAX),
+            next_expiry: std::time::Instant::now(),
+        }
+    }
+
+    fn after_batch<S: Sink>(&mut self, pipeline: &mut Pipeline<S>) {
+        let now = std::time::Instant::now();
+        if now >= self.next_expiry {
+            self.next_expiry = now + std::time::Duration::from_secs(1);
+            pipeline.expire_requests(monotonic_ns(), self.timeout_ns);
+        }
+        pipeline.flush_pending();
+    }
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock of the kernel's timestamps.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
+}
+
 /// `tracer watch`.
 pub async fn watch(args: WatchArgs) -> Result<()> {
     let config = Config::from_args(&args.capture, false)?;
+    let pipeline_config = PipelineConfig::from_args(&args.pipeline)?;
+    let stage = metadata::start(config.service_names.clone(), &pipeline_config.kube)?;
     let kernel = loader::load(&config.load)?;
     tracing::info!(mode = ?kernel.mode, "kernel programs attached; printing exchanges");
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -184,6 +249,8 @@ pub async fn watch(args: WatchArgs) -> Result<()> {
         pids: args.pid.clone(),
         processes: args.process.clone(),
         ports: args.port.clone(),
+        namespaces: args.namespace.clone(),
+        pods: args.pod.clone(),
     };
     let metrics = Arc::new(Metrics::new(config.max_routes_per_service));
     let sink = Tee(
@@ -192,16 +259,17 @@ pub async fn watch(args: WatchArgs) -> Result<()> {
     );
     let mut pipeline = Pipeline::new(
         config.max_connections,
-        config.service_names.clone(),
+        stage.identities,
         Some(Box::new(sockets)),
         sink,
     );
     adopt_existing(&mut pipeline);
+    let mut housekeeping = Housekeeping::new(pipeline_config.request_timeout);
     ingest::run(
         events,
         &mut pipeline,
         |p, record| p.handle(record),
-        |_| {},
+        |p| housekeeping.after_batch(p),
         stopped(stop_rx),
     )
     .await

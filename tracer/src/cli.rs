@@ -12,7 +12,7 @@ use crate::loader::AttachMode;
 #[command(
     name = "tracer",
     version,
-    about = "eBPF tracer: per-service HTTP/1.x RED metrics from socket syscalls, no change to the traced programs",
+    about = "eBPF tracer: per-service HTTP/1.x RED metrics from socket syscalls, labelled with Kubernetes pods and workloads, no change to the traced programs",
     long_about = "eBPF tracer: hooks socket syscalls on this machine, reassembles HTTP/1.x \
                   requests and responses of every process, and serves per-service RED metrics \
                   (rate, errors, duration) for Prometheus. Needs root (or CAP_BPF, CAP_PERFMON, \
@@ -78,10 +78,59 @@ pub struct CaptureArgs {
     pub log: String,
 }
 
+/// Flags of the commands that turn events into exchanges (`run`, `watch`).
+#[derive(Debug, Args, Clone)]
+pub struct PipelineArgs {
+    /// Kubernetes API access through this kubeconfig (also KUBECONFIG). Without it the tracer uses the in-cluster configuration when KUBERNETES_SERVICE_HOST is set, and runs without Kubernetes otherwise.
+    #[arg(long, env = "KUBECONFIG", value_name = "PATH")]
+    pub kubeconfig: Option<std::path::PathBuf>,
+
+    /// This machine's Kubernetes node name: only its pods are watched. Required in a cluster (set it from the downward API, spec.nodeName); by hand with --kubeconfig it defaults to the host name.
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: Option<String>,
+
+    /// How long the series of a deleted pod stay before they are removed, e.g. 300s, 5m.
+    #[arg(long, env = "TRACER_POD_GRACE_PERIOD", default_value = "5m", value_parser = parse_duration)]
+    pub pod_grace_period: std::time::Duration,
+
+    /// A request without a response after this long is recorded with error_type="timeout", e.g. 30s, 2m.
+    #[arg(long, env = "TRACER_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub request_timeout: std::time::Duration,
+}
+
+/// "300", "300s", "5m", "1h", "250ms".
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: u64 = number.parse().map_err(|_| {
+        format!("{text:?} is not a duration; use a number with s, m, h or ms, e.g. 30s")
+    })?;
+    let millis = match unit {
+        "ms" => Some(value),
+        "" | "s" => value.checked_mul(1000),
+        "m" => value.checked_mul(60_000),
+        "h" => value.checked_mul(3_600_000),
+        _ => {
+            return Err(format!(
+                "{text:?}: unknown unit {unit:?}; use s, m, h or ms, e.g. 30s"
+            ))
+        }
+    };
+    millis
+        .map(std::time::Duration::from_millis)
+        .ok_or_else(|| format!("{text:?} is too long"))
+}
+
 #[derive(Debug, Args)]
 pub struct RunArgs {
     #[command(flatten)]
     pub capture: CaptureArgs,
+
+    #[command(flatten)]
+    pub pipeline: PipelineArgs,
 
     /// Address for /metrics, /healthz and /readyz.
     #[arg(long, env = "TRACER_METRICS_ADDR", default_value = "0.0.0.0:9464")]
@@ -97,6 +146,9 @@ pub struct WatchArgs {
     #[command(flatten)]
     pub capture: CaptureArgs,
 
+    #[command(flatten)]
+    pub pipeline: PipelineArgs,
+
     /// Only this process id (repeatable).
     #[arg(long, env = "TRACER_WATCH_PID", value_delimiter = ',')]
     pub pid: Vec<u32>,
@@ -108,6 +160,14 @@ pub struct WatchArgs {
     /// Only connections with this local or remote port (repeatable).
     #[arg(long, env = "TRACER_WATCH_PORT", value_delimiter = ',')]
     pub port: Vec<u16>,
+
+    /// Only processes in pods of this Kubernetes namespace (repeatable).
+    #[arg(long, env = "TRACER_WATCH_NAMESPACE", value_delimiter = ',')]
+    pub namespace: Vec<String>,
+
+    /// Only processes in this pod (repeatable; a name, or NAMESPACE/NAME).
+    #[arg(long, env = "TRACER_WATCH_POD", value_delimiter = ',')]
+    pub pod: Vec<String>,
 }
 
 #[derive(Debug, Args)]

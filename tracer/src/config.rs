@@ -2,12 +2,16 @@
 //! rejected here with the flag's name and what would be accepted, before
 //! anything touches the kernel.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, time::Duration};
 
 use thiserror::Error;
 use tracer_common::MAX_CAPTURE;
 
-use crate::{cli::CaptureArgs, loader::LoadOptions};
+use crate::{
+    cli::{CaptureArgs, PipelineArgs},
+    loader::LoadOptions,
+    metadata::KubeOptions,
+};
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum ConfigError {
@@ -21,6 +25,39 @@ pub enum ConfigError {
     MaxRoutes(usize),
     #[error("--service-name {0:?}: expected EXE=NAME, e.g. --service-name nginx=frontend")]
     ServiceName(String),
+    #[error("--request-timeout {0:?}: must be between 1s and 1h")]
+    RequestTimeout(Duration),
+    #[error("--pod-grace-period {0:?}: must be at most 24h")]
+    PodGrace(Duration),
+}
+
+/// The pipeline's own settings (`run`, `watch`), validated.
+#[derive(Debug, Clone)]
+pub struct PipelineConfig {
+    pub kube: KubeOptions,
+    pub request_timeout: Duration,
+}
+
+impl PipelineConfig {
+    pub fn from_args(args: &PipelineArgs) -> Result<Self, ConfigError> {
+        if !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&args.request_timeout) {
+            return Err(ConfigError::RequestTimeout(args.request_timeout));
+        }
+        if args.pod_grace_period > Duration::from_secs(86_400) {
+            return Err(ConfigError::PodGrace(args.pod_grace_period));
+        }
+        Ok(Self {
+            kube: KubeOptions {
+                kubeconfig: args
+                    .kubeconfig
+                    .clone()
+                    .filter(|p| !p.as_os_str().is_empty()),
+                node_name: args.node_name.clone(),
+                pod_grace: args.pod_grace_period,
+            },
+            request_timeout: args.request_timeout,
+        })
+    }
 }
 
 /// What the pipeline needs to know, validated.

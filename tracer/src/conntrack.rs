@@ -18,13 +18,13 @@ use tracer_common::{
 };
 
 use crate::{
-    procfs::{self, ExistingConn},
+    metadata::{procfs::ExistingConn, Identities, PeerService, Slot},
     protocols::{
         http1::{ConnState, Http1Conn, Mode},
         Exchange, ParserCounters, Side,
     },
     reassembly::{Reassembler, ReassemblyCounters},
-    records::{Record, Sink},
+    records::{ip_of, Record, Sink},
 };
 
 /// The kernel's socket table, as far as the pipeline needs it.
@@ -74,6 +74,9 @@ pub struct Counters {
     /// Records older than one already handled: the rings' merge by time was
     /// overtaken (see `rings`).
     pub late_events: u64,
+    /// Exchanges dropped because too many waited for their process's
+    /// identity.
+    pub pending_full: u64,
     pub reassembly: ReassemblyCounters,
     pub parser: ParserCounters,
 }
@@ -84,7 +87,10 @@ struct Conn {
     fd: i32,
     side: Side,
     tuple: Tuple,
-    service: Arc<str>,
+    /// Filled by the metadata stage; records wait for it.
+    identity: Slot,
+    /// The callee (client side), looked up at the first exchange.
+    peer: Option<Option<Arc<PeerService>>>,
     streams: [Reassembler; 2],
     parser: Http1Conn,
     last_ns: u64,
@@ -109,7 +115,9 @@ pub struct Pipeline<S: Sink> {
     conns: IdMap<u64, Conn>,
     by_process: IdMap<u32, HashSet<u64, FxBuildHasher>>,
     capacity: usize,
-    names: ServiceNames,
+    identities: Identities,
+    /// Finished exchanges whose process identity is not resolved yet.
+    pending: Vec<(Slot, Record)>,
     known_http: HashSet<(u32, u16)>,
     kernel: Option<Box<dyn KernelSockets + Send>>,
     forgotten: VecDeque<u64>,
@@ -126,7 +134,7 @@ impl<S: Sink> Pipeline<S> {
     /// `kernel` is None when replaying recorded events (tests, benchmarks).
     pub fn new(
         capacity: usize,
-        overrides: HashMap<String, String>,
+        identities: Identities,
         kernel: Option<Box<dyn KernelSockets + Send>>,
         sink: S,
     ) -> Self {
@@ -134,7 +142,8 @@ impl<S: Sink> Pipeline<S> {
             conns: IdMap::default(),
             by_process: IdMap::default(),
             capacity: capacity.max(1),
-            names: ServiceNames::new(overrides),
+            identities,
+            pending: Vec::new(),
             known_http: HashSet::new(),
             kernel,
             forgotten: VecDeque::new(),
@@ -216,7 +225,7 @@ impl<S: Sink> Pipeline<S> {
             } else {
                 Mode::Sniff
             };
-        let service = self.names.resolve(tgid, &event.comm);
+        let identity = self.identities.slot(tgid, &event.comm);
         self.insert(
             event.header.conn_id,
             Conn {
@@ -224,7 +233,8 @@ impl<S: Sink> Pipeline<S> {
                 fd: event.fd,
                 side,
                 tuple: event.tuple,
-                service,
+                identity,
+                peer: None,
                 streams: [Reassembler::new(0), Reassembler::new(0)],
                 parser: Http1Conn::new(side, mode),
                 last_ns: event.header.ts_ns,
@@ -315,8 +325,15 @@ impl<S: Sink> Pipeline<S> {
             _ => {}
         }
         if !self.exchanges.is_empty() {
-            if let Some(conn) = self.conns.get(&conn_id) {
-                deliver(&mut self.exchanges, &mut self.sink, conn);
+            if let Some(conn) = self.conns.get_mut(&conn_id) {
+                deliver(
+                    &mut self.exchanges,
+                    &mut self.sink,
+                    conn,
+                    &self.identities,
+                    &mut self.pending,
+                    &mut self.counters.pending_full,
+                );
             }
         }
     }
@@ -356,7 +373,7 @@ impl<S: Sink> Pipeline<S> {
         } else {
             Side::Server
         };
-        let service = self.names.resolve(event.header.tgid, &[0; 16]);
+        let identity = self.identities.slot(event.header.tgid, &[0; 16]);
         self.insert(
             info.conn_id,
             Conn {
@@ -364,7 +381,8 @@ impl<S: Sink> Pipeline<S> {
                 fd: event.fd,
                 side,
                 tuple: info.tuple,
-                service,
+                identity,
+                peer: None,
                 streams: [
                     Reassembler::resume_anywhere(),
                     Reassembler::resume_anywhere(),
@@ -400,7 +418,7 @@ impl<S: Sink> Pipeline<S> {
                     continue;
                 }
             }
-            let service = self.names.resolve(conn.tgid, &[0; 16]);
+            let identity = self.identities.slot(conn.tgid, &[0; 16]);
             self.insert(
                 conn_id,
                 Conn {
@@ -408,7 +426,8 @@ impl<S: Sink> Pipeline<S> {
                     fd: conn.fd as i32,
                     side: conn.side,
                     tuple: conn.tuple,
-                    service,
+                    identity,
+                    peer: None,
                     streams: [Reassembler::new(0), Reassembler::new(0)],
                     parser: Http1Conn::new(conn.side, Mode::MidStream),
                     last_ns: 0,
@@ -429,7 +448,7 @@ impl<S: Sink> Pipeline<S> {
     }
 
     fn on_process_exit(&mut self, tgid: u32, ts_ns: u64) {
-        self.names.forget(tgid);
+        self.identities.forget(tgid);
         let Some(ids) = self.by_process.remove(&tgid) else {
             return;
         };
@@ -467,21 +486,121 @@ impl<S: Sink> Pipeline<S> {
             });
         }
         conn.parser.on_close(ts_ns, &mut counters.parser, exchanges);
-        deliver(&mut self.exchanges, &mut self.sink, &conn);
+        deliver(
+            &mut self.exchanges,
+            &mut self.sink,
+            &mut conn,
+            &self.identities,
+            &mut self.pending,
+            &mut self.counters.pending_full,
+        );
+    }
+
+    /// Reports requests waiting longer than `timeout_ns` at `now_ns`
+    /// (CLOCK_MONOTONIC, like the events) as timed out. Called about once a
+    /// second: a scan of the table.
+    pub fn expire_requests(&mut self, now_ns: u64, timeout_ns: u64) {
+        for conn in self.conns.values_mut() {
+            conn.parser.expire(now_ns, timeout_ns, &mut self.exchanges);
+            if !self.exchanges.is_empty() {
+                deliver(
+                    &mut self.exchanges,
+                    &mut self.sink,
+                    conn,
+                    &self.identities,
+                    &mut self.pending,
+                    &mut self.counters.pending_full,
+                );
+            }
+        }
+    }
+
+    /// Hands over the exchanges whose process identity has been resolved
+    /// since they finished. Called after every batch of events.
+    pub fn flush_pending(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let sink = &mut self.sink;
+        self.pending.retain_mut(|(slot, record)| match slot.get() {
+            Some(identity) => {
+                record.identity = identity.clone();
+                sink.record(record);
+                false
+            }
+            None => true,
+        });
+    }
+
+    /// Exchanges waiting for their process's identity.
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Processes the metadata stage could not take (its queue was full).
+    pub fn identity_queue_full(&self) -> u64 {
+        self.identities.queue_full
     }
 }
 
-/// Hands a connection's finished exchanges to the sink.
-fn deliver<S: Sink>(exchanges: &mut Vec<Exchange>, sink: &mut S, conn: &Conn) {
+/// Exchanges kept waiting for identities at most; past it they are dropped
+/// and counted (`tracer_user_drops_total{cause="identity_pending"}`).
+const MAX_PENDING: usize = 65536;
+
+/// Stands in for the identity of a record waiting for it; replaced before
+/// the record reaches a sink.
+static PLACEHOLDER: std::sync::LazyLock<Arc<crate::metadata::Identity>> =
+    std::sync::LazyLock::new(|| {
+        Arc::new(crate::metadata::Identity {
+            exe: Arc::from(""),
+            service_name: Arc::from(""),
+            container_id: None,
+            pod: None,
+        })
+    });
+
+fn placeholder_identity() -> Arc<crate::metadata::Identity> {
+    PLACEHOLDER.clone()
+}
+
+/// Hands a connection's finished exchanges to the sink, or keeps them
+/// until the process's identity is resolved: a series is never published
+/// without its pod.
+fn deliver<S: Sink>(
+    exchanges: &mut Vec<Exchange>,
+    sink: &mut S,
+    conn: &mut Conn,
+    identities: &Identities,
+    pending: &mut Vec<(Slot, Record)>,
+    pending_full: &mut u64,
+) {
+    let peer = match (&conn.peer, conn.side) {
+        (Some(peer), _) => peer.clone(),
+        (None, Side::Server) => None,
+        (None, Side::Client) => {
+            let peer = ip_of(&conn.tuple.remote).and_then(|ip| identities.peer(ip));
+            conn.peer = Some(peer.clone());
+            peer
+        }
+    };
+    let identity = conn.identity.get().cloned();
     for exchange in exchanges.drain(..) {
-        sink.record(&Record {
+        let record = Record {
             side: conn.side,
-            service: conn.service.clone(),
+            identity: identity.clone().unwrap_or_else(placeholder_identity),
+            peer_service: peer.clone(),
             tgid: conn.tgid,
             local: conn.tuple.local,
             remote: conn.tuple.remote,
             exchange,
-        });
+        };
+        if identity.is_some() {
+            sink.record(&record);
+        } else if pending.len() < MAX_PENDING {
+            pending.push((conn.identity.clone(), record));
+        } else {
+            *pending_full += 1;
+        }
     }
 }
 
@@ -494,46 +613,4 @@ fn read_event<T: Copy>(record: &[u8]) -> Option<T> {
     // type from tracer-common for which any bit pattern is valid, and the
     // read is unaligned-safe.
     Some(unsafe { std::ptr::read_unaligned(record.as_ptr().cast::<T>()) })
-}
-
-/// Service name of each process: the executable's name unless overridden.
-struct ServiceNames {
-    overrides: HashMap<String, String>,
-    cache: IdMap<u32, Arc<str>>,
-}
-
-/// Processes whose names are cached at once; past it the cache restarts.
-const MAX_CACHED_NAMES: usize = 65536;
-
-impl ServiceNames {
-    fn new(overrides: HashMap<String, String>) -> Self {
-        Self {
-            overrides,
-            cache: IdMap::default(),
-        }
-    }
-
-    fn resolve(&mut self, tgid: u32, comm: &[u8; 16]) -> Arc<str> {
-        if let Some(name) = self.cache.get(&tgid) {
-            return name.clone();
-        }
-        let exe = procfs::exe_name(tgid).unwrap_or_else(|| {
-            let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
-            String::from_utf8_lossy(&comm[..end]).into_owned()
-        });
-        if exe.is_empty() {
-            // Not cached: a later OPEN may carry the real task name.
-            return Arc::from("unknown");
-        }
-        let name: Arc<str> = self.overrides.get(&exe).cloned().unwrap_or(exe).into();
-        if self.cache.len() >= MAX_CACHED_NAMES {
-            self.cache.clear();
-        }
-        self.cache.insert(tgid, name.clone());
-        name
-    }
-
-    fn forget(&mut self, tgid: u32) {
-        self.cache.remove(&tgid);
-    }
 }

@@ -30,9 +30,10 @@ const BATCH: usize = 4096;
 /// no timer.
 const TAIL: Duration = Duration::from_millis(10);
 
-/// With no traffic at all, the caller still publishes gauges and beats the
-/// liveness heartbeat this often; the rings are not read then.
-const HEARTBEAT: Duration = Duration::from_secs(5);
+/// With no traffic at all, the caller still publishes gauges, hands over
+/// exchanges whose identity arrived, reports timed-out requests and beats
+/// the liveness heartbeat this often; the rings are not read then.
+const HEARTBEAT: Duration = Duration::from_secs(1);
 
 /// Runs until `shutdown` completes or waiting on the rings fails: every
 /// record goes to `handle(state, record)`.

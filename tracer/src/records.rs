@@ -5,13 +5,19 @@ use std::{net::IpAddr, sync::Arc};
 
 use tracer_common::{SockAddr, AF_INET, AF_INET6};
 
-use crate::protocols::{Exchange, Side};
+use crate::{
+    metadata::{Identity, PeerService},
+    protocols::{Exchange, Side},
+};
 
 /// One HTTP exchange, seen from one traced process.
 #[derive(Debug, Clone)]
 pub struct Record {
     pub side: Side,
-    pub service: Arc<str>,
+    /// Who the traced process is.
+    pub identity: Arc<Identity>,
+    /// The callee's Service or pod (client side), when the cluster knows it.
+    pub peer_service: Option<Arc<PeerService>>,
     pub tgid: u32,
     pub local: SockAddr,
     pub remote: SockAddr,

@@ -19,15 +19,33 @@ pub struct Filter {
     pub pids: Vec<u32>,
     pub processes: Vec<String>,
     pub ports: Vec<u16>,
+    /// Kubernetes namespaces of the process's pod.
+    pub namespaces: Vec<String>,
+    /// Pod names, or NAMESPACE/NAME.
+    pub pods: Vec<String>,
 }
 
 impl Filter {
     fn admits(&self, record: &Record) -> bool {
+        let pod = record.identity.pod.as_deref();
         (self.pids.is_empty() || self.pids.contains(&record.tgid))
-            && (self.processes.is_empty() || self.processes.iter().any(|p| **p == *record.service))
+            && (self.processes.is_empty()
+                || self
+                    .processes
+                    .iter()
+                    .any(|p| **p == *record.identity.service_name))
             && (self.ports.is_empty()
                 || self.ports.contains(&record.local.port)
                 || self.ports.contains(&record.remote.port))
+            && (self.namespaces.is_empty()
+                || pod.is_some_and(|pod| self.namespaces.iter().any(|n| **n == *pod.namespace)))
+            && (self.pods.is_empty()
+                || pod.is_some_and(|pod| {
+                    self.pods.iter().any(|p| match p.split_once('/') {
+                        Some((ns, name)) => *ns == *pod.namespace && *name == *pod.name,
+                        None => **p == *pod.name,
+                    })
+                }))
     }
 }
 
@@ -63,18 +81,27 @@ impl<W: Write> Sink for PrintSink<W> {
             Side::Server => "server",
             Side::Client => "client",
         };
+        let pod = match &record.identity.pod {
+            Some(pod) => format!(" pod={}/{}", pod.namespace, pod.name),
+            None => String::new(),
+        };
+        let status = match record.exchange.failure {
+            Some(failure) => failure.as_str().to_string(),
+            None => record.exchange.status.to_string(),
+        };
         // A closed stdout (piped into `head`) is not worth a panic.
         let _ = writeln!(
             self.out,
-            "{} {}[{}] {} peer={} {} {} {} {:.3}ms",
+            "{} {}[{}]{} {} peer={} {} {} {} {:.3}ms",
             rfc3339(wall_ns),
-            record.service,
+            record.identity.service_name,
             record.tgid,
+            pod,
             side,
             peer,
             record.exchange.method,
             record.exchange.path,
-            record.exchange.status,
+            status,
             record.duration_s() * 1e3,
         );
         let _ = self.out.flush();
@@ -136,7 +163,13 @@ mod tests {
         };
         Record {
             side: Side::Server,
-            service: Arc::from(service),
+            identity: Arc::new(crate::metadata::Identity {
+                exe: Arc::from(service),
+                service_name: Arc::from(service),
+                container_id: None,
+                pod: None,
+            }),
+            peer_service: None,
             tgid,
             local: addr(port),
             remote: addr(40000),
@@ -144,6 +177,7 @@ mod tests {
                 method: "GET".into(),
                 path: "/items/7".into(),
                 status: 200,
+                failure: None,
                 start_ns: 1_000_000,
                 end_ns: 3_500_000,
             },

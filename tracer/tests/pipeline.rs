@@ -19,8 +19,8 @@ use std::{
 
 use tracer::{
     conntrack::{KernelSockets, Pipeline},
-    procfs::ExistingConn,
-    protocols::Side,
+    metadata::{procfs::ExistingConn, Identities},
+    protocols::{Failure, Side},
     records::{Record, Sink},
 };
 use tracer_common::{
@@ -277,7 +277,7 @@ impl Harness {
         let kernel = FakeKernel::default();
         let p = Pipeline::new(
             capacity,
-            overrides,
+            Identities::inline(overrides),
             Some(Box::new(kernel.clone())),
             Recorded::default(),
         );
@@ -289,7 +289,12 @@ impl Harness {
     }
 
     fn without_kernel() -> Self {
-        let p = Pipeline::new(64, HashMap::new(), None, Recorded::default());
+        let p = Pipeline::new(
+            64,
+            Identities::inline(HashMap::new()),
+            None,
+            Recorded::default(),
+        );
         Self {
             p,
             kernel: FakeKernel::default(),
@@ -426,7 +431,7 @@ fn server_exchange_becomes_one_record() {
     assert_eq!(h.records().len(), 1);
     let r = &h.records()[0];
     assert_eq!(r.side, Side::Server);
-    assert_eq!(&*r.service, "checkout");
+    assert_eq!(&*r.identity.service_name, "checkout");
     assert_eq!(r.tgid, me);
     assert_eq!(r.local, c.tuple.local);
     assert_eq!(r.remote, c.tuple.remote);
@@ -452,7 +457,7 @@ fn live_process_without_override_is_named_after_its_executable() {
     h.send(&c, IN, 2_000, &get("/"));
     h.send(&c, OUT, 3_000, &ok(204, ""));
     assert_eq!(h.records().len(), 1);
-    assert_eq!(&*h.records()[0].service, own_exe_name());
+    assert_eq!(&*h.records()[0].identity.service_name, own_exe_name());
 }
 
 #[test]
@@ -484,7 +489,11 @@ fn dead_process_is_named_after_the_comm_of_its_open_event() {
     h.send(&e, IN, 2_000, &get("/e"));
     h.send(&e, OUT, 3_000, &ok(200, ""));
 
-    let names: Vec<&str> = h.records().iter().map(|r| &*r.service).collect();
+    let names: Vec<&str> = h
+        .records()
+        .iter()
+        .map(|r| &*r.identity.service_name)
+        .collect();
     assert_eq!(names, ["shop", "inventory-servi", "unknown"]);
 }
 
@@ -502,7 +511,7 @@ fn client_exchange_has_requests_egress() {
     assert_eq!(h.summary(), [ex("POST", "/v1/orders", 201)]);
     let r = &h.records()[0];
     assert_eq!(r.side, Side::Client);
-    assert_eq!(&*r.service, "curl");
+    assert_eq!(&*r.identity.service_name, "curl");
     assert_eq!(r.local.port, c.tuple.local.port);
     assert_eq!(r.remote.port, 80);
     assert_eq!((r.exchange.start_ns, r.exchange.end_ns), (2_000, 5_000));
@@ -729,15 +738,21 @@ fn close_completes_a_close_delimited_response() {
 }
 
 #[test]
-fn close_counts_an_unanswered_request_as_unmatched() {
+fn close_ends_an_unanswered_request_as_connection_closed() {
     let mut h = Harness::new();
     let c = h.server(1, DEAD, 5, 8080, 100);
     h.send(&c, IN, 1_000, &get("/answered"));
     h.send(&c, OUT, 1_500, &ok(200, ""));
     h.send(&c, IN, 2_000, &get("/never"));
     h.close(&c, 3_000);
-    assert_eq!(h.summary(), [ex("GET", "/answered", 200)]);
-    assert_eq!(h.p.counters.parser.unmatched_requests, 1);
+    assert_eq!(
+        h.summary(),
+        [ex("GET", "/answered", 200), ex("GET", "/never", 0)]
+    );
+    let never = &h.records()[1].exchange;
+    assert_eq!(never.failure, Some(Failure::ConnectionClosed));
+    assert_eq!((never.start_ns, never.end_ns), (2_000, 3_000));
+    assert_eq!(h.p.counters.parser.unmatched_requests, 0);
     assert_eq!(h.p.connections(), 0);
     // A CLOSE for a connection no longer known is harmless.
     h.close(&c, 4_000);
@@ -787,13 +802,21 @@ fn process_exit_finishes_all_its_connections() {
     h.p.handle(&proc_exit(tgid, 5_000));
     assert_eq!(h.p.counters.exit_events, 1);
     assert_eq!(h.p.connections(), 1, "only the other process's connection");
+    let mut finished = h.summary();
+    finished[1..].sort();
     assert_eq!(
-        h.summary(),
-        [ex("GET", "/d", 200), ex("GET", "/a", 200)],
-        "the close-delimited response ends at the exit"
+        finished,
+        [
+            ex("GET", "/d", 200),
+            ex("GET", "/a", 200),
+            ex("GET", "/b", 0)
+        ],
+        "the close-delimited response ends at the exit; /b's wait ends there"
     );
-    assert_eq!(h.records()[1].exchange.end_ns, 5_000);
-    assert_eq!(h.p.counters.parser.unmatched_requests, 1);
+    for r in &h.records()[1..] {
+        assert_eq!(r.exchange.end_ns, 5_000);
+    }
+    assert_eq!(h.p.counters.parser.unmatched_requests, 0);
     let mut forgets = h.kernel.state().forgets.clone();
     forgets.sort_unstable();
     assert_eq!(
@@ -803,8 +826,8 @@ fn process_exit_finishes_all_its_connections() {
 
     // The other process is unaffected.
     h.send(&other, OUT, 6_000, &ok(200, ""));
-    assert_eq!(h.records().len(), 3);
-    assert_eq!(h.records()[2].exchange.path, "/other");
+    assert_eq!(h.records().len(), 4);
+    assert_eq!(h.records()[3].exchange.path, "/other");
     // An exit of a process without connections is harmless.
     h.p.handle(&proc_exit(DEAD + 99, 7_000));
     assert_eq!(h.p.connections(), 1);
@@ -1106,7 +1129,10 @@ fn unknown_connection_the_kernel_traces_is_adopted_mid_stream() {
     assert_eq!(r.side, Side::Server);
     assert_eq!(r.local, t.local);
     assert_eq!(r.remote, t.remote);
-    assert_eq!(&*r.service, "unknown", "no /proc entry and no comm");
+    assert_eq!(
+        &*r.identity.service_name, "unknown",
+        "no /proc entry and no comm"
+    );
     assert_eq!(h.p.counters.parser, Default::default());
 }
 
@@ -1364,7 +1390,7 @@ fn adoption_without_a_comm_does_not_pin_the_service_name() {
     h.send(&c, IN, 2_100, &get("/named"));
     h.send(&c, OUT, 2_200, &ok(200, ""));
     assert_eq!(h.summary(), [ex("GET", "/named", 200)]);
-    assert_eq!(&*h.records()[0].service, "shopd");
+    assert_eq!(&*h.records()[0].identity.service_name, "shopd");
 }
 
 #[test]

@@ -27,7 +27,7 @@ use std::collections::VecDeque;
 use httparse::{Header, ParserConfig, Status};
 use std::mem::MaybeUninit;
 
-use super::{Exchange, ParserCounters, Piece, Side};
+use super::{Exchange, Failure, ParserCounters, Piece, Side};
 
 /// Largest header section we buffer; anything longer is treated as garbage.
 const MAX_HEAD: usize = 16 * 1024;
@@ -206,6 +206,8 @@ struct Waiting {
     path: String,
     start_ns: u64,
     kind: RequestKind,
+    /// Already reported as timed out: its late answer is not reported again.
+    timed_out: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -436,9 +438,37 @@ impl Http1Conn {
         if let (Some(end_ns), Some(answer)) = (end_ns, self.answer.take()) {
             emit(answer, end_ns, out);
         }
-        counters.unmatched_requests += len64(self.waiting.len());
-        self.waiting = VecDeque::new();
+        // Requests whose answers were lost are not the close's doing.
+        let lost = usize::from(self.stale).min(self.waiting.len());
+        counters.unmatched_requests += len64(lost);
+        for request in std::mem::take(&mut self.waiting).into_iter().skip(lost) {
+            fail(request, Failure::ConnectionClosed, ts_ns, out);
+        }
         self.stop();
+    }
+
+    /// Requests waiting since before `now_ns - timeout_ns` are reported as
+    /// timed out (once); a late answer still pairs with them, unreported.
+    pub fn expire(&mut self, now_ns: u64, timeout_ns: u64, out: &mut Vec<Exchange>) {
+        let Some(cutoff) = now_ns.checked_sub(timeout_ns) else {
+            return;
+        };
+        for request in &mut self.waiting {
+            if request.start_ns > cutoff {
+                break;
+            }
+            if !request.timed_out {
+                request.timed_out = true;
+                out.push(Exchange {
+                    method: request.method.clone(),
+                    path: request.path.clone(),
+                    status: 0,
+                    failure: Some(Failure::Timeout),
+                    start_ns: request.start_ns,
+                    end_ns: now_ns,
+                });
+            }
+        }
     }
 
     /// What this connection turned out to be.
@@ -746,6 +776,7 @@ impl Http1Conn {
             path: head.path,
             start_ns,
             kind,
+            timed_out: false,
         });
         self.req.upgrading = matches!(kind, RequestKind::Connect | RequestKind::Upgrade);
         self.req.phase = match head.body {
@@ -1139,11 +1170,26 @@ impl Chunk {
 }
 
 fn emit(answer: Answer, end_ns: u64, out: &mut Vec<Exchange>) {
-    if let Some(request) = answer.request {
+    if let Some(request) = answer.request.filter(|r| !r.timed_out) {
         out.push(Exchange {
             method: request.method,
             path: request.path,
             status: answer.status,
+            failure: None,
+            start_ns: request.start_ns,
+            end_ns,
+        });
+    }
+}
+
+/// A request that will get no response.
+fn fail(request: Waiting, failure: Failure, end_ns: u64, out: &mut Vec<Exchange>) {
+    if !request.timed_out {
+        out.push(Exchange {
+            method: request.method,
+            path: request.path,
+            status: 0,
+            failure: Some(failure),
             start_ns: request.start_ns,
             end_ns,
         });
@@ -1968,9 +2014,58 @@ mod tests {
         t.resp(OK_EMPTY);
         t.req(b"GET /2 HTTP/1.1\r\n\r\n");
         t.close();
-        assert_eq!(t.got(), vec![("GET", "/1", 200)]);
-        assert_eq!(t.counts(), (0, 1, 1));
+        // The close ends /2's wait: an exchange without a response.
+        assert_eq!(t.got(), vec![("GET", "/1", 200), ("GET", "/2", 0)]);
+        assert_eq!(t.out[1].failure, Some(Failure::ConnectionClosed));
+        assert_eq!(t.counts(), (0, 0, 1));
         assert_eq!(t.conn.waiting.capacity(), 0);
+    }
+
+    #[test]
+    fn requests_lost_to_a_gap_are_unmatched_not_closed() {
+        let mut t = Conn::server();
+        t.req(b"GET /1 HTTP/1.1\r\n\r\n");
+        t.req(b"GET /2 HTTP/1.1\r\n\r\n");
+        // /1's response is lost mid-body: its request is believed unanswered.
+        t.resp(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nxx");
+        t.resp_gap(400);
+        t.close();
+        let failed: Vec<_> = t.out.iter().filter(|e| e.failure.is_some()).collect();
+        assert!(failed.len() <= 1, "{:?}", t.out);
+    }
+
+    #[test]
+    fn timeout_reports_once_and_late_answer_is_not_counted_again() {
+        let mut t = Conn::server();
+        t.req(b"GET /slow HTTP/1.1\r\n\r\n");
+        let start = t.out.len();
+        let mut out = Vec::new();
+        // Not yet due.
+        t.conn.expire(1_000, 5_000_000_000, &mut out);
+        assert!(out.is_empty());
+        t.conn.expire(u64::MAX / 2, 5_000_000_000, &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].failure, Some(Failure::Timeout));
+        assert_eq!(
+            (out[0].method.as_str(), out[0].path.as_str(), out[0].status),
+            ("GET", "/slow", 0)
+        );
+        // Reported once.
+        t.conn.expire(u64::MAX / 2 + 1, 5_000_000_000, &mut out);
+        assert_eq!(out.len(), 1);
+        // The late answer pairs with it silently; the next request pairs right.
+        t.resp(OK_EMPTY);
+        t.req(b"GET /next HTTP/1.1\r\n\r\n");
+        t.resp(OK_EMPTY);
+        assert_eq!(t.out.len() - start, 1);
+        assert_eq!(t.got().last(), Some(&("GET", "/next", 200)));
+        assert_eq!(t.counts(), (0, 0, 0));
+        // A timed-out request is not reported again when the connection closes.
+        t.req(b"GET /never HTTP/1.1\r\n\r\n");
+        t.conn.expire(u64::MAX / 2 + 2, 5_000_000_000, &mut out);
+        assert_eq!(out.len(), 2);
+        t.close();
+        assert!(t.out.iter().all(|e| e.path != "/never"));
     }
 
     #[test]
@@ -1982,7 +2077,12 @@ mod tests {
         assert_eq!(t.conn.waiting.len(), MAX_WAITING);
         assert_eq!(t.c.unmatched_requests, 6);
         t.close();
-        assert_eq!(t.c.unmatched_requests, 6 + MAX_WAITING as u64);
+        assert_eq!(t.c.unmatched_requests, 6);
+        let closed = t
+            .out
+            .iter()
+            .filter(|e| e.failure == Some(Failure::ConnectionClosed));
+        assert_eq!(closed.count(), MAX_WAITING);
     }
 
     #[test]

@@ -32,12 +32,34 @@ pub struct Exchange {
     /// Request target path with the query string and fragment removed.
     pub path: String,
     /// Final response status code: never 100 or 103 (interim responses);
-    /// 101 when the connection switched protocols.
+    /// 101 when the connection switched protocols; 0 when there was no
+    /// response (see `failure`).
     pub status: u16,
+    /// Why the request got no response, when it got none.
+    pub failure: Option<Failure>,
     /// Timestamp (ns, CLOCK_MONOTONIC) of the first byte of the request.
     pub start_ns: u64,
     /// Timestamp (ns) of the chunk that completed the response.
     pub end_ns: u64,
+}
+
+/// Why a request has no response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Failure {
+    /// Nothing came back within the request timeout.
+    Timeout,
+    /// The connection closed (or was reset) first.
+    ConnectionClosed,
+}
+
+impl Failure {
+    /// OpenTelemetry's `error.type` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Timeout => "timeout",
+            Self::ConnectionClosed => "connection_closed",
+        }
+    }
 }
 
 /// Loss and anomaly counts a parser reports; the caller turns them into metrics.
@@ -45,7 +67,10 @@ pub struct Exchange {
 pub struct ParserCounters {
     /// Malformed input was skipped up to the next plausible message start.
     pub resyncs: u64,
-    /// A request that never got a response (connection closed first, or lost).
+    /// A request dropped without a response being seen: its answer was
+    /// lost (a gap), or the backlog of waiting requests overflowed.
+    /// Requests that time out or whose connection closes first are
+    /// exchanges with a `failure`, not counted here.
     pub unmatched_requests: u64,
     /// A response with no request waiting for it.
     pub unmatched_responses: u64,

@@ -1,0 +1,1202 @@
+//! Kubernetes metadata: the pods of this node, the cluster's Service
+//! ClusterIPs and EndpointSlice addresses, and pods' top-level owners, kept
+//! in memory for the metadata stage.
+//!
+//! Input: the API server, through kube-rs (in-cluster configuration, or
+//! `--kubeconfig`). Output: [`Cluster`], which the resolver asks for a pod by
+//! uid (waiting a bounded time for one that is not listed yet) and the
+//! pipeline asks for the Service behind a peer address; the uids of deleted
+//! pods once their grace period is over; and [`KubeStats`] for the
+//! `tracer_kubernetes_*` metrics.
+//!
+//! Memory stays small on a large cluster: pods are watched for this node only
+//! (field selector `spec.nodeName`); Services and EndpointSlices are watched
+//! cluster-wide but only their addresses and names are kept; owners
+//! (ReplicaSet -> Deployment, Job -> CronJob) are read one object at a time
+//! as metadata only, and cached. Each watch lists (in pages), then watches
+//! from the list's resourceVersion with bookmarks, re-watches after a
+//! disconnect and re-lists after 410 Gone, with exponential backoff; an
+//! outage leaves the cache as it was, so labels keep being served.
+
+use std::{
+    collections::{HashMap, HashSet},
+    fmt::Debug,
+    net::IpAddr,
+    path::PathBuf,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc, RwLock, RwLockReadGuard, RwLockWriteGuard,
+    },
+    time::{Duration, Instant},
+};
+
+use futures::TryStreamExt;
+use k8s_openapi::api::{
+    apps::v1::ReplicaSet,
+    batch::v1::Job,
+    core::v1::{Pod, Service},
+    discovery::v1::EndpointSlice,
+};
+use kube::{
+    api::{ListParams, ObjectMeta, WatchEvent, WatchParams},
+    config::{KubeConfigOptions, Kubeconfig},
+    Api, Client, Config, Resource,
+};
+use serde::de::DeserializeOwned;
+use thiserror::Error;
+
+use super::{Owner, PeerService, PodIdentity};
+
+/// One kind of object the tracer reads from the API server, and how.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ApiAccess {
+    /// API group: "" for the core group, e.g. "apps".
+    pub group: &'static str,
+    /// Plural resource name, e.g. "pods".
+    pub resource: &'static str,
+    /// The verbs the code uses on it.
+    pub verbs: &'static [&'static str],
+}
+
+/// Everything the tracer calls on the API server. The shipped ClusterRole
+/// (manifests/) must grant exactly this: a test checks it.
+pub const API_ACCESS: &[ApiAccess] = &[
+    // The pods of this node (field selector): list, watch, and a list again
+    // on demand when a process's pod is not known yet.
+    ApiAccess {
+        group: "",
+        resource: "pods",
+        verbs: &["list", "watch"],
+    },
+    // ClusterIP -> Service name, for the callee labels of client requests.
+    ApiAccess {
+        group: "",
+        resource: "services",
+        verbs: &["list", "watch"],
+    },
+    // Pod IP -> Service name, for callees on other nodes.
+    ApiAccess {
+        group: "discovery.k8s.io",
+        resource: "endpointslices",
+        verbs: &["list", "watch"],
+    },
+    // Owner chain: ReplicaSet -> Deployment, Job -> CronJob (metadata only).
+    ApiAccess {
+        group: "apps",
+        resource: "replicasets",
+        verbs: &["get"],
+    },
+    ApiAccess {
+        group: "batch",
+        resource: "jobs",
+        verbs: &["get"],
+    },
+];
+
+/// How to reach the API server, from the command line.
+#[derive(Debug, Clone)]
+pub struct KubeOptions {
+    /// `--kubeconfig` / `KUBECONFIG`; else in-cluster when
+    /// `KUBERNETES_SERVICE_HOST` is set; else no Kubernetes.
+    pub kubeconfig: Option<PathBuf>,
+    /// `--node-name` / `NODE_NAME`.
+    pub node_name: Option<String>,
+    /// How long a deleted pod's series stay.
+    pub pod_grace: Duration,
+}
+
+impl Default for KubeOptions {
+    fn default() -> Self {
+        Self {
+            kubeconfig: None,
+            node_name: None,
+            pod_grace: Duration::from_secs(300),
+        }
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum KubeError {
+    #[error("--kubeconfig {path}: {source}; pass a kubeconfig file that kubectl accepts")]
+    Kubeconfig {
+        path: PathBuf,
+        source: kube::config::KubeconfigError,
+    },
+    #[error(
+        "in-cluster Kubernetes configuration (KUBERNETES_SERVICE_HOST is set): {0}; keep \
+         automountServiceAccountToken on for the tracer's pod, or pass --kubeconfig"
+    )]
+    InCluster(kube::config::InClusterError),
+    #[error(
+        "NODE_NAME is not set: in a cluster the tracer must know its node; set the env var \
+         NODE_NAME from the downward API (valueFrom.fieldRef.fieldPath: spec.nodeName) or pass \
+         --node-name"
+    )]
+    NodeName,
+    #[error("Kubernetes client: {0}")]
+    Client(#[source] kube::Error),
+    #[error("starting the metadata thread: {0}")]
+    Runtime(#[source] std::io::Error),
+}
+
+/// The client and this node's name, or None when no Kubernetes is
+/// configured. Bad configuration is an error; an unreachable API server is
+/// not (the watchers retry, and metrics flow meanwhile).
+pub async fn connect(options: &KubeOptions) -> Result<Option<(Client, Arc<str>)>, KubeError> {
+    let in_cluster = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
+    let config = match &options.kubeconfig {
+        Some(path) => {
+            let kubeconfig =
+                Kubeconfig::read_from(path).map_err(|source| KubeError::Kubeconfig {
+                    path: path.clone(),
+                    source,
+                })?;
+            Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+                .await
+                .map_err(|source| KubeError::Kubeconfig {
+                    path: path.clone(),
+                    source,
+                })?
+        }
+        None if in_cluster => Config::incluster().map_err(KubeError::InCluster)?,
+        None => return Ok(None),
+    };
+    let node: Arc<str> = match options.node_name.as_deref().filter(|n| !n.is_empty()) {
+        Some(node) => Arc::from(node),
+        None if in_cluster => return Err(KubeError::NodeName),
+        None => {
+            // By hand with a kubeconfig: node names are host names by default.
+            let host = hostname();
+            tracing::warn!(
+                node = %host,
+                "NODE_NAME is not set; assuming this host's name is its Kubernetes node name \
+                 (pass --node-name if it is not)"
+            );
+            Arc::from(host)
+        }
+    };
+    let client = Client::try_from(config).map_err(KubeError::Client)?;
+    tracing::info!(node = %node, "Kubernetes metadata enabled");
+    Ok(Some((client, node)))
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// Watch and cache counters of one kind of object.
+#[derive(Debug, Default)]
+pub struct ResourceStats {
+    /// 1 while the watch is established and its list complete.
+    pub up: AtomicU64,
+    /// Re-lists and re-watches after a failure or a 410 Gone.
+    pub restarts: AtomicU64,
+    /// Failed requests and error events.
+    pub errors: AtomicU64,
+    /// Objects kept in the cache.
+    pub objects: AtomicU64,
+}
+
+/// Counters for `tracer_kubernetes_*`.
+#[derive(Debug, Default)]
+pub struct KubeStats {
+    pub pods: ResourceStats,
+    pub services: ResourceStats,
+    pub endpointslices: ResourceStats,
+    /// Owner lookups (ReplicaSets, Jobs): errors and cached owners.
+    pub owners: ResourceStats,
+    /// Processes in a pod the API server did not know within the wait.
+    pub unresolved_pods: AtomicU64,
+    /// The pods of this node have been listed once: `/readyz` waits for it.
+    pub synced: AtomicBool,
+}
+
+impl KubeStats {
+    /// Each kind with its `resource` label value.
+    pub fn resources(&self) -> [(&'static str, &ResourceStats); 4] {
+        [
+            ("pods", &self.pods),
+            ("services", &self.services),
+            ("endpointslices", &self.endpointslices),
+            ("owners", &self.owners),
+        ]
+    }
+}
+
+/// What is kept of a pod of this node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodInfo {
+    pub uid: Arc<str>,
+    pub namespace: Arc<str>,
+    pub name: Arc<str>,
+    pub node: Arc<str>,
+    pub service_name: Arc<str>,
+    pub service_namespace: Arc<str>,
+    /// The direct controller (a ReplicaSet, say), as the pod names it.
+    controller: Option<Owner>,
+    /// The top-level owner, once known (see [`Cluster::owner_of`]).
+    pub owner: Option<Owner>,
+    /// The top-level owner still waits for an API lookup.
+    owner_pending: bool,
+    /// Container id (64 hex) -> container name.
+    containers: Vec<(Arc<str>, Arc<str>)>,
+    container_names: Vec<Arc<str>>,
+    ips: Vec<IpAddr>,
+    host_ip: Option<IpAddr>,
+    host_network: bool,
+}
+
+impl PodInfo {
+    /// The pod side of a process's identity; `container_id` picks the
+    /// container (a single-container pod needs none).
+    pub fn identity(&self, container_id: Option<&str>) -> Arc<PodIdentity> {
+        let container = container_id
+            .and_then(|id| self.containers.iter().find(|(cid, _)| &**cid == id))
+            .map(|(_, name)| name.clone())
+            .or_else(|| match self.container_names.as_slice() {
+                [only] => Some(only.clone()),
+                _ => None,
+            });
+        Arc::new(PodIdentity {
+            uid: self.uid.clone(),
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+            node: self.node.clone(),
+            container,
+            owner: self.owner.clone(),
+            service_namespace: self.service_namespace.clone(),
+        })
+    }
+
+    fn knows_container(&self, container_id: Option<&str>) -> bool {
+        match container_id {
+            Some(id) => self.containers.iter().any(|(cid, _)| &**cid == id),
+            None => true,
+        }
+    }
+
+    fn from_pod(pod: &Pod) -> Option<Self> {
+        let meta = &pod.metadata;
+        let uid: Arc<str> = Arc::from(meta.uid.as_deref()?);
+        let name: Arc<str> = Arc::from(meta.name.as_deref()?);
+        let namespace: Arc<str> = Arc::from(meta.namespace.as_deref().unwrap_or("default"));
+        let spec = pod.spec.as_ref();
+        let status = pod.status.as_ref();
+        let controller = meta
+            .owner_references
+            .iter()
+            .flatten()
+            .find(|o| o.controller == Some(true))
+            .or_else(|| meta.owner_references.as_ref()?.first())
+            .map(|o| Owner {
+                kind: Arc::from(o.kind.as_str()),
+                name: Arc::from(o.name.as_str()),
+            });
+        let containers = status
+            .into_iter()
+            .flat_map(|s| {
+                s.container_statuses
+                    .iter()
+                    .flatten()
+                    .chain(s.init_container_statuses.iter().flatten())
+            })
+            .filter_map(|c| {
+                let id = c.container_id.as_deref()?;
+                // "containerd://<id>", "cri-o://<id>", "docker://<id>".
+                let id = id.split_once("://").map_or(id, |(_, id)| id);
+                Some((Arc::from(id), Arc::from(c.name.as_str())))
+            })
+            .collect();
+        let container_names = spec
+            .map(|s| {
+                s.containers
+                    .iter()
+                    .map(|c| Arc::from(c.name.as_str()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let ips = status
+            .into_iter()
+            .flat_map(|s| {
+                s.pod_ips
+                    .iter()
+                    .flatten()
+                    .map(|p| p.ip.as_str())
+                    .chain(s.pod_ip.as_deref())
+            })
+            .filter_map(|ip| ip.parse().ok())
+            .collect::<HashSet<IpAddr>>()
+            .into_iter()
+            .collect();
+        let host_ip = status
+            .and_then(|s| s.host_ip.as_deref())
+            .and_then(|ip| ip.parse().ok());
+        let host_network = spec.and_then(|s| s.host_network).unwrap_or(false);
+        let node = Arc::from(spec.and_then(|s| s.node_name.as_deref()).unwrap_or(""));
+        let service_namespace = meta
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(SERVICE_NAMESPACE_ANNOTATION))
+            .filter(|s| !s.is_empty())
+            .map_or_else(|| namespace.clone(), |s| Arc::from(s.as_str()));
+        let mut info = Self {
+            uid,
+            namespace,
+            name,
+            node,
+            service_name: Arc::from(""),
+            service_namespace,
+            owner: controller.clone(),
+            owner_pending: false,
+            controller,
+            containers,
+            container_names,
+            ips,
+            host_ip,
+            host_network,
+        };
+        info.service_name = service_name(meta, &info);
+        Some(info)
+    }
+}
+
+/// The annotation that names a pod's service, as OpenTelemetry defines it.
+pub const SERVICE_NAME_ANNOTATION: &str = "resource.opentelemetry.io/service.name";
+/// The annotation that names a pod's service namespace.
+pub const SERVICE_NAMESPACE_ANNOTATION: &str = "resource.opentelemetry.io/service.namespace";
+/// The recommended application-name label.
+pub const APP_NAME_LABEL: &str = "app.kubernetes.io/name";
+
+/// `service_name` of a pod: its annotation, else `app.kubernetes.io/name`,
+/// else the top-level owner's name, else the pod's name.
+fn service_name(meta: &ObjectMeta, info: &PodInfo) -> Arc<str> {
+    let nonempty = |s: &&String| !s.is_empty();
+    if let Some(name) = meta
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(SERVICE_NAME_ANNOTATION))
+        .filter(nonempty)
+    {
+        return Arc::from(name.as_str());
+    }
+    if let Some(name) = meta
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(APP_NAME_LABEL))
+        .filter(nonempty)
+    {
+        return Arc::from(name.as_str());
+    }
+    info.owner
+        .as_ref()
+        .map_or_else(|| info.name.clone(), |o| o.name.clone())
+}
+
+/// A direct controller to look up, with its namespace.
+type OwnerLookup = (Owner, Arc<str>);
+
+/// (kind, namespace, name) of a direct controller.
+type OwnerKey = (Arc<str>, Arc<str>, Arc<str>);
+
+/// The cluster as far as this node needs it.
+pub struct Cluster {
+    node: Arc<str>,
+    state: RwLock<State>,
+    /// Bumped on every pod change, so waiting resolutions look again.
+    changed: tokio::sync::watch::Sender<u64>,
+    /// Asks the pod watcher for an extra list (a pod not seen yet).
+    relist: tokio::sync::Notify,
+    /// Taken by the owner-lookup task when the watchers start.
+    owner_queue: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<OwnerLookup>>>,
+    owner_keys: tokio::sync::mpsc::UnboundedSender<OwnerLookup>,
+    stats: Arc<KubeStats>,
+}
+
+#[derive(Default)]
+struct State {
+    pods: HashMap<Arc<str>, Arc<PodInfo>>,
+    /// Pod IP -> the pod's service (pods of this node, host network excluded).
+    pod_ips: HashMap<IpAddr, Arc<PeerService>>,
+    /// This node's own addresses (host-network pods share them).
+    host_ips: HashSet<IpAddr>,
+    services: HashMap<(Arc<str>, Arc<str>), Vec<IpAddr>>,
+    service_ips: HashMap<IpAddr, Arc<PeerService>>,
+    slices: HashMap<(Arc<str>, Arc<str>), Vec<IpAddr>>,
+    endpoint_ips: HashMap<IpAddr, Arc<PeerService>>,
+    /// (kind, namespace, name) of a direct controller -> its top owner.
+    owners: HashMap<OwnerKey, Owner>,
+    /// Deleted pods, removed once their grace period is over.
+    deleted: Vec<(Instant, Arc<str>)>,
+}
+
+impl Cluster {
+    pub fn new(node: Arc<str>, stats: Arc<KubeStats>) -> Self {
+        let (owner_keys, owner_rx) = tokio::sync::mpsc::unbounded_channel();
+        Self {
+            node,
+            state: RwLock::default(),
+            changed: tokio::sync::watch::Sender::new(0),
+            relist: tokio::sync::Notify::new(),
+            owner_queue: std::sync::Mutex::new(Some(owner_rx)),
+            owner_keys,
+            stats,
+        }
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, State> {
+        self.state
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, State> {
+        self.state
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The Service (by ClusterIP or endpoint address) or pod behind an
+    /// address. This node's own addresses are never a pod: host-network pods
+    /// share them.
+    pub fn peer(&self, ip: IpAddr) -> Option<Arc<PeerService>> {
+        let ip = ip.to_canonical();
+        let state = self.read();
+        if let Some(service) = state.service_ips.get(&ip) {
+            return Some(service.clone());
+        }
+        if state.host_ips.contains(&ip) {
+            return None;
+        }
+        state
+            .endpoint_ips
+            .get(&ip)
+            .or_else(|| state.pod_ips.get(&ip))
+            .cloned()
+    }
+
+    /// The pod with this uid, waiting at most `wait` for the watch (and an
+    /// extra list) to bring it, its container and its top-level owner.
+    pub async fn wait_for_pod(
+        &self,
+        uid: &str,
+        container_id: Option<&str>,
+        wait: Duration,
+    ) -> Option<Arc<PodInfo>> {
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut changes = self.changed.subscribe();
+        let mut asked = false;
+        loop {
+            let found = self.read().pods.get(uid).cloned();
+            match &found {
+                Some(pod) if pod.knows_container(container_id) && !pod.owner_pending => {
+                    return found;
+                }
+                Some(_) => {}
+                None if !asked => {
+                    // A pod younger than the watch's last event: list now.
+                    self.relist.notify_one();
+                    asked = true;
+                }
+                None => {}
+            }
+            let timed_out = tokio::time::timeout_at(deadline, changes.changed())
+                .await
+                .is_err();
+            if timed_out {
+                // Partial knowledge (no container status or owner yet) beats none.
+                if found.is_none() {
+                    self.stats.unresolved_pods.fetch_add(1, Ordering::Relaxed);
+                }
+                return found;
+            }
+        }
+    }
+
+    fn bump(&self) {
+        self.changed.send_modify(|v| *v += 1);
+    }
+
+    fn apply_pod(&self, pod: &Pod) {
+        let Some(mut info) = PodInfo::from_pod(pod) else {
+            return;
+        };
+        if let Some(controller) = info.controller.clone() {
+            if matches!(&*controller.kind, "ReplicaSet" | "Job") {
+                let key = (
+                    controller.kind.clone(),
+                    info.namespace.clone(),
+                    controller.name.clone(),
+                );
+                match self.read().owners.get(&key) {
+                    Some(top) => info.owner = Some(top.clone()),
+                    None => {
+                        info.owner_pending = true;
+                        let _ = self.owner_keys.send((controller, info.namespace.clone()));
+                    }
+                }
+            }
+        }
+        self.store_pod(info);
+    }
+
+    fn store_pod(&self, mut info: PodInfo) {
+        let meta_name = info.service_name.clone();
+        // The service name may come from the owner, which may have changed.
+        if info.owner.is_some() && !self.named_by_meta(&info) {
+            info.service_name = info.owner.as_ref().map_or(meta_name, |o| o.name.clone());
+        }
+        let info = Arc::new(info);
+        let mut state = self.write();
+        if let Some(old) = state.pods.insert(info.uid.clone(), info.clone()) {
+            for ip in &old.ips {
+                state.pod_ips.remove(ip);
+            }
+        }
+        if let Some(host) = info.host_ip {
+            state.host_ips.insert(host);
+        }
+        if !info.host_network {
+            let peer = Arc::new(PeerService {
+                name: info.service_name.clone(),
+                namespace: info.service_namespace.clone(),
+            });
+            for ip in &info.ips {
+                state.pod_ips.insert(*ip, peer.clone());
+            }
+        }
+        self.stats
+            .pods
+            .objects
+            .store(state.pods.len() as u64, Ordering::Relaxed);
+        drop(state);
+        self.bump();
+    }
+
+    /// Whether the pod's service name came from its annotation or label
+    /// (which an owner does not override).
+    fn named_by_meta(&self, info: &PodInfo) -> bool {
+        let by_owner = info.controller.as_ref().map(|c| &c.name) == Some(&info.service_name);
+        !(by_owner || info.service_name == info.name)
+    }
+
+    /// A deleted pod keeps its cache entry (and its series) for the grace
+    /// period: its last requests may still be in flight.
+    fn delete_pod(&self, pod: &Pod) {
+        if let Some(uid) = pod.metadata.uid.as_deref() {
+            let mut state = self.write();
+            if state.pods.contains_key(uid) {
+                state.deleted.push((Instant::now(), Arc::from(uid)));
+            }
+        }
+    }
+
+    /// Forgets pods deleted more than `grace` ago; returns their uids.
+    fn expire_deleted(&self, grace: Duration) -> Vec<Arc<str>> {
+        let mut state = self.write();
+        let now = Instant::now();
+        let (gone, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut state.deleted)
+            .into_iter()
+            .partition(|(at, _)| now.duration_since(*at) >= grace);
+        state.deleted = kept;
+        let mut uids = Vec::with_capacity(gone.len());
+        for (_, uid) in gone {
+            if let Some(old) = state.pods.remove(&uid) {
+                for ip in &old.ips {
+                    state.pod_ips.remove(ip);
+                }
+            }
+            uids.push(uid);
+        }
+        self.stats
+            .pods
+            .objects
+            .store(state.pods.len() as u64, Ordering::Relaxed);
+        uids
+    }
+
+    /// A fresh list replaces the cache, except pods deleted within their
+    /// grace period; pods missing from it count as deleted now.
+    fn reset_pods(&self, pods: &[Pod]) {
+        let listed: HashSet<&str> = pods
+            .iter()
+            .filter_map(|p| p.metadata.uid.as_deref())
+            .collect();
+        {
+            let mut state = self.write();
+            let now = Instant::now();
+            let missing: Vec<Arc<str>> = state
+                .pods
+                .keys()
+                .filter(|uid| !listed.contains(&***uid))
+                .cloned()
+                .collect();
+            for uid in missing {
+                if !state.deleted.iter().any(|(_, d)| *d == uid) {
+                    state.deleted.push((now, uid));
+                }
+            }
+        }
+        for pod in pods {
+            self.apply_pod(pod);
+        }
+    }
+
+    fn apply_service(&self, service: &Service) {
+        let (Some(name), Some(namespace)) = (
+            service.metadata.name.as_deref(),
+            service.metadata.namespace.as_deref(),
+        ) else {
+            return;
+        };
+        let spec = service.spec.as_ref();
+        let ips: Vec<IpAddr> = spec
+            .into_iter()
+            .flat_map(|s| s.cluster_ips.iter().flatten().chain(s.cluster_ip.as_ref()))
+            .filter_map(|ip| ip.parse().ok())
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        let peer = Arc::new(PeerService {
+            name: Arc::from(name),
+            namespace: Arc::from(namespace),
+        });
+        let key = (peer.namespace.clone(), peer.name.clone());
+        let mut state = self.write();
+        if let Some(old) = state.services.remove(&key) {
+            for ip in old {
+                state.service_ips.remove(&ip);
+            }
+        }
+        for ip in &ips {
+            state.service_ips.insert(*ip, peer.clone());
+        }
+        state.services.insert(key, ips);
+        self.stats
+            .services
+            .objects
+            .store(state.services.len() as u64, Ordering::Relaxed);
+    }
+
+    fn delete_service(&self, service: &Service) {
+        let (Some(name), Some(namespace)) = (
+            service.metadata.name.as_deref(),
+            service.metadata.namespace.as_deref(),
+        ) else {
+            return;
+        };
+        let mut state = self.write();
+        if let Some(old) = state
+            .services
+            .remove(&(Arc::from(namespace), Arc::from(name)))
+        {
+            for ip in old {
+                state.service_ips.remove(&ip);
+            }
+        }
+        self.stats
+            .services
+            .objects
+            .store(state.services.len() as u64, Ordering::Relaxed);
+    }
+
+    fn reset_services(&self, services: &[Service]) {
+        {
+            let mut state = self.write();
+            state.services.clear();
+            state.service_ips.clear();
+        }
+        for service in services {
+            self.apply_service(service);
+        }
+    }
+
+    fn apply_slice(&self, slice: &EndpointSlice) {
+        let meta = &slice.metadata;
+        let (Some(name), Some(namespace)) = (meta.name.as_deref(), meta.namespace.as_deref())
+        else {
+            return;
+        };
+        let Some(service) = meta
+            .labels
+            .as_ref()
+            .and_then(|l| l.get("kubernetes.io/service-name"))
+        else {
+            return;
+        };
+        let peer = Arc::new(PeerService {
+            name: Arc::from(service.as_str()),
+            namespace: Arc::from(namespace),
+        });
+        // Only pod endpoints: a selector-less Service may point anywhere.
+        let ips: Vec<IpAddr> = slice
+            .endpoints
+            .iter()
+            .filter(|e| e.target_ref.as_ref().and_then(|t| t.kind.as_deref()) == Some("Pod"))
+            .flat_map(|e| e.addresses.iter())
+            .filter_map(|ip| ip.parse().ok())
+            .collect();
+        let key = (peer.namespace.clone(), Arc::from(name));
+        let mut state = self.write();
+        if let Some(old) = state.slices.remove(&key) {
+            for ip in old {
+                state.endpoint_ips.remove(&ip);
+            }
+        }
+        for ip in &ips {
+            state.endpoint_ips.insert(*ip, peer.clone());
+        }
+        state.slices.insert(key, ips);
+        self.stats
+            .endpointslices
+            .objects
+            .store(state.slices.len() as u64, Ordering::Relaxed);
+    }
+
+    fn delete_slice(&self, slice: &EndpointSlice) {
+        let meta = &slice.metadata;
+        let (Some(name), Some(namespace)) = (meta.name.as_deref(), meta.namespace.as_deref())
+        else {
+            return;
+        };
+        let mut state = self.write();
+        if let Some(old) = state
+            .slices
+            .remove(&(Arc::from(namespace), Arc::from(name)))
+        {
+            for ip in old {
+                state.endpoint_ips.remove(&ip);
+            }
+        }
+        self.stats
+            .endpointslices
+            .objects
+            .store(state.slices.len() as u64, Ordering::Relaxed);
+    }
+
+    fn reset_slices(&self, slices: &[EndpointSlice]) {
+        {
+            let mut state = self.write();
+            state.slices.clear();
+            state.endpoint_ips.clear();
+        }
+        for slice in slices {
+            self.apply_slice(slice);
+        }
+    }
+
+    /// Records a controller's top owner and updates the pods it controls.
+    fn set_owner(&self, controller: &Owner, namespace: &Arc<str>, top: Owner) {
+        let key = (
+            controller.kind.clone(),
+            namespace.clone(),
+            controller.name.clone(),
+        );
+        let waiting: Vec<Arc<PodInfo>> = {
+            let mut state = self.write();
+            state.owners.insert(key, top.clone());
+            self.stats
+                .owners
+                .objects
+                .store(state.owners.len() as u64, Ordering::Relaxed);
+            state
+                .pods
+                .values()
+                .filter(|p| p.namespace == *namespace && p.controller.as_ref() == Some(controller))
+                .cloned()
+                .collect()
+        };
+        for pod in waiting {
+            let mut info = (*pod).clone();
+            let by_owner = info.service_name == controller.name || info.service_name == info.name;
+            info.owner = Some(top.clone());
+            info.owner_pending = false;
+            if by_owner {
+                info.service_name = top.name.clone();
+            }
+            self.store_pod(info);
+        }
+    }
+
+    /// The owner lookup failed: keep the best guess and stop waiting.
+    fn owner_unknown(&self, controller: &Owner, namespace: &Arc<str>) {
+        let guess = guess_top_owner(controller);
+        self.set_owner_without_caching(controller, namespace, guess);
+    }
+
+    fn set_owner_without_caching(&self, controller: &Owner, namespace: &Arc<str>, top: Owner) {
+        let waiting: Vec<Arc<PodInfo>> = self
+            .read()
+            .pods
+            .values()
+            .filter(|p| {
+                p.owner_pending
+                    && p.namespace == *namespace
+                    && p.controller.as_ref() == Some(controller)
+            })
+            .cloned()
+            .collect();
+        for pod in waiting {
+            let mut info = (*pod).clone();
+            let by_owner = info.service_name == controller.name || info.service_name == info.name;
+            info.owner = Some(top.clone());
+            info.owner_pending = false;
+            if by_owner {
+                info.service_name = top.name.clone();
+            }
+            self.store_pod(info);
+        }
+    }
+}
+
+/// Without the API: a ReplicaSet named `<deployment>-<hash>` (the
+/// Deployment controller's naming) is taken to belong to `<deployment>`.
+fn guess_top_owner(controller: &Owner) -> Owner {
+    if &*controller.kind == "ReplicaSet" {
+        if let Some((deployment, hash)) = controller.name.rsplit_once('-') {
+            if !deployment.is_empty() && (6..=10).contains(&hash.len()) {
+                return Owner {
+                    kind: Arc::from("Deployment"),
+                    name: Arc::from(deployment),
+                };
+            }
+        }
+    }
+    controller.clone()
+}
+
+/// The controller of a ReplicaSet or Job, from its metadata.
+fn controller_of(meta: &ObjectMeta) -> Option<Owner> {
+    let refs = meta.owner_references.as_ref()?;
+    refs.iter()
+        .find(|o| o.controller == Some(true))
+        .or_else(|| refs.first())
+        .map(|o| Owner {
+            kind: Arc::from(o.kind.as_str()),
+            name: Arc::from(o.name.as_str()),
+        })
+}
+
+/// Starts the pod, Service and EndpointSlice watchers, the owner lookups
+/// and the expiry of deleted pods on the current runtime.
+pub fn spawn_watchers(
+    client: Client,
+    cluster: Arc<Cluster>,
+    grace: Duration,
+    gone: std::sync::mpsc::Sender<Arc<str>>,
+) {
+    let fields = format!("spec.nodeName={}", cluster.node);
+    {
+        let cluster = cluster.clone();
+        let api: Api<Pod> = Api::all(client.clone());
+        tokio::spawn(async move {
+            let stats = &cluster.stats.pods;
+            let on_change = |change: Change<Pod>| match change {
+                Change::Reset(pods) => {
+                    cluster.reset_pods(&pods);
+                    cluster.stats.synced.store(true, Ordering::Relaxed);
+                }
+                Change::Apply(pod) => cluster.apply_pod(&pod),
+                Change::Delete(pod) => cluster.delete_pod(&pod),
+            };
+            reflect(
+                "pods",
+                api,
+                Some(&fields),
+                stats,
+                Some(&cluster.relist),
+                on_change,
+            )
+            .await;
+        });
+    }
+    {
+        let cluster = cluster.clone();
+        let api: Api<Service> = Api::all(client.clone());
+        tokio::spawn(async move {
+            let on_change = |change: Change<Service>| match change {
+                Change::Reset(all) => cluster.reset_services(&all),
+                Change::Apply(s) => cluster.apply_service(&s),
+                Change::Delete(s) => cluster.delete_service(&s),
+            };
+            reflect(
+                "services",
+                api,
+                None,
+                &cluster.stats.services,
+                None,
+                on_change,
+            )
+            .await;
+        });
+    }
+    {
+        let cluster = cluster.clone();
+        let api: Api<EndpointSlice> = Api::all(client.clone());
+        tokio::spawn(async move {
+            let on_change = |change: Change<EndpointSlice>| match change {
+                Change::Reset(all) => cluster.reset_slices(&all),
+                Change::Apply(s) => cluster.apply_slice(&s),
+                Change::Delete(s) => cluster.delete_slice(&s),
+            };
+            reflect(
+                "endpointslices",
+                api,
+                None,
+                &cluster.stats.endpointslices,
+                None,
+                on_change,
+            )
+            .await;
+        });
+    }
+    let queue = cluster
+        .owner_queue
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .take();
+    if let Some(mut queue) = queue {
+        let cluster = cluster.clone();
+        tokio::spawn(async move {
+            while let Some((controller, namespace)) = queue.recv().await {
+                resolve_owner(&client, &cluster, &controller, &namespace).await;
+            }
+        });
+    }
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            for uid in cluster.expire_deleted(grace) {
+                if gone.send(uid).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+}
+
+/// Looks up a ReplicaSet's or Job's own controller (metadata only).
+async fn resolve_owner(
+    client: &Client,
+    cluster: &Cluster,
+    controller: &Owner,
+    namespace: &Arc<str>,
+) {
+    let key = (
+        controller.kind.clone(),
+        namespace.clone(),
+        controller.name.clone(),
+    );
+    if let Some(top) = cluster.read().owners.get(&key).cloned() {
+        cluster.set_owner(controller, namespace, top);
+        return;
+    }
+    let meta = match &*controller.kind {
+        "ReplicaSet" => Api::<ReplicaSet>::namespaced(client.clone(), namespace)
+            .get_metadata_opt(&controller.name)
+            .await
+            .map(|m| m.map(|m| m.metadata)),
+        "Job" => Api::<Job>::namespaced(client.clone(), namespace)
+            .get_metadata_opt(&controller.name)
+            .await
+            .map(|m| m.map(|m| m.metadata)),
+        _ => Ok(None),
+    };
+    match meta {
+        Ok(meta) => {
+            // A missing object or one without a controller is the top itself.
+            let top = meta
+                .as_ref()
+                .and_then(controller_of)
+                .unwrap_or_else(|| controller.clone());
+            cluster.set_owner(controller, namespace, top);
+        }
+        Err(error) => {
+            cluster.stats.owners.errors.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%error, kind = %controller.kind, "owner lookup failed");
+            cluster.owner_unknown(controller, namespace);
+        }
+    }
+}
+
+/// A change to one watched kind, for the cache.
+enum Change<K> {
+    /// A complete list: replaces the cache.
+    Reset(Vec<K>),
+    Apply(K),
+    Delete(K),
+}
+
+const LIST_PAGE: u32 = 500;
+const WATCH_TIMEOUT_S: u32 = 290;
+const BACKOFF_MIN: Duration = Duration::from_millis(500);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// Lists, then watches from the list's resourceVersion, for ever: re-watches
+/// after a dropped stream, re-lists after 410 Gone or when `relist` is
+/// notified, backs off exponentially while the API server fails.
+async fn reflect<K>(
+    resource: &'static str,
+    api: Api<K>,
+    fields: Option<&str>,
+    stats: &ResourceStats,
+    relist: Option<&tokio::sync::Notify>,
+    mut on_change: impl FnMut(Change<K>),
+) where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
+{
+    let mut backoff = BACKOFF_MIN;
+    let mut first = true;
+    let never = tokio::sync::Notify::new();
+    let relist = relist.unwrap_or(&never);
+    loop {
+        if !first {
+            stats.restarts.fetch_add(1, Ordering::Relaxed);
+        }
+        first = false;
+        let version = match list_all(&api, fields).await {
+            Ok((items, version)) => {
+                on_change(Change::Reset(items));
+                version
+            }
+            Err(error) => {
+                stats.errors.fetch_add(1, Ordering::Relaxed);
+                stats.up.store(0, Ordering::Relaxed);
+                tracing::warn!(%error, resource, "Kubernetes list failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                continue;
+            }
+        };
+        stats.up.store(1, Ordering::Relaxed);
+        backoff = BACKOFF_MIN;
+        let mut version = version;
+        // Watch until the list must be redone.
+        loop {
+            let mut params = WatchParams::default().timeout(WATCH_TIMEOUT_S);
+            if let Some(fields) = fields {
+                params = params.fields(fields);
+            }
+            let stream = tokio::select! {
+                stream = api.watch(&params, &version) => stream,
+                () = relist.notified() => break,
+            };
+            let stream = match stream {
+                Ok(stream) => stream,
+                Err(error) => {
+                    stats.errors.fetch_add(1, Ordering::Relaxed);
+                    stats.up.store(0, Ordering::Relaxed);
+                    tracing::debug!(%error, resource, "Kubernetes watch failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                    stats.restarts.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+            };
+            stats.up.store(1, Ordering::Relaxed);
+            backoff = BACKOFF_MIN;
+            let mut stream = std::pin::pin!(stream);
+            let mut gone = false;
+            let mut failed = false;
+            loop {
+                let event = tokio::select! {
+                    event = stream.try_next() => event,
+                    () = relist.notified() => { gone = true; break; }
+                };
+                match event {
+                    Ok(Some(WatchEvent::Added(obj) | WatchEvent::Modified(obj))) => {
+                        if let Some(v) = obj.meta().resource_version.clone() {
+                            version = v;
+                        }
+                        on_change(Change::Apply(obj));
+                    }
+                    Ok(Some(WatchEvent::Deleted(obj))) => {
+                        if let Some(v) = obj.meta().resource_version.clone() {
+                            version = v;
+                        }
+                        on_change(Change::Delete(obj));
+                    }
+                    Ok(Some(WatchEvent::Bookmark(bookmark))) => {
+                        version = bookmark.metadata.resource_version;
+                    }
+                    Ok(Some(WatchEvent::Error(status))) => {
+                        stats.errors.fetch_add(1, Ordering::Relaxed);
+                        gone = status.code == 410;
+                        failed = !gone;
+                        break;
+                    }
+                    // The server ended the watch (timeoutSeconds): resume.
+                    Ok(None) => break,
+                    Err(error) => {
+                        stats.errors.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(%error, resource, "Kubernetes watch stream broke; resuming");
+                        failed = true;
+                        break;
+                    }
+                }
+            }
+            if gone {
+                break;
+            }
+            if failed {
+                stats.up.store(0, Ordering::Relaxed);
+                stats.restarts.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+            }
+        }
+    }
+}
+
+/// Every object (page by page) and the list's resourceVersion.
+async fn list_all<K>(api: &Api<K>, fields: Option<&str>) -> Result<(Vec<K>, String), kube::Error>
+where
+    K: Resource + Clone + DeserializeOwned + Debug,
+{
+    let mut params = ListParams::default().limit(LIST_PAGE);
+    if let Some(fields) = fields {
+        params = params.fields(fields);
+    }
+    let mut items = Vec::new();
+    loop {
+        let page = api.list(&params).await?;
+        items.extend(page.items);
+        match page.metadata.continue_.filter(|c| !c.is_empty()) {
+            Some(token) => params = params.continue_token(&token),
+            None => {
+                let version = page.metadata.resource_version.unwrap_or_default();
+                return Ok((items, version));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn owner(kind: &str, name: &str) -> Owner {
+        Owner {
+            kind: Arc::from(kind),
+            name: Arc::from(name),
+        }
+    }
+
+    #[test]
+    fn guesses_deployment_from_replicaset_name() {
+        assert_eq!(
+            guess_top_owner(&owner("ReplicaSet", "web-7d9f8b6c5d")),
+            owner("Deployment", "web")
+        );
+        assert_eq!(
+            guess_top_owner(&owner("ReplicaSet", "plain")),
+            owner("ReplicaSet", "plain")
+        );
+        assert_eq!(
+            guess_top_owner(&owner("StatefulSet", "db-12345678")),
+            owner("StatefulSet", "db-12345678")
+        );
+    }
+}

@@ -1,0 +1,864 @@
+//! The HTTP RED histograms: label sets built from a process's identity, the
+//! cardinality budgets, a cache that makes a repeated observation cheap, and
+//! the removal of a deleted pod's series.
+//!
+//! Input: [`HttpObservation`]s (a finished exchange with the identity the
+//! metadata stage resolved). Output: two histogram families registered in the
+//! daemon's registry:
+//!
+//! - `http_server_request_duration_seconds`: the traced process served the
+//!   request;
+//! - `http_client_request_duration_seconds`: it sent the request; adds
+//!   `server_address`, `server_port` and, when the peer is a Service or pod
+//!   the cluster knows, `server_service_name` and `server_service_namespace`.
+//!
+//! Identity labels come first: `service_name`, then for a process in a pod
+//! `service_namespace`, `k8s_namespace_name`, `k8s_pod_name`,
+//! `k8s_container_name` (when known), `k8s_node_name`, `k8s_owner_name` and
+//! the one of `k8s_deployment_name`, `k8s_statefulset_name`,
+//! `k8s_daemonset_name`, `k8s_job_name`, `k8s_cronjob_name` that names the
+//! top-level owner. A process outside any pod has only `service_name`. Then
+//! `http_request_method` (one of the nine standard methods, else `_OTHER`),
+//! `http_response_status_code` (empty without a response), `http_route` (see
+//! [`route::template`]) and `error_type`: the status code when it is an error
+//! (server: >= 500, client: >= 400), `timeout` or `connection_closed` when no
+//! response came, else empty.
+//!
+//! Budgets, each folding its overflow into `_other` (routes into
+//! [`route::OVERFLOW_ROUTE`]) and counting it in
+//! `tracer_label_overflow_total{label}`: identities (label sets of
+//! `service_name` and the k8s labels), routes per service, status codes per
+//! service, and peers per service.
+
+use std::collections::{HashMap, HashSet};
+use std::hash::BuildHasher;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use prometheus_client::encoding::{
+    EncodeLabel, EncodeLabelSet, EncodeLabelValue, LabelSetEncoder, LabelValueEncoder,
+};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Registry, Unit};
+use rustc_hash::FxBuildHasher;
+
+use crate::metadata::{Identity, PeerService};
+use crate::protocols::{Failure, Side};
+use crate::route::{self, KeyBudget, RouteBudget};
+
+/// OpenTelemetry's default explicit bucket boundaries for durations, seconds.
+pub const DURATION_BUCKETS: [f64; 14] = [
+    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+];
+
+/// Distinct identities (label sets of a process: service and pod) with
+/// series of their own; later ones share the `_other` identity.
+pub const DEFAULT_MAX_IDENTITIES: usize = 1024;
+
+/// Services that get a route, status and peer budget; later ones share the
+/// overflow values.
+pub const DEFAULT_MAX_SERVICES: usize = 512;
+
+/// Distinct (address, port) peers per service on the client histogram.
+pub const DEFAULT_MAX_PEERS_PER_SERVICE: usize = 64;
+
+/// Distinct status codes per service.
+pub const MAX_STATUS_CODES_PER_SERVICE: usize = 32;
+
+/// The value of a label whose budget is spent.
+pub const OVERFLOW: &str = "_other";
+
+/// The methods OpenTelemetry knows; anything else is reported as `_OTHER`.
+const KNOWN_METHODS: [&str; 9] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+];
+
+/// Slots of the direct-mapped cache of resolved label sets. A slot holds one
+/// entry of at most a few hundred bytes, so the cache stays around 1 MiB.
+const CACHE_SLOTS: usize = 4096;
+
+/// Longer paths (or methods) skip the cache: they are rare, and caching them
+/// would let one request pin that much memory per slot.
+const MAX_CACHED_LEN: usize = 256;
+
+/// Label names of `tracer_label_overflow_total`.
+pub const OVERFLOW_LABELS: [&str; 4] = [
+    "service_name",
+    "http_route",
+    "http_response_status_code",
+    "server_address",
+];
+
+/// One finished HTTP exchange, as the metrics see it.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpObservation<'a> {
+    /// Which end the traced process was: picks the server or client histogram.
+    pub side: Side,
+    pub identity: &'a Arc<Identity>,
+    /// As sent on the wire; normalised here.
+    pub method: &'a str,
+    /// 0 when there was no response (`failure` says why).
+    pub status: u16,
+    pub failure: Option<Failure>,
+    /// Raw request path (query removed); templated here.
+    pub path: &'a str,
+    /// Negative or non-finite values are recorded as 0.
+    pub duration_s: f64,
+    /// The remote end; used for the client histogram only.
+    pub peer: Option<(IpAddr, u16)>,
+    /// The Service or pod behind the remote end (client side).
+    pub peer_service: Option<&'a Arc<PeerService>>,
+}
+
+/// The identity labels of one process: built once per identity.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct Who {
+    labels: Vec<(&'static str, Arc<str>)>,
+}
+
+impl Who {
+    fn of(identity: &Identity) -> Self {
+        let mut labels = vec![("service_name", identity.service_name.clone())];
+        if let Some(pod) = &identity.pod {
+            labels.push(("service_namespace", pod.service_namespace.clone()));
+            labels.push(("k8s_namespace_name", pod.namespace.clone()));
+            labels.push(("k8s_pod_name", pod.name.clone()));
+            if let Some(container) = &pod.container {
+                labels.push(("k8s_container_name", container.clone()));
+            }
+            labels.push(("k8s_node_name", pod.node.clone()));
+            let owner_name = pod.owner.as_ref().map_or(&pod.name, |o| &o.name);
+            labels.push(("k8s_owner_name", owner_name.clone()));
+            if let Some(owner) = &pod.owner {
+                let kind_label = match &*owner.kind {
+                    "Deployment" => Some("k8s_deployment_name"),
+                    "StatefulSet" => Some("k8s_statefulset_name"),
+                    "DaemonSet" => Some("k8s_daemonset_name"),
+                    "Job" => Some("k8s_job_name"),
+                    "CronJob" => Some("k8s_cronjob_name"),
+                    _ => None,
+                };
+                if let Some(label) = kind_label {
+                    labels.push((label, owner.name.clone()));
+                }
+            }
+        }
+        Self { labels }
+    }
+
+    fn overflow() -> Self {
+        Self {
+            labels: vec![("service_name", Arc::from(OVERFLOW))],
+        }
+    }
+
+    fn service(&self) -> &str {
+        self.labels.first().map_or("", |(_, v)| v)
+    }
+
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        for (name, value) in &self.labels {
+            (*name, &**value).encode(encoder.encode_label())?;
+        }
+        Ok(())
+    }
+}
+
+/// `http_response_status_code`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum StatusLabel {
+    None,
+    Code(u16),
+    Overflow,
+}
+
+impl EncodeLabelValue for StatusLabel {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        use std::fmt::Write as _;
+        match self {
+            Self::None => Ok(()),
+            Self::Code(code) => write!(encoder, "{code}"),
+            Self::Overflow => encoder.write_str(OVERFLOW),
+        }
+    }
+}
+
+/// `error_type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum ErrorType {
+    None,
+    Status(StatusLabel),
+    Failure(Failure),
+}
+
+impl EncodeLabelValue for ErrorType {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        match self {
+            Self::None => Ok(()),
+            Self::Status(status) => EncodeLabelValue::encode(status, encoder),
+            Self::Failure(failure) => {
+                use std::fmt::Write as _;
+                encoder.write_str(failure.as_str())
+            }
+        }
+    }
+}
+
+/// `server_address` / `server_port` of one peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Peer {
+    Unknown,
+    Known(IpAddr, u16),
+    Overflow,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct ServerLabels {
+    who: Arc<Who>,
+    method: &'static str,
+    status: StatusLabel,
+    route: Arc<str>,
+    error_type: ErrorType,
+}
+
+impl EncodeLabelSet for ServerLabels {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        self.who.encode(encoder)?;
+        ("http_request_method", self.method).encode(encoder.encode_label())?;
+        ("http_response_status_code", self.status).encode(encoder.encode_label())?;
+        ("http_route", &*self.route).encode(encoder.encode_label())?;
+        ("error_type", self.error_type).encode(encoder.encode_label())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct ClientLabels {
+    common: ServerLabels,
+    peer: Peer,
+    callee: Option<Arc<PeerService>>,
+}
+
+impl EncodeLabelSet for ClientLabels {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        EncodeLabelSet::encode(&self.common, encoder)?;
+        let (address, port) = match self.peer {
+            Peer::Unknown => (String::new(), String::new()),
+            Peer::Known(ip, port) => (ip.to_string(), port.to_string()),
+            Peer::Overflow => (OVERFLOW.to_string(), OVERFLOW.to_string()),
+        };
+        ("server_address", address.as_str()).encode(encoder.encode_label())?;
+        ("server_port", port.as_str()).encode(encoder.encode_label())?;
+        if let Some(callee) = &self.callee {
+            ("server_service_name", &*callee.name).encode(encoder.encode_label())?;
+            ("server_service_namespace", &*callee.namespace).encode(encoder.encode_label())?;
+        }
+        Ok(())
+    }
+}
+
+/// One series, as the pod index remembers it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Series {
+    Server(ServerLabels),
+    Client(ClientLabels),
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn duration_histogram() -> Histogram {
+    Histogram::new(DURATION_BUCKETS)
+}
+
+/// A resolved observation: the histogram series its labels map to. Stores
+/// the raw inputs so a hit is a comparison, not a templating + label lookup.
+#[derive(Debug)]
+struct CacheEntry {
+    side: Side,
+    identity: Arc<Identity>,
+    method: Box<str>,
+    status: u16,
+    failure: Option<Failure>,
+    path: Box<str>,
+    peer: Option<(IpAddr, u16)>,
+    callee: Option<Arc<PeerService>>,
+    histogram: Histogram,
+    /// Budgets that folded this observation: each observation counts.
+    folded: Vec<Counter>,
+}
+
+impl CacheEntry {
+    fn matches(&self, obs: &HttpObservation<'_>, peer: Option<(IpAddr, u16)>) -> bool {
+        self.side == obs.side
+            && self.status == obs.status
+            && self.failure == obs.failure
+            && self.peer == peer
+            && Arc::ptr_eq(&self.identity, obs.identity)
+            && match (&self.callee, obs.peer_service) {
+                (None, None) => true,
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                _ => false,
+            }
+            && *self.path == *obs.path
+            && *self.method == *obs.method
+    }
+}
+
+/// Everything `observe` mutates, behind one lock.
+#[derive(Debug)]
+struct State {
+    max_identities: usize,
+    whos: HashMap<Arc<Identity>, Arc<Who>>,
+    overflow_who: Arc<Who>,
+    routes: RouteBudget,
+    statuses: KeyBudget<u16>,
+    peers: KeyBudget<(IpAddr, u16)>,
+    /// Series of each pod, so they can be dropped when it is deleted.
+    by_pod: HashMap<Arc<str>, HashSet<Series>>,
+    /// Direct-mapped: a colliding observation replaces the slot, so the cache
+    /// never grows and hot entries win back their slot on the next miss.
+    cache: Vec<Option<CacheEntry>>,
+}
+
+/// The two HTTP histogram families and their budgets.
+#[derive(Debug)]
+pub struct HttpMetrics {
+    server: HistogramFamily<ServerLabels>,
+    client: HistogramFamily<ClientLabels>,
+    overflow: [Counter; 4],
+    series_removed: Counter,
+    state: Mutex<State>,
+}
+
+/// Cardinality budgets.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_identities: usize,
+    pub max_services: usize,
+    pub max_routes_per_service: usize,
+    pub max_peers_per_service: usize,
+}
+
+impl Limits {
+    /// The defaults, with `max_routes_per_service` routes.
+    pub fn with_routes(max_routes_per_service: usize) -> Self {
+        Self {
+            max_identities: DEFAULT_MAX_IDENTITIES,
+            max_services: DEFAULT_MAX_SERVICES,
+            max_routes_per_service,
+            max_peers_per_service: DEFAULT_MAX_PEERS_PER_SERVICE,
+        }
+    }
+}
+
+impl HttpMetrics {
+    /// Registers the families in `registry`.
+    pub fn register(registry: &mut Registry, limits: Limits) -> Self {
+        let server = HistogramFamily::<ServerLabels>::new_with_constructor(duration_histogram);
+        registry.register_with_unit(
+            "http_server_request_duration",
+            "Duration of HTTP requests served by traced processes, from the first request byte \
+             to the end of the response (or to the timeout or close that ended the wait)",
+            Unit::Seconds,
+            server.clone(),
+        );
+        let client = HistogramFamily::<ClientLabels>::new_with_constructor(duration_histogram);
+        registry.register_with_unit(
+            "http_client_request_duration",
+            "Duration of HTTP requests sent by traced processes, from the first request byte to \
+             the end of the response (or to the timeout or close that ended the wait)",
+            Unit::Seconds,
+            client.clone(),
+        );
+        let overflow_family = Family::<[(&'static str, &'static str); 1], Counter>::default();
+        registry.register(
+            "tracer_label_overflow",
+            "Observations whose label value exceeded its cardinality budget and was folded into \
+             _other (or /** for routes), by label",
+            overflow_family.clone(),
+        );
+        let overflow =
+            OVERFLOW_LABELS.map(|l| overflow_family.get_or_create_owned(&[("label", l)]));
+        let series_removed = Counter::default();
+        registry.register(
+            "tracer_series_removed",
+            "HTTP series dropped because their pod was deleted (after the grace period)",
+            series_removed.clone(),
+        );
+        let state = State {
+            max_identities: limits.max_identities,
+            whos: HashMap::new(),
+            overflow_who: Arc::new(Who::overflow()),
+            routes: RouteBudget::new(limits.max_routes_per_service, limits.max_services),
+            statuses: KeyBudget::new(MAX_STATUS_CODES_PER_SERVICE, limits.max_services),
+            peers: KeyBudget::new(limits.max_peers_per_service, limits.max_services),
+            by_pod: HashMap::new(),
+            cache: (0..CACHE_SLOTS).map(|_| None).collect(),
+        };
+        Self {
+            server,
+            client,
+            overflow,
+            series_removed,
+            state: Mutex::new(state),
+        }
+    }
+
+    /// Records one exchange: applies the budgets and observes the duration.
+    /// A repeated (side, identity, method, status, path, peer) is served
+    /// from the cache without allocating.
+    pub fn observe(&self, obs: &HttpObservation<'_>) {
+        let duration = if obs.duration_s.is_finite() && obs.duration_s > 0.0 {
+            obs.duration_s
+        } else {
+            0.0
+        };
+        // The server histogram has no peer labels: ignoring the peer there
+        // lets all clients of one route share a cache entry.
+        let (peer, callee) = match obs.side {
+            Side::Client => (
+                obs.peer.map(|(ip, port)| (ip.to_canonical(), port)),
+                obs.peer_service,
+            ),
+            Side::Server => (None, None),
+        };
+        let obs = HttpObservation {
+            peer_service: callee,
+            ..*obs
+        };
+
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let slot =
+            (obs.path.len() <= MAX_CACHED_LEN && obs.method.len() <= MAX_CACHED_LEN).then(|| {
+                // Fast and unkeyed: a collision only costs a cache miss,
+                // never a lookup chain, so hostile paths slow nothing down.
+                let hash = FxBuildHasher.hash_one((
+                    obs.side,
+                    Arc::as_ptr(obs.identity),
+                    obs.method,
+                    obs.status,
+                    obs.failure,
+                    obs.path,
+                    peer,
+                    callee.map(Arc::as_ptr),
+                ));
+                // The remainder is below CACHE_SLOTS, so it fits any usize.
+                (hash % CACHE_SLOTS as u64) as usize
+            });
+
+        if let Some(Some(entry)) = slot.and_then(|s| state.cache.get(s)) {
+            if entry.matches(&obs, peer) {
+                entry.histogram.observe(duration);
+                for counter in &entry.folded {
+                    counter.inc();
+                }
+                return;
+            }
+        }
+
+        let (histogram, folded) = self.resolve(&mut state, &obs, peer);
+        histogram.observe(duration);
+        for counter in &folded {
+            counter.inc();
+        }
+        if let Some(cached) = slot.and_then(|s| state.cache.get_mut(s)) {
+            *cached = Some(CacheEntry {
+                side: obs.side,
+                identity: obs.identity.clone(),
+                method: obs.method.into(),
+                status: obs.status,
+                failure: obs.failure,
+                path: obs.path.into(),
+                peer,
+                callee: callee.cloned(),
+                histogram,
+                folded,
+            });
+        }
+    }
+
+    /// The slow path: computes the label set and finds (or creates) its series.
+    fn resolve(
+        &self,
+        state: &mut State,
+        obs: &HttpObservation<'_>,
+        peer: Option<(IpAddr, u16)>,
+    ) -> (Histogram, Vec<Counter>) {
+        let mut folded = Vec::new();
+        let who = match state.whos.get(obs.identity) {
+            Some(who) => who.clone(),
+            None if state.whos.len() < state.max_identities => {
+                let who = Arc::new(Who::of(obs.identity));
+                state.whos.insert(obs.identity.clone(), who.clone());
+                who
+            }
+            None => {
+                folded.push(self.overflow[0].clone());
+                state.overflow_who.clone()
+            }
+        };
+        let service = who.service().to_owned();
+        let admitted = state.routes.admit(&service, route::template(obs.path));
+        if admitted.overflowed {
+            folded.push(self.overflow[1].clone());
+        }
+        let status = match obs.status {
+            0 => StatusLabel::None,
+            code => match state.statuses.admit(&service, &code, || code) {
+                Some(_) => StatusLabel::Code(code),
+                None => {
+                    folded.push(self.overflow[2].clone());
+                    StatusLabel::Overflow
+                }
+            },
+        };
+        let error_threshold = match obs.side {
+            Side::Server => 500,
+            Side::Client => 400,
+        };
+        let error_type = match obs.failure {
+            Some(failure) => ErrorType::Failure(failure),
+            None if obs.status >= error_threshold => ErrorType::Status(status),
+            None => ErrorType::None,
+        };
+        let common = ServerLabels {
+            who: who.clone(),
+            method: normalize_method(obs.method),
+            status,
+            route: admitted.route,
+            error_type,
+        };
+        let (histogram, series) = match obs.side {
+            Side::Server => (
+                self.server.get_or_create_owned(&common),
+                Series::Server(common),
+            ),
+            Side::Client => {
+                let peer = match peer {
+                    None => Peer::Unknown,
+                    Some(p) => {
+                        if state.peers.admit(&service, &p, || p).is_some() {
+                            Peer::Known(p.0, p.1)
+                        } else {
+                            folded.push(self.overflow[3].clone());
+                            Peer::Overflow
+                        }
+                    }
+                };
+                let labels = ClientLabels {
+                    common,
+                    peer,
+                    callee: obs.peer_service.cloned(),
+                };
+                (
+                    self.client.get_or_create_owned(&labels),
+                    Series::Client(labels),
+                )
+            }
+        };
+        if let Some(pod) = &obs.identity.pod {
+            if !Arc::ptr_eq(&who, &state.overflow_who) {
+                state
+                    .by_pod
+                    .entry(pod.uid.clone())
+                    .or_default()
+                    .insert(series);
+            }
+        }
+        (histogram, folded)
+    }
+
+    /// Drops every series of a deleted pod and frees its identity budget.
+    /// Returns how many series went.
+    pub fn forget_pod(&self, uid: &str) -> usize {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state
+            .whos
+            .retain(|identity, _| identity.pod.as_ref().is_none_or(|p| &*p.uid != uid));
+        let Some(series) = state.by_pod.remove(uid) else {
+            return 0;
+        };
+        // Cached entries hold the removed histograms: start afresh.
+        state.cache.iter_mut().for_each(|slot| *slot = None);
+        let mut removed = 0;
+        for s in &series {
+            let gone = match s {
+                Series::Server(labels) => self.server.remove(labels),
+                Series::Client(labels) => self.client.remove(labels),
+            };
+            removed += usize::from(gone);
+        }
+        self.series_removed.inc_by(removed as u64);
+        removed
+    }
+}
+
+/// OpenTelemetry's method normalisation: known methods as is, else `_OTHER`.
+fn normalize_method(method: &str) -> &'static str {
+    KNOWN_METHODS
+        .into_iter()
+        .find(|m| *m == method)
+        .unwrap_or("_OTHER")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Metrics;
+    use crate::route::OVERFLOW_ROUTE;
+    use std::net::Ipv4Addr;
+
+    /// A process outside any pod, named `name`; leaked, as tests keep
+    /// their identities for the whole run anyway.
+    fn process(name: &str) -> &'static Arc<Identity> {
+        Box::leak(Box::new(Arc::new(Identity {
+            exe: Arc::from(name),
+            service_name: Arc::from(name),
+            container_id: None,
+            pod: None,
+        })))
+    }
+
+    static SHOP: std::sync::LazyLock<Arc<Identity>> =
+        std::sync::LazyLock::new(|| process("shop").clone());
+
+    fn obs<'a>(side: Side, method: &'a str, status: u16, path: &'a str) -> HttpObservation<'a> {
+        HttpObservation {
+            side,
+            identity: &SHOP,
+            method,
+            status,
+            failure: None,
+            path,
+            duration_s: 0.02,
+            peer: Some((IpAddr::V4(Ipv4Addr::new(10, 0, 0, 7)), 8080)),
+            peer_service: None,
+        }
+    }
+
+    fn encoded(m: &Metrics) -> String {
+        m.encode().expect("encoding never fails for these metrics")
+    }
+
+    /// The value of the sample whose line starts with `series` exactly.
+    fn sample(text: &str, series: &str) -> Option<f64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    }
+
+    #[test]
+    fn server_histogram_names_labels_and_buckets() {
+        let m = Metrics::new(100);
+        m.observe_http(&obs(Side::Server, "GET", 200, "/users/123"));
+        let text = encoded(&m);
+        assert!(text.contains("# TYPE http_server_request_duration_seconds histogram"));
+        assert!(text.contains("# UNIT http_server_request_duration_seconds seconds"));
+        let labels = r#"service_name="shop",http_request_method="GET",http_response_status_code="200",http_route="/users/{id}",error_type="""#;
+        for le in [
+            "0.005", "0.01", "0.025", "0.05", "0.075", "0.1", "0.25", "0.5", "0.75", "1.0", "2.5",
+            "5.0", "7.5", "10.0",
+        ] {
+            let series =
+                format!("http_server_request_duration_seconds_bucket{{le=\"{le}\",{labels}}}");
+            let want = if le == "0.005" || le == "0.01" {
+                0.0
+            } else {
+                1.0
+            };
+            assert_eq!(sample(&text, &series), Some(want), "{series}\n{text}");
+        }
+        let inf = format!("http_server_request_duration_seconds_bucket{{le=\"+Inf\",{labels}}}");
+        assert_eq!(sample(&text, &inf), Some(1.0));
+        let count = format!("http_server_request_duration_seconds_count{{{labels}}}");
+        assert_eq!(sample(&text, &count), Some(1.0));
+        // Server observations carry no peer labels.
+        assert!(!text
+            .lines()
+            .any(|l| l.starts_with("http_server") && l.contains("server_address")));
+        assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn client_histogram_has_peer_labels() {
+        let m = Metrics::new(100);
+        m.observe_http(&obs(Side::Client, "POST", 201, "/orders"));
+        let text = encoded(&m);
+        let series = r#"http_client_request_duration_seconds_count{service_name="shop",http_request_method="POST",http_response_status_code="201",http_route="/orders",error_type="",server_address="10.0.0.7",server_port="8080"}"#;
+        assert_eq!(sample(&text, series), Some(1.0), "{text}");
+        assert!(text.contains("# TYPE http_client_request_duration_seconds histogram"));
+    }
+
+    #[test]
+    fn error_type_semantics() {
+        let m = Metrics::new(100);
+        for (side, status) in [
+            (Side::Server, 404),
+            (Side::Server, 500),
+            (Side::Server, 503),
+            (Side::Client, 399),
+            (Side::Client, 404),
+            (Side::Client, 502),
+        ] {
+            m.observe_http(&obs(side, "GET", status, "/x"));
+        }
+        let text = encoded(&m);
+        let has = |hist: &str, status: u16, err: &str| {
+            text.lines().any(|l| {
+                l.starts_with(&format!("{hist}_count{{"))
+                    && l.contains(&format!("http_response_status_code=\"{status}\""))
+                    && l.contains(&format!("error_type=\"{err}\""))
+            })
+        };
+        let server = "http_server_request_duration_seconds";
+        let client = "http_client_request_duration_seconds";
+        assert!(has(server, 404, ""));
+        assert!(has(server, 500, "500"));
+        assert!(has(server, 503, "503"));
+        assert!(has(client, 399, ""));
+        assert!(has(client, 404, "404"));
+        assert!(has(client, 502, "502"));
+    }
+
+    #[test]
+    fn method_normalisation() {
+        for m in KNOWN_METHODS {
+            assert_eq!(normalize_method(m), m);
+        }
+        assert_eq!(normalize_method("get"), "_OTHER");
+        assert_eq!(normalize_method("PROPFIND"), "_OTHER");
+        assert_eq!(normalize_method(""), "_OTHER");
+
+        let m = Metrics::new(100);
+        m.observe_http(&obs(Side::Server, "BREW", 200, "/pot"));
+        assert!(encoded(&m).contains(r#"http_request_method="_OTHER""#));
+    }
+
+    #[test]
+    fn route_overflow_folds_and_counts() {
+        let m = Metrics::new(2);
+        for path in ["/a", "/b", "/c", "/d", "/c", "/a"] {
+            m.observe_http(&obs(Side::Server, "GET", 200, path));
+        }
+        let text = encoded(&m);
+        let count = |route: &str| {
+            sample(
+                &text,
+                &format!(
+                    r#"http_server_request_duration_seconds_count{{service_name="shop",http_request_method="GET",http_response_status_code="200",http_route="{route}",error_type=""}}"#
+                ),
+            )
+        };
+        assert_eq!(count("/a"), Some(2.0));
+        assert_eq!(count("/b"), Some(1.0));
+        assert_eq!(count(OVERFLOW_ROUTE), Some(3.0));
+        assert_eq!(count("/c"), None);
+        assert_eq!(
+            sample(&text, r#"tracer_label_overflow_total{label="http_route"}"#),
+            Some(3.0),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn peer_overflow_folds_to_other() {
+        let m = Metrics::with_limits(
+            Limits {
+                max_peers_per_service: 1,
+                ..Limits::with_routes(10)
+            },
+            false,
+        );
+        for port in [80, 81, 82] {
+            let mut o = obs(Side::Client, "GET", 200, "/");
+            o.peer = Some((IpAddr::V4(Ipv4Addr::LOCALHOST), port));
+            m.observe_http(&o);
+        }
+        let text = encoded(&m);
+        assert!(text.contains(r#"server_address="127.0.0.1",server_port="80""#));
+        assert!(
+            text.contains(r#"server_address="_other",server_port="_other"} 2"#),
+            "{text}"
+        );
+        assert!(!text.contains(r#"server_port="81""#));
+    }
+
+    #[test]
+    fn unknown_peer_has_empty_labels() {
+        let m = Metrics::new(10);
+        let mut o = obs(Side::Client, "GET", 200, "/");
+        o.peer = None;
+        m.observe_http(&o);
+        assert!(encoded(&m).contains(r#"server_address="",server_port="""#));
+    }
+
+    #[test]
+    fn ipv4_mapped_peer_is_canonical() {
+        let m = Metrics::new(10);
+        let mut o = obs(Side::Client, "GET", 200, "/");
+        o.peer = Some((IpAddr::V6(Ipv4Addr::new(10, 1, 2, 3).to_ipv6_mapped()), 443));
+        m.observe_http(&o);
+        assert!(encoded(&m).contains(r#"server_address="10.1.2.3",server_port="443""#));
+    }
+
+    #[test]
+    fn services_beyond_budget_share_overflow() {
+        let m = Metrics::with_limits(
+            Limits {
+                max_services: 1,
+                ..Limits::with_routes(10)
+            },
+            false,
+        );
+        let mut o = obs(Side::Server, "GET", 200, "/a");
+        m.observe_http(&o);
+        o.identity = process("late");
+        m.observe_http(&o);
+        let text = encoded(&m);
+        // Past the service budget, every budgeted label folds.
+        assert!(text.contains(r#"service_name="late",http_request_method="GET",http_response_status_code="_other",http_route="/**""#), "{text}");
+        for label in ["http_route", "http_response_status_code"] {
+            let series = format!(r#"tracer_label_overflow_total{{label="{label}"}}"#);
+            assert_eq!(sample(&text, &series), Some(1.0), "{series}");
+        }
+    }
+
+    #[test]
+    fn cache_hits_and_collisions_keep_counts_right() {
+        let m = Metrics::new(10_000);
+        // More distinct raw paths than cache slots forces replacements; all
+        // of them template to one route, so one series holds every count.
+        for _ in 0..3 {
+            for i in 0..(CACHE_SLOTS + 100) {
+                let path = format!("/users/{i}");
+                m.observe_http(&obs(Side::Server, "GET", 200, &path));
+            }
+            m.observe_http(&obs(Side::Server, "GET", 200, "/users"));
+        }
+        let text = encoded(&m);
+        let count = |route: &str| {
+            sample(
+                &text,
+                &format!(
+                    r#"http_server_request_duration_seconds_count{{service_name="shop",http_request_method="GET",http_response_status_code="200",http_route="{route}",error_type=""}}"#
+                ),
+            )
+        };
+        assert_eq!(count("/users/{id}"), Some((3 * (CACHE_SLOTS + 100)) as f64));
+        assert_eq!(count("/users"), Some(3.0));
+    }
+
+    #[test]
+    fn bad_durations_are_zero() {
+        let m = Metrics::new(10);
+        for d in [f64::NAN, -1.0, f64::INFINITY] {
+            let mut o = obs(Side::Server, "GET", 200, "/");
+            o.duration_s = d;
+            m.observe_http(&o);
+        }
+        let text = encoded(&m);
+        assert!(text.contains(
+            r#"http_server_request_duration_seconds_sum{service_name="shop",http_request_method="GET",http_response_status_code="200",http_route="/",error_type=""} 0.0"#
+        ), "{text}");
+    }
+}
