@@ -16,7 +16,10 @@ use tracer_common::{
 use core::{ffi::c_void, mem::size_of};
 
 use crate::{
-    maps::{count, output, Connecting, CONNECTING, CONN_SEQ, DUP_REFS, PEER_TO_LOCAL, SOCKETS},
+    maps::{
+        count, output, Connecting, CONNECTING, CONN_SCRATCH, CONN_SEQ, DUP_REFS, PEER_TO_LOCAL,
+        SOCKETS,
+    },
     regs::{Caller, SyscallArgs},
 };
 
@@ -59,26 +62,29 @@ fn comm() -> [u8; COMM_LEN] {
 /// `task`: the process id in the upper half and the thread id in the lower,
 /// as `bpf_get_current_pid_tgid` gives them (BPF calls take five arguments).
 fn emit(event_kind: u8, task: u64, fd: i32, info: &ConnInfo, comm: [u8; COMM_LEN]) {
+    let Some(event) = CONN_SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
     // SAFETY: no arguments.
     let now = unsafe { bpf_ktime_get_ns() };
-    let event = ConnEvent {
-        header: EventHeader {
-            kind: event_kind,
-            _pad: [0; 3],
-            tgid: (task >> 32) as u32,
-            conn_id: info.conn_id,
-            ts_ns: now,
-        },
-        tuple: info.tuple,
-        fd,
-        pid: task as u32,
-        role: info.role,
-        _pad: [0; 7],
-        comm,
-        bytes: info.pos,
+    // SAFETY: this CPU's slot; nothing else uses it while this hook runs.
+    let event = unsafe { &mut *event };
+    event.header = EventHeader {
+        kind: event_kind,
+        _pad: [0; 3],
+        tgid: (task >> 32) as u32,
+        conn_id: info.conn_id,
+        ts_ns: now,
     };
+    event.tuple = info.tuple;
+    event.fd = fd;
+    event.pid = task as u32;
+    event.role = info.role;
+    event._pad = [0; 7];
+    event.comm = comm;
+    event.bytes = info.pos;
     output(
-        &event as *const ConnEvent as *const c_void,
+        event as *const ConnEvent as *const c_void,
         size_of::<ConnEvent>() as u64,
         now,
     );

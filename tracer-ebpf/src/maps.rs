@@ -125,6 +125,14 @@ pub static PENDING_BYTES: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0)
 #[map]
 pub static CONN_SEQ: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
+/// Per-CPU staging area for one connection event. On the stack it put the
+/// chain hook -> `on_accept_exit` -> `emit` over the verifier's 512-byte
+/// limit (kernel 6.18, rustc 1.97 nightly: "combined stack size of 3 calls
+/// is 560. Too large"). One slot per CPU, no other user while a hook runs.
+#[map]
+pub static CONN_SCRATCH: PerCpuArray<tracer_common::ConnEvent> =
+    PerCpuArray::with_max_entries(1, 0);
+
 /// Per-CPU staging area for one data event: too large for the 512-byte stack.
 /// Per-CPU values are capped at 32 KiB by the kernel, which caps MAX_CAPTURE.
 /// The payload area is twice `MAX_CAPTURE`: vectored I/O copies segment after
