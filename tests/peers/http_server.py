@@ -3,6 +3,7 @@
 Serves, on 127.0.0.1:--port, with keep-alive (protocol_version HTTP/1.1):
   GET  /barrier/...  204, no body (the harness's "everything before is processed" marker)
   GET  /slow...      sleeps 100 ms, then 200 "slow\\n" (latency histogram test)
+  GET  /hang?s=N     sleeps N seconds (default 3), then 200 "late\n" (timeout tests)
   GET  /chunked...   200 with Transfer-Encoding: chunked, CHUNKS chunks of varied
                      sizes (about 1.1 MiB), each chunk one write (chunked test)
   POST anything      reads the Content-Length body, 200 "received N\\n" (upload test)
@@ -64,6 +65,15 @@ class Handler(BaseHTTPRequestHandler):
         elif self.path.startswith("/slow"):
             time.sleep(0.1)
             self._reply(200, b"slow\n")
+        elif self.path.startswith("/hang"):
+            seconds = 3.0
+            if "?s=" in self.path:
+                seconds = float(self.path.split("?s=", 1)[1])
+            time.sleep(seconds)
+            try:
+                self._reply(200, b"late\n")
+            except OSError:
+                pass  # the client gave up and closed
         elif self.path.startswith("/chunked"):
             self.send_response(200)
             self.send_header("Content-Type", "application/octet-stream")
@@ -93,11 +103,12 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--log", required=True)
+    parser.add_argument("--bind", default="127.0.0.1", help="address to listen on")
     args = parser.parse_args()
     Handler.log_file = open(args.log, "a", encoding="utf-8")
     ThreadingHTTPServer.daemon_threads = True
-    server = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
-    print(f"listening on 127.0.0.1:{args.port}", flush=True)
+    server = ThreadingHTTPServer((args.bind, args.port), Handler)
+    print(f"listening on {args.bind}:{args.port}", flush=True)
     server.serve_forever()
 
 

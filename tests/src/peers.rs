@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::accesslog::AccessLog;
+use crate::cgroups::PodCgroup;
 use crate::net::{accepts, free_port};
 use crate::process::{Guard, TestDir};
 use crate::wait::{wait_until, START_TIMEOUT};
@@ -158,24 +159,43 @@ pub struct PyServer {
 
 impl PyServer {
     pub fn start(dir: &TestDir) -> Self {
+        let mut server = Self::spawn(dir, "python-server", None, "127.0.0.1");
+        // The name the tracer sees: the running interpreter's executable.
+        server.service =
+            crate::exe_service_name(Path::new(&format!("/proc/{}/exe", server.guard.pid())));
+        server
+    }
+
+    /// Starts the server inside a pod's cgroup from its first instruction,
+    /// listening on every loopback address (so a test can reach it through
+    /// a "ClusterIP" or "pod IP" in 127.0.0.0/8); `service` is the
+    /// `service_name` the tracer should give it.
+    pub fn start_in_pod(dir: &TestDir, name: &str, pod: &PodCgroup, service: &str) -> Self {
+        let mut server = Self::spawn(dir, name, Some(pod), "0.0.0.0");
+        server.service = service.to_string();
+        server
+    }
+
+    fn spawn(dir: &TestDir, name: &str, pod: Option<&PodCgroup>, bind: &str) -> Self {
         let python = python();
         let port = free_port();
-        let log = dir.join("python-access.log");
+        let log = dir.join(&format!("{name}-access.log"));
         let mut cmd = Command::new(&python);
         cmd.arg("-u")
             .arg(crate::peers_dir().join("http_server.py"))
-            .args(["--port", &port.to_string()])
+            .args(["--port", &port.to_string(), "--bind", bind])
             .arg("--log")
             .arg(&log);
-        let mut guard = Guard::spawn("python-server", &mut cmd, dir);
+        let mut guard = match pod {
+            Some(pod) => pod.spawn_guard(name, &mut cmd, dir),
+            None => Guard::spawn(name, &mut cmd, dir),
+        };
         wait_listening(&mut guard, SocketAddr::from((Ipv4Addr::LOCALHOST, port)));
-        // The name the tracer sees: the running interpreter's executable.
-        let service = crate::exe_service_name(Path::new(&format!("/proc/{}/exe", guard.pid())));
         Self {
             guard,
             port,
             log,
-            service,
+            service: String::new(),
         }
     }
 

@@ -106,7 +106,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(args.metrics_addr)
         .await
         .with_context(|| format!("--metrics-addr {}: cannot listen", args.metrics_addr))?;
-    let stage = metadata::start(config.service_names.clone(), &pipeline_config.kube)?;
+    let stage = metadata::start(config.service_names.clone(), &pipeline_config.kube).await?;
     let kernel = loader::load(&config.load)?;
     tracing::info!(
         mode = ?kernel.mode,
@@ -234,7 +234,7 @@ fn monotonic_ns() -> u64 {
 pub async fn watch(args: WatchArgs) -> Result<()> {
     let config = Config::from_args(&args.capture, false)?;
     let pipeline_config = PipelineConfig::from_args(&args.pipeline)?;
-    let stage = metadata::start(config.service_names.clone(), &pipeline_config.kube)?;
+    let stage = metadata::start(config.service_names.clone(), &pipeline_config.kube).await?;
     let kernel = loader::load(&config.load)?;
     tracing::info!(mode = ?kernel.mode, "kernel programs attached; printing exchanges");
     let (stop_tx, stop_rx) = watch::channel(false);

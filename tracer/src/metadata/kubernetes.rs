@@ -445,6 +445,11 @@ impl Cluster {
         }
     }
 
+    /// The watch and cache counters.
+    pub fn stats(&self) -> Arc<KubeStats> {
+        self.stats.clone()
+    }
+
     fn read(&self) -> RwLockReadGuard<'_, State> {
         self.state
             .read()

@@ -285,66 +285,93 @@ impl Stage {
 }
 
 /// Starts the metadata thread: the resolver, and the Kubernetes watchers
-/// when `kube` is configured. Fails only on bad configuration.
-pub fn start(
+/// when `kube` is configured. Fails only on bad configuration; an
+/// unreachable API server is retried in the background.
+pub async fn start(
     overrides: HashMap<String, String>,
     kube: &KubeOptions,
 ) -> Result<Stage, kubernetes::KubeError> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .thread_name("tracer-metadata")
-        .build()
-        .map_err(kubernetes::KubeError::Runtime)?;
-    let connection = runtime.block_on(kubernetes::connect(kube))?;
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let (requests, incoming) = tokio::sync::mpsc::channel::<Request>(MAX_QUEUED_REQUESTS);
     let (gone_tx, gone_pods) = std::sync::mpsc::channel();
-    let (cluster, kube_stats) = match &connection {
-        Some((_, node)) => {
-            let stats = Arc::new(KubeStats::default());
-            let cluster = Arc::new(kubernetes::Cluster::new(node.clone(), stats.clone()));
-            (Some(cluster), Some(stats))
-        }
-        None => (None, None),
-    };
     let overrides = Arc::new(overrides);
-    let resolver = Resolver {
-        overrides: overrides.clone(),
-        cluster: cluster.clone(),
-    };
-    let (requests, mut incoming) = tokio::sync::mpsc::channel::<Request>(MAX_QUEUED_REQUESTS);
-    let grace = kube.pod_grace;
-    let thread_cluster = cluster.clone();
+    let thread_overrides = overrides.clone();
+    let kube = kube.clone();
+    // The thread owns its own runtime: the API client and the resolutions
+    // never compete with the event loop for its thread.
     std::thread::Builder::new()
         .name("tracer-metadata".into())
         .spawn(move || {
-            runtime.block_on(async move {
-                if let (Some((client, _)), Some(cluster)) = (connection, thread_cluster) {
-                    kubernetes::spawn_watchers(client, cluster, grace, gone_tx);
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(error) => {
+                    let _ = ready_tx.send(Err(kubernetes::KubeError::Runtime(error)));
+                    return;
                 }
-                while let Some(request) = incoming.recv().await {
-                    let resolver = resolver.clone();
-                    tokio::spawn(async move {
-                        let identity = resolver
-                            .resolve(request.tgid, &request.comm, POD_WAIT)
-                            .await;
-                        let _ = request.slot.set(Arc::new(identity));
-                    });
-                }
-            });
+            };
+            runtime.block_on(serve(kube, thread_overrides, incoming, gone_tx, ready_tx));
         })
         .map_err(kubernetes::KubeError::Runtime)?;
+    let started = ready_rx.await.map_err(|_| {
+        kubernetes::KubeError::Runtime(std::io::Error::other("the metadata thread ended"))
+    })??;
     Ok(Stage {
         identities: Identities {
             cache: HashMap::default(),
             resolver: ResolverHandle::Background {
                 requests,
-                cluster,
+                cluster: started.clone(),
                 overrides,
             },
             queue_full: 0,
         },
-        kube_stats,
+        kube_stats: started.map(|c| c.stats()),
         gone_pods,
     })
+}
+
+/// The metadata thread: connects (when configured), reports back, then
+/// starts the watchers and resolves identities until the pipeline is gone.
+async fn serve(
+    kube: KubeOptions,
+    overrides: Arc<HashMap<String, String>>,
+    mut incoming: tokio::sync::mpsc::Receiver<Request>,
+    gone: std::sync::mpsc::Sender<Arc<str>>,
+    ready: tokio::sync::oneshot::Sender<
+        Result<Option<Arc<kubernetes::Cluster>>, kubernetes::KubeError>,
+    >,
+) {
+    let cluster = match kubernetes::connect(&kube).await {
+        Ok(Some((client, node))) => {
+            let cluster = Arc::new(kubernetes::Cluster::new(
+                node,
+                Arc::new(KubeStats::default()),
+            ));
+            kubernetes::spawn_watchers(client, cluster.clone(), kube.pod_grace, gone);
+            Some(cluster)
+        }
+        Ok(None) => None,
+        Err(error) => {
+            let _ = ready.send(Err(error));
+            return;
+        }
+    };
+    if ready.send(Ok(cluster.clone())).is_err() {
+        return;
+    }
+    let resolver = Resolver { overrides, cluster };
+    while let Some(request) = incoming.recv().await {
+        let resolver = resolver.clone();
+        tokio::spawn(async move {
+            let identity = resolver
+                .resolve(request.tgid, &request.comm, POD_WAIT)
+                .await;
+            let _ = request.slot.set(Arc::new(identity));
+        });
+    }
 }
 
 #[cfg(test)]
