@@ -1204,4 +1204,226 @@ mod tests {
             owner("StatefulSet", "db-12345678")
         );
     }
+
+    fn pod(json: serde_json::Value) -> Pod {
+        serde_json::from_value(json).expect("a valid Pod")
+    }
+
+    /// A pod of node-a; `extra` is merged into its metadata.
+    fn pod_with(name: &str, ip: &str, metadata: serde_json::Value) -> Pod {
+        let mut meta = serde_json::json!({
+            "name": name,
+            "namespace": "shop",
+            "uid": format!("uid-{name}"),
+        });
+        if let (Some(m), Some(extra)) = (meta.as_object_mut(), metadata.as_object()) {
+            for (k, v) in extra {
+                m.insert(k.clone(), v.clone());
+            }
+        }
+        pod(serde_json::json!({
+            "metadata": meta,
+            "spec": {"nodeName": "node-a", "containers": [{"name": "app"}]},
+            "status": {
+                "podIP": ip,
+                "hostIP": "10.0.0.1",
+                "containerStatuses": [{
+                    "name": "app", "image": "x", "imageID": "", "ready": true,
+                    "restartCount": 0,
+                    "containerID": "containerd://abc"
+                }]
+            }
+        }))
+    }
+
+    fn cluster() -> Cluster {
+        Cluster::new(Arc::from("node-a"), Arc::new(KubeStats::default()))
+    }
+
+    fn stored(c: &Cluster, name: &str) -> Arc<PodInfo> {
+        c.read()
+            .pods
+            .get(format!("uid-{name}").as_str())
+            .cloned()
+            .expect("stored")
+    }
+
+    #[test]
+    fn service_name_precedence() {
+        let c = cluster();
+        c.apply_pod(&pod_with(
+            "annotated",
+            "10.1.0.1",
+            serde_json::json!({
+                "annotations": {
+                    SERVICE_NAME_ANNOTATION: "checkout",
+                    SERVICE_NAMESPACE_ANNOTATION: "payments"
+                },
+                "labels": {APP_NAME_LABEL: "not-this"}
+            }),
+        ));
+        c.apply_pod(&pod_with(
+            "labelled",
+            "10.1.0.2",
+            serde_json::json!({"labels": {APP_NAME_LABEL: "cart"}}),
+        ));
+        c.apply_pod(&pod_with(
+            "owned",
+            "10.1.0.3",
+            serde_json::json!({"ownerReferences": [{
+                "apiVersion": "apps/v1", "kind": "StatefulSet", "name": "db",
+                "uid": "s", "controller": true
+            }]}),
+        ));
+        c.apply_pod(&pod_with("bare", "10.1.0.4", serde_json::json!({})));
+        let annotated = stored(&c, "annotated");
+        assert_eq!(&*annotated.service_name, "checkout");
+        assert_eq!(&*annotated.service_namespace, "payments");
+        assert_eq!(&*stored(&c, "labelled").service_name, "cart");
+        assert_eq!(&*stored(&c, "labelled").service_namespace, "shop");
+        let owned = stored(&c, "owned");
+        assert_eq!(&*owned.service_name, "db");
+        assert_eq!(owned.owner, Some(owner("StatefulSet", "db")));
+        assert_eq!(&*stored(&c, "bare").service_name, "bare");
+        // The container is found by id, and a single container by default.
+        let id = owned.identity(Some("abc"));
+        assert_eq!(id.container.as_deref(), Some("app"));
+        assert_eq!(owned.identity(None).container.as_deref(), Some("app"));
+    }
+
+    #[test]
+    fn replicaset_owner_waits_for_its_deployment() {
+        let c = cluster();
+        let rs = serde_json::json!({"ownerReferences": [{
+            "apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-5f6d7c8b9",
+            "uid": "r", "controller": true
+        }]});
+        c.apply_pod(&pod_with("web-5f6d7c8b9-abcde", "10.1.0.5", rs.clone()));
+        let pending = stored(&c, "web-5f6d7c8b9-abcde");
+        assert!(pending.owner_pending);
+        let ns: Arc<str> = Arc::from("shop");
+        c.set_owner(
+            &owner("ReplicaSet", "web-5f6d7c8b9"),
+            &ns,
+            owner("Deployment", "web"),
+        );
+        let done = stored(&c, "web-5f6d7c8b9-abcde");
+        assert!(!done.owner_pending);
+        assert_eq!(done.owner, Some(owner("Deployment", "web")));
+        assert_eq!(&*done.service_name, "web");
+        // A second pod of the same ReplicaSet uses the cached owner at once.
+        c.apply_pod(&pod_with("web-5f6d7c8b9-fghij", "10.1.0.6", rs));
+        let second = stored(&c, "web-5f6d7c8b9-fghij");
+        assert!(!second.owner_pending);
+        assert_eq!(&*second.service_name, "web");
+        // A failed lookup falls back to the Deployment controller's naming.
+        let failed = serde_json::json!({"ownerReferences": [{
+            "apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "api-6b7c8d9f5d",
+            "uid": "q", "controller": true
+        }]});
+        c.apply_pod(&pod_with("api-6b7c8d9f5d-zzzzz", "10.1.0.7", failed));
+        c.owner_unknown(&owner("ReplicaSet", "api-6b7c8d9f5d"), &ns);
+        let guessed = stored(&c, "api-6b7c8d9f5d-zzzzz");
+        assert_eq!(guessed.owner, Some(owner("Deployment", "api")));
+        assert_eq!(&*guessed.service_name, "api");
+    }
+
+    #[test]
+    fn peers_by_cluster_ip_endpoint_and_pod_never_the_node() {
+        let c = cluster();
+        c.apply_pod(&pod_with(
+            "cart-0",
+            "10.1.0.9",
+            serde_json::json!({"labels": {APP_NAME_LABEL: "cart"}}),
+        ));
+        let mut host = pod_with("agent", "10.0.0.1", serde_json::json!({}));
+        if let Some(spec) = host.spec.as_mut() {
+            spec.host_network = Some(true);
+        }
+        c.apply_pod(&host);
+        let service: Service = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "front", "namespace": "shop"},
+            "spec": {"clusterIP": "10.96.0.10", "clusterIPs": ["10.96.0.10"]}
+        }))
+        .expect("Service");
+        c.apply_service(&service);
+        let slice: EndpointSlice = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "db-x1", "namespace": "data",
+                         "labels": {"kubernetes.io/service-name": "db"}},
+            "addressType": "IPv4",
+            "endpoints": [
+                {"addresses": ["10.2.0.7"], "targetRef": {"kind": "Pod", "name": "db-0"}},
+                {"addresses": ["10.0.0.1"], "targetRef": {"kind": "Pod", "name": "hostnet"}},
+                {"addresses": ["192.0.2.1"]}
+            ]
+        }))
+        .expect("EndpointSlice");
+        c.apply_slice(&slice);
+        let name = |ip: &str| {
+            c.peer(ip.parse().expect("ip"))
+                .map(|p| format!("{}/{}", p.namespace, p.name))
+        };
+        assert_eq!(name("10.96.0.10").as_deref(), Some("shop/front"));
+        assert_eq!(name("10.2.0.7").as_deref(), Some("data/db"));
+        assert_eq!(name("10.1.0.9").as_deref(), Some("shop/cart"));
+        assert_eq!(name("::ffff:10.1.0.9").as_deref(), Some("shop/cart"));
+        // The node's address (host-network pods), and non-pod endpoints.
+        assert_eq!(name("10.0.0.1"), None);
+        assert_eq!(name("192.0.2.1"), None);
+        c.delete_service(&service);
+        assert_eq!(name("10.96.0.10"), None);
+        c.reset_slices(&[]);
+        assert_eq!(name("10.2.0.7"), None);
+    }
+
+    #[test]
+    fn deleted_and_unlisted_pods_go_after_the_grace_period() {
+        let c = cluster();
+        let a = pod_with("a", "10.1.1.1", serde_json::json!({}));
+        let b = pod_with("b", "10.1.1.2", serde_json::json!({}));
+        c.apply_pod(&a);
+        c.apply_pod(&b);
+        c.delete_pod(&a);
+        // Within the grace period the pod and its address stay.
+        assert!(c.expire_deleted(Duration::from_secs(60)).is_empty());
+        assert!(c.peer("10.1.1.1".parse().expect("ip")).is_some());
+        let gone = c.expire_deleted(Duration::ZERO);
+        assert_eq!(gone, vec![Arc::<str>::from("uid-a")]);
+        assert!(c.peer("10.1.1.1".parse().expect("ip")).is_none());
+        // A re-list without b: b was deleted while the watch was down.
+        c.reset_pods(&[]);
+        assert_eq!(
+            c.expire_deleted(Duration::ZERO),
+            vec![Arc::<str>::from("uid-b")]
+        );
+        assert_eq!(c.stats.pods.objects.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn an_unknown_pod_is_waited_for_then_counted_unresolved() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let c = Arc::new(cluster());
+        runtime.block_on(async {
+            let missing = c
+                .wait_for_pod("nope", None, Duration::from_millis(50))
+                .await;
+            assert!(missing.is_none());
+            assert_eq!(c.stats.unresolved_pods.load(Ordering::Relaxed), 1);
+            // A pod that arrives while a resolution waits is found.
+            let waiter = {
+                let c = c.clone();
+                tokio::spawn(async move {
+                    c.wait_for_pod("uid-late", Some("abc"), Duration::from_secs(5))
+                        .await
+                })
+            };
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            c.apply_pod(&pod_with("late", "10.1.2.1", serde_json::json!({})));
+            let found = waiter.await.expect("task");
+            assert_eq!(found.map(|p| p.name.clone()), Some(Arc::from("late")));
+        });
+    }
 }

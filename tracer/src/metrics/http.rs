@@ -861,4 +861,135 @@ mod tests {
             r#"http_server_request_duration_seconds_sum{service_name="shop",http_request_method="GET",http_response_status_code="200",http_route="/",error_type=""} 0.0"#
         ), "{text}");
     }
+
+    fn in_pod(pod: &str, owner: Option<(&str, &str)>) -> Arc<Identity> {
+        use crate::metadata::{Owner, PodIdentity};
+        Arc::new(Identity {
+            exe: Arc::from("python3.11"),
+            service_name: Arc::from("web"),
+            container_id: Some(Arc::from("abc")),
+            pod: Some(Arc::new(PodIdentity {
+                uid: Arc::from(format!("uid-{pod}").as_str()),
+                namespace: Arc::from("shop"),
+                name: Arc::from(pod),
+                node: Arc::from("node-a"),
+                container: Some(Arc::from("app")),
+                owner: owner.map(|(kind, name)| Owner {
+                    kind: Arc::from(kind),
+                    name: Arc::from(name),
+                }),
+                service_namespace: Arc::from("shop"),
+            })),
+        })
+    }
+
+    #[test]
+    fn pod_identity_labels_and_callee() {
+        let m = Metrics::new(10);
+        let web = in_pod("web-1", Some(("Deployment", "web")));
+        let callee = Arc::new(PeerService {
+            name: Arc::from("db"),
+            namespace: Arc::from("data"),
+        });
+        let mut o = obs(Side::Server, "GET", 200, "/a");
+        o.identity = &web;
+        m.observe_http(&o);
+        o.side = Side::Client;
+        o.peer_service = Some(&callee);
+        m.observe_http(&o);
+        let text = encoded(&m);
+        let who = r#"service_name="web",service_namespace="shop",k8s_namespace_name="shop",k8s_pod_name="web-1",k8s_container_name="app",k8s_node_name="node-a",k8s_owner_name="web",k8s_deployment_name="web""#;
+        let server = format!(
+            r#"http_server_request_duration_seconds_count{{{who},http_request_method="GET",http_response_status_code="200",http_route="/a",error_type=""}}"#
+        );
+        assert_eq!(sample(&text, &server), Some(1.0), "{text}");
+        let client = format!(
+            r#"http_client_request_duration_seconds_count{{{who},http_request_method="GET",http_response_status_code="200",http_route="/a",error_type="",server_address="10.0.0.7",server_port="8080",server_service_name="db",server_service_namespace="data"}}"#
+        );
+        assert_eq!(sample(&text, &client), Some(1.0), "{text}");
+        // A bare pod's owner is itself; no workload-kind label.
+        let bare = in_pod("debug", None);
+        let mut o = obs(Side::Server, "GET", 200, "/b");
+        o.identity = &bare;
+        m.observe_http(&o);
+        let text = encoded(&m);
+        assert!(text.contains(r#"k8s_pod_name="debug",k8s_container_name="app",k8s_node_name="node-a",k8s_owner_name="debug",http_request_method"#), "{text}");
+    }
+
+    #[test]
+    fn failures_have_no_status_and_their_error_type() {
+        let m = Metrics::new(10);
+        for (side, failure) in [
+            (Side::Server, Failure::Timeout),
+            (Side::Client, Failure::ConnectionClosed),
+        ] {
+            let mut o = obs(side, "GET", 0, "/slow");
+            o.failure = Some(failure);
+            m.observe_http(&o);
+        }
+        let text = encoded(&m);
+        assert!(text.contains(r#"http_server_request_duration_seconds_count{service_name="shop",http_request_method="GET",http_response_status_code="",http_route="/slow",error_type="timeout"} 1"#), "{text}");
+        assert!(text.contains(r#"http_response_status_code="",http_route="/slow",error_type="connection_closed",server_address"#), "{text}");
+    }
+
+    #[test]
+    fn forgetting_a_pod_drops_its_series_and_frees_its_budget() {
+        let m = Metrics::with_limits(
+            Limits {
+                max_identities: 1,
+                ..Limits::with_routes(10)
+            },
+            false,
+        );
+        let (a, b) = (in_pod("a", None), in_pod("b", None));
+        for path in ["/x", "/y"] {
+            let mut o = obs(Side::Server, "GET", 200, path);
+            o.identity = &a;
+            m.observe_http(&o);
+        }
+        // Past the identity budget, b folds into _other.
+        let mut o = obs(Side::Server, "GET", 200, "/x");
+        o.identity = &b;
+        m.observe_http(&o);
+        let text = encoded(&m);
+        assert!(
+            text.contains(r#"{service_name="_other",http_request_method="GET""#),
+            "{text}"
+        );
+        assert_eq!(
+            sample(
+                &text,
+                r#"tracer_label_overflow_total{label="service_name"}"#
+            ),
+            Some(1.0)
+        );
+        assert_eq!(m.http.forget_pod("uid-a"), 2);
+        assert_eq!(m.http.forget_pod("uid-a"), 0);
+        let text = encoded(&m);
+        assert!(!text.contains(r#"k8s_pod_name="a""#), "{text}");
+        assert_eq!(sample(&text, "tracer_series_removed_total"), Some(2.0));
+        // The freed slot goes to b now.
+        m.observe_http(&o);
+        assert!(encoded(&m).contains(r#"k8s_pod_name="b""#));
+    }
+
+    #[test]
+    fn status_codes_are_budgeted_per_service() {
+        let m = Metrics::new(10);
+        for code in 100..(100 + MAX_STATUS_CODES_PER_SERVICE as u16 + 3) {
+            m.observe_http(&obs(Side::Server, "GET", code, "/s"));
+        }
+        let text = encoded(&m);
+        assert!(
+            text.contains(r#"http_response_status_code="_other",http_route="/s",error_type=""} 3"#),
+            "{text}"
+        );
+        assert_eq!(
+            sample(
+                &text,
+                r#"tracer_label_overflow_total{label="http_response_status_code"}"#
+            ),
+            Some(3.0)
+        );
+    }
 }
