@@ -56,7 +56,7 @@ pub struct CaptureArgs {
     #[arg(long, env = "TRACER_MAX_CONNECTIONS", default_value_t = 65536)]
     pub max_connections: u32,
 
-    /// Name a service after an executable: EXE=NAME (repeatable). Default: the executable's name.
+    /// Name a service after an executable: EXE=NAME (repeatable). Default: the executable's name. Applies to processes outside pods; a pod's service comes from its annotation, app.kubernetes.io/name label or owner.
     #[arg(
         long = "service-name",
         env = "TRACER_SERVICE_NAMES",

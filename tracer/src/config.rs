@@ -157,4 +157,42 @@ mod tests {
         let err = Cli::try_parse_from(["tracer", "run", "--attach", "uprobe"]).unwrap_err();
         assert!(err.to_string().contains("--attach"));
     }
+
+    fn parse_pipeline(extra: &[&str]) -> Result<PipelineConfig, ConfigError> {
+        let mut argv = vec!["tracer", "run"];
+        argv.extend_from_slice(extra);
+        let cli = Cli::try_parse_from(argv).expect("clap accepts the flags");
+        let Command::Run(r) = cli.command else {
+            unreachable!("parsed run")
+        };
+        PipelineConfig::from_args(&r.pipeline)
+    }
+
+    #[test]
+    fn pipeline_defaults_and_durations() {
+        let c = parse_pipeline(&[]).unwrap();
+        assert_eq!(c.request_timeout, Duration::from_secs(30));
+        assert_eq!(c.kube.pod_grace, Duration::from_secs(300));
+        let c = parse_pipeline(&["--request-timeout", "2s", "--pod-grace-period", "90"]).unwrap();
+        assert_eq!(c.request_timeout, Duration::from_secs(2));
+        assert_eq!(c.kube.pod_grace, Duration::from_secs(90));
+        let e = parse_pipeline(&["--request-timeout", "500ms"]).unwrap_err();
+        assert!(e.to_string().starts_with("--request-timeout"), "{e}");
+        let e = parse_pipeline(&["--pod-grace-period", "48h"]).unwrap_err();
+        assert!(e.to_string().starts_with("--pod-grace-period"), "{e}");
+    }
+
+    #[test]
+    fn durations_name_the_fix() {
+        use crate::cli::parse_duration;
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert!(parse_duration("5 minutes")
+            .unwrap_err()
+            .contains("use s, m, h or ms"));
+        assert!(parse_duration("soon").unwrap_err().contains("e.g. 30s"));
+        let err = Cli::try_parse_from(["tracer", "run", "--request-timeout", "x"]).unwrap_err();
+        assert!(err.to_string().contains("--request-timeout"));
+    }
 }

@@ -1069,7 +1069,17 @@ async fn reflect<K>(
             Err(error) => {
                 stats.errors.fetch_add(1, Ordering::Relaxed);
                 stats.up.store(0, Ordering::Relaxed);
-                tracing::warn!(%error, resource, "Kubernetes list failed; retrying");
+                // Once per outage at warn: the errors counter has the rest.
+                if backoff == BACKOFF_MIN {
+                    tracing::warn!(
+                        %error,
+                        resource,
+                        "Kubernetes list failed; retrying with backoff, cached metadata keeps \
+                         serving (tracer_kubernetes_errors_total counts the failures)"
+                    );
+                } else {
+                    tracing::debug!(%error, resource, "Kubernetes list failed again");
+                }
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(BACKOFF_MAX);
                 continue;
