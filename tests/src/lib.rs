@@ -15,6 +15,9 @@
 //!   its control API and builders of realistic objects;
 //! - [`cgroups`]: kubelet-style pod cgroups for real processes;
 //! - [`tracer`]: the daemon under test, its scrapes and the count assertions;
+//! - [`prom`]: a real Prometheus (scrape jobs, rule files, reloads, queries
+//!   through its HTTP API) and the shipped dashboard's PromQL with Grafana's
+//!   variables replaced;
 //! - [`wait`]: polling with a deadline (tests never sleep to synchronise).
 //!
 //! Every test starts with [`privileged`]: the suite needs root; without it a
@@ -27,6 +30,7 @@ pub mod net;
 pub mod openmetrics;
 pub mod peers;
 pub mod process;
+pub mod prom;
 pub mod tracer;
 pub mod wait;
 

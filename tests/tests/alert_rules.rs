@@ -15,7 +15,8 @@
 //!   a generated rules file that `promtool check rules` reads; template
 //!   variables are replaced first (`$__rate_interval` by `1m`, a dashboard
 //!   variable by `.*`, which only makes sense inside `=~"..."`, so any other
-//!   use fails the test).
+//!   use fails the test) by `tracer_e2e::prom::concrete`, which
+//!   `dashboard_live.rs` shares to run them against a live Prometheus.
 //!
 //! Nothing here loads eBPF: no root needed.
 
@@ -24,12 +25,18 @@ use std::process::{Command, Output};
 
 use serde_json::{json, Value as Json};
 use serde_yaml::Value as Yaml;
+use tracer_e2e::prom::{
+    concrete, dashboard_panels, panel_queries, read_dashboard, variable_names, variable_queries,
+    DashboardQuery, DASHBOARD, RULES,
+};
 use tracer_e2e::{require_tool, workspace_root, TestDir};
 
-const RULES: &str = "manifests/monitoring/tracer-rules.yml";
 const RULE_TESTS: &str = "manifests/monitoring/tracer-rules.test.yml";
 const PROMETHEUS_RULE: &str = "manifests/monitoring/prometheusrule.yaml";
-const DASHBOARD: &str = "manifests/grafana/tracer-dashboard.json";
+
+/// What `$__rate_interval` (and `$__interval`) become: any valid duration
+/// will do for parsing.
+const RATE_INTERVAL: &str = "1m";
 
 const GROUPS: [&str; 2] = ["tracer-services", "tracer-self"];
 
@@ -61,7 +68,7 @@ fn yaml(relative: &str) -> Yaml {
 }
 
 fn dashboard() -> Json {
-    serde_json::from_str(&read(DASHBOARD)).unwrap_or_else(|e| panic!("{DASHBOARD}: bad JSON: {e}"))
+    read_dashboard(DASHBOARD)
 }
 
 fn seq<'a>(value: &'a Yaml, what: &str) -> &'a Vec<Yaml> {
@@ -238,136 +245,39 @@ fn prometheus_rule_carries_exactly_the_plain_groups() {
     }
 }
 
-/// Every panel, rows' nested panels included, depth first.
-fn panels(list: &Json) -> Vec<&Json> {
-    let mut out = Vec::new();
-    for panel in list.as_array().map(Vec::as_slice).unwrap_or_default() {
-        out.push(panel);
-        out.extend(panels(&panel["panels"]));
-    }
-    out
-}
-
-/// The dashboard's own variables (`templating.list[].name`).
-fn variable_names(dashboard: &Json) -> Vec<String> {
-    dashboard["templating"]["list"]
-        .as_array()
-        .expect("templating.list")
-        .iter()
-        .filter_map(|v| v["name"].as_str().map(str::to_string))
-        .collect()
-}
-
-/// `expr` with Grafana's variables replaced by concrete values: the interval
-/// variables by durations, a dashboard variable by `.*`, which must stand
-/// inside a `=~"..."` or `!~"..."` matcher (the All value is `.*`; anywhere
-/// else a multi-value selection would not be valid PromQL).
-fn concrete(expr: &str, variables: &[String]) -> Result<String, String> {
-    let mut out = String::with_capacity(expr.len());
-    let mut rest = expr;
-    while let Some(dollar) = rest.find('$') {
-        let before = &expr[..expr.len() - rest.len() + dollar];
-        out.push_str(&rest[..dollar]);
-        let after = &rest[dollar + 1..];
-        let (name, len) = if let Some(braced) = after.strip_prefix('{') {
-            let end = braced
-                .find('}')
-                .ok_or_else(|| format!("unclosed ${{ in {expr:?}"))?;
-            let name = braced[..end].split(':').next().unwrap_or_default();
-            (name, end + 2)
-        } else {
-            let end = after
-                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-                .unwrap_or(after.len());
-            (&after[..end], end)
-        };
-        match name {
-            "__rate_interval" | "__interval" => out.push_str("1m"),
-            "__range" => out.push_str("1h"),
-            _ if variables.iter().any(|v| v == name) => {
-                let in_string = before.matches('"').count() % 2 == 1;
-                let quote = before.rfind('"').unwrap_or(0);
-                let matcher = before[..quote].trim_end();
-                if !(in_string && (matcher.ends_with("=~") || matcher.ends_with("!~"))) {
-                    return Err(format!(
-                        "${name} outside a =~\"...\" matcher in {expr:?}: its All value .* and \
-                         multi-value selections only work in a regex matcher"
-                    ));
-                }
-                out.push_str(".*");
-            }
-            _ => return Err(format!("unknown variable ${name} in {expr:?}")),
-        }
-        rest = &after[len..];
-    }
-    out.push_str(rest);
-    Ok(out)
-}
-
 #[test]
 fn concrete_replaces_variables_only_inside_regex_matchers() {
     let vars = ["namespace".to_string(), "node".to_string()];
     assert_eq!(
         concrete(
             r#"rate(x{a=~"$namespace", b!~"${node}"}[$__rate_interval])"#,
-            &vars
+            &vars,
+            RATE_INTERVAL
         ),
         Ok(r#"rate(x{a=~".*", b!~".*"}[1m])"#.to_string())
     );
-    assert!(concrete(r#"x{a="$namespace"}"#, &vars).is_err());
-    assert!(concrete(r#"x{a=~"$nodes"}"#, &vars).is_err());
-    assert!(concrete("x[$namespace]", &vars).is_err());
+    assert!(concrete(r#"x{a="$namespace"}"#, &vars, RATE_INTERVAL).is_err());
+    assert!(concrete(r#"x{a=~"$nodes"}"#, &vars, RATE_INTERVAL).is_err());
+    assert!(concrete("x[$namespace]", &vars, RATE_INTERVAL).is_err());
 }
 
 #[test]
 fn every_dashboard_expression_parses_with_prometheus_parser() {
     let dashboard = dashboard();
     let variables = variable_names(&dashboard);
-    // (recording rule name, where it comes from, the expression as written)
-    let mut queries: Vec<(String, String, Option<&str>)> = Vec::new();
-    for panel in panels(&dashboard["panels"]) {
-        let id = &panel["id"];
-        let title = panel["title"].as_str().unwrap_or("?");
-        for target in panel["targets"]
-            .as_array()
-            .map(Vec::as_slice)
-            .unwrap_or_default()
-        {
-            let reference = target["refId"].as_str().unwrap_or("?");
-            queries.push((
-                format!("dashboard:panel_{id}_{reference}"),
-                format!("panel {id} {title:?} query {reference}"),
-                target["expr"].as_str(),
-            ));
-        }
-    }
-    // Query variables: `label_values(<series selector>, <label>)`; the
-    // selector is an expression too.
-    for variable in dashboard["templating"]["list"]
-        .as_array()
-        .expect("templating.list")
-    {
-        if variable["type"] != "query" {
-            continue;
-        }
-        let name = variable["name"].as_str().unwrap_or("?");
-        let selector = variable["query"]
-            .as_str()
-            .and_then(|q| q.strip_prefix("label_values("))
-            .and_then(|q| q.strip_suffix(')'))
-            .and_then(|q| q.rsplit_once(','))
-            .map(|(selector, _label)| selector);
-        queries.push((
-            format!("dashboard:variable_{name}"),
-            format!("variable ${name} (label_values(selector, label))"),
-            selector,
-        ));
-    }
+    // Panel queries, then the query variables' selectors
+    // (`label_values(<series selector>, <label>)`: an expression too).
+    let queries = panel_queries(&dashboard)
+        .into_iter()
+        .chain(variable_queries(&dashboard));
 
     let mut rules = Vec::new();
     let mut errors = Vec::new();
-    for (record, what, expr) in queries {
-        match expr.map(|e| concrete(e, &variables)) {
+    for DashboardQuery {
+        record, what, expr, ..
+    } in queries
+    {
+        match expr.map(|e| concrete(&e, &variables, RATE_INTERVAL)) {
             Some(Ok(expr)) => rules.push((record, what, expr)),
             Some(Err(e)) => errors.push(format!("{what}: {e}")),
             None => errors.push(format!("{what}: no expression")),
@@ -450,7 +360,7 @@ fn dashboard_model_is_importable() {
         );
     }
 
-    let all = panels(&dashboard["panels"]);
+    let all = dashboard_panels(&dashboard["panels"]);
     let mut ids = BTreeSet::new();
     let mut rows = 0;
     for panel in &all {

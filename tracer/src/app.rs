@@ -213,21 +213,10 @@ impl Housekeeping {
         let now = std::time::Instant::now();
         if now >= self.next_expiry {
             self.next_expiry = now + std::time::Duration::from_secs(1);
-            pipeline.expire_requests(monotonic_ns(), self.timeout_ns);
+            pipeline.expire_requests(crate::rings::monotonic_ns(), self.timeout_ns);
         }
         pipeline.flush_pending();
     }
-}
-
-/// CLOCK_MONOTONIC in nanoseconds: the clock of the kernel's timestamps.
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes into the timespec we own.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
 }
 
 /// `tracer watch`.

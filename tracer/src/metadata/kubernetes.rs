@@ -199,6 +199,12 @@ pub struct ResourceStats {
     pub objects: AtomicU64,
 }
 
+impl ResourceStats {
+    fn set_objects(&self, n: usize) {
+        self.objects.store(n as u64, Ordering::Relaxed);
+    }
+}
+
 /// Counters for `tracer_kubernetes_*`.
 #[derive(Debug, Default)]
 pub struct KubeStats {
@@ -394,6 +400,65 @@ fn service_name(meta: &ObjectMeta, info: &PodInfo) -> Arc<str> {
         .map_or_else(|| info.name.clone(), |o| o.name.clone())
 }
 
+/// (namespace, name) of a Service or EndpointSlice.
+type ObjectKey = (Arc<str>, Arc<str>);
+
+/// Addresses that name a Service, kept per object so that an update or a
+/// delete takes back exactly what the object put in.
+#[derive(Default)]
+struct AddressIndex {
+    by_object: HashMap<ObjectKey, Vec<IpAddr>>,
+    by_ip: HashMap<IpAddr, Arc<PeerService>>,
+}
+
+impl AddressIndex {
+    fn replace(&mut self, key: ObjectKey, ips: Vec<IpAddr>, peer: Arc<PeerService>) {
+        self.remove(&key);
+        for ip in &ips {
+            self.by_ip.insert(*ip, peer.clone());
+        }
+        self.by_object.insert(key, ips);
+    }
+
+    fn remove(&mut self, key: &ObjectKey) {
+        for ip in self.by_object.remove(key).into_iter().flatten() {
+            self.by_ip.remove(&ip);
+        }
+    }
+
+    fn clear(&mut self) {
+        self.by_object.clear();
+        self.by_ip.clear();
+    }
+
+    fn get(&self, ip: IpAddr) -> Option<&Arc<PeerService>> {
+        self.by_ip.get(&ip)
+    }
+
+    fn len(&self) -> usize {
+        self.by_object.len()
+    }
+}
+
+/// The object's (namespace, name) key and the Service it names (a Service
+/// names itself; an EndpointSlice its `kubernetes.io/service-name`).
+fn named(meta: &ObjectMeta, service: Option<&str>) -> Option<(ObjectKey, Arc<PeerService>)> {
+    let namespace: Arc<str> = Arc::from(meta.namespace.as_deref()?);
+    let name: Arc<str> = Arc::from(meta.name.as_deref()?);
+    let peer = Arc::new(PeerService {
+        name: Arc::from(service?),
+        namespace: namespace.clone(),
+    });
+    Some(((namespace, name), peer))
+}
+
+fn slice_key(meta: &ObjectMeta) -> Option<ObjectKey> {
+    Some((
+        Arc::from(meta.namespace.as_deref()?),
+        Arc::from(meta.name.as_deref()?),
+    ))
+}
+
 /// A direct controller to look up, with its namespace.
 type OwnerLookup = (Owner, Arc<str>);
 
@@ -421,10 +486,10 @@ struct State {
     pod_ips: HashMap<IpAddr, Arc<PeerService>>,
     /// This node's own addresses (host-network pods share them).
     host_ips: HashSet<IpAddr>,
-    services: HashMap<(Arc<str>, Arc<str>), Vec<IpAddr>>,
-    service_ips: HashMap<IpAddr, Arc<PeerService>>,
-    slices: HashMap<(Arc<str>, Arc<str>), Vec<IpAddr>>,
-    endpoint_ips: HashMap<IpAddr, Arc<PeerService>>,
+    /// Service ClusterIPs, by Service.
+    services: AddressIndex,
+    /// Pod addresses of EndpointSlices, by slice.
+    slices: AddressIndex,
     /// (kind, namespace, name) of a direct controller -> its top owner.
     owners: HashMap<OwnerKey, Owner>,
     /// Deleted pods, removed once their grace period is over.
@@ -468,15 +533,15 @@ impl Cluster {
     pub fn peer(&self, ip: IpAddr) -> Option<Arc<PeerService>> {
         let ip = ip.to_canonical();
         let state = self.read();
-        if let Some(service) = state.service_ips.get(&ip) {
+        if let Some(service) = state.services.get(ip) {
             return Some(service.clone());
         }
         if state.host_ips.contains(&ip) {
             return None;
         }
         state
-            .endpoint_ips
-            .get(&ip)
+            .slices
+            .get(ip)
             .or_else(|| state.pod_ips.get(&ip))
             .cloned()
     }
@@ -649,69 +714,30 @@ impl Cluster {
     }
 
     fn apply_service(&self, service: &Service) {
-        let (Some(name), Some(namespace)) = (
-            service.metadata.name.as_deref(),
-            service.metadata.namespace.as_deref(),
-        ) else {
+        let Some((key, peer)) = named(&service.metadata, service.metadata.name.as_deref()) else {
             return;
         };
-        let spec = service.spec.as_ref();
-        let ips: Vec<IpAddr> = spec
-            .into_iter()
+        let ips = service
+            .spec
+            .iter()
             .flat_map(|s| s.cluster_ips.iter().flatten().chain(s.cluster_ip.as_ref()))
             .filter_map(|ip| ip.parse().ok())
-            .collect::<HashSet<_>>()
-            .into_iter()
             .collect();
-        let peer = Arc::new(PeerService {
-            name: Arc::from(name),
-            namespace: Arc::from(namespace),
-        });
-        let key = (peer.namespace.clone(), peer.name.clone());
         let mut state = self.write();
-        if let Some(old) = state.services.remove(&key) {
-            for ip in old {
-                state.service_ips.remove(&ip);
-            }
-        }
-        for ip in &ips {
-            state.service_ips.insert(*ip, peer.clone());
-        }
-        state.services.insert(key, ips);
-        self.stats
-            .services
-            .objects
-            .store(state.services.len() as u64, Ordering::Relaxed);
+        state.services.replace(key, ips, peer);
+        self.stats.services.set_objects(state.services.len());
     }
 
     fn delete_service(&self, service: &Service) {
-        let (Some(name), Some(namespace)) = (
-            service.metadata.name.as_deref(),
-            service.metadata.namespace.as_deref(),
-        ) else {
-            return;
-        };
-        let mut state = self.write();
-        if let Some(old) = state
-            .services
-            .remove(&(Arc::from(namespace), Arc::from(name)))
-        {
-            for ip in old {
-                state.service_ips.remove(&ip);
-            }
+        if let Some((key, _)) = named(&service.metadata, service.metadata.name.as_deref()) {
+            let mut state = self.write();
+            state.services.remove(&key);
+            self.stats.services.set_objects(state.services.len());
         }
-        self.stats
-            .services
-            .objects
-            .store(state.services.len() as u64, Ordering::Relaxed);
     }
 
     fn reset_services(&self, services: &[Service]) {
-        {
-            let mut state = self.write();
-            state.services.clear();
-            state.service_ips.clear();
-        }
+        self.write().services.clear();
         for service in services {
             self.apply_service(service);
         }
@@ -719,73 +745,36 @@ impl Cluster {
 
     fn apply_slice(&self, slice: &EndpointSlice) {
         let meta = &slice.metadata;
-        let (Some(name), Some(namespace)) = (meta.name.as_deref(), meta.namespace.as_deref())
-        else {
-            return;
-        };
-        let Some(service) = meta
+        let service = meta
             .labels
             .as_ref()
-            .and_then(|l| l.get("kubernetes.io/service-name"))
-        else {
+            .and_then(|l| l.get("kubernetes.io/service-name"));
+        let Some((key, peer)) = named(meta, service.map(String::as_str)) else {
             return;
         };
-        let peer = Arc::new(PeerService {
-            name: Arc::from(service.as_str()),
-            namespace: Arc::from(namespace),
-        });
         // Only pod endpoints: a selector-less Service may point anywhere.
-        let ips: Vec<IpAddr> = slice
+        let ips = slice
             .endpoints
             .iter()
             .filter(|e| e.target_ref.as_ref().and_then(|t| t.kind.as_deref()) == Some("Pod"))
             .flat_map(|e| e.addresses.iter())
             .filter_map(|ip| ip.parse().ok())
             .collect();
-        let key = (peer.namespace.clone(), Arc::from(name));
         let mut state = self.write();
-        if let Some(old) = state.slices.remove(&key) {
-            for ip in old {
-                state.endpoint_ips.remove(&ip);
-            }
-        }
-        for ip in &ips {
-            state.endpoint_ips.insert(*ip, peer.clone());
-        }
-        state.slices.insert(key, ips);
-        self.stats
-            .endpointslices
-            .objects
-            .store(state.slices.len() as u64, Ordering::Relaxed);
+        state.slices.replace(key, ips, peer);
+        self.stats.endpointslices.set_objects(state.slices.len());
     }
 
     fn delete_slice(&self, slice: &EndpointSlice) {
-        let meta = &slice.metadata;
-        let (Some(name), Some(namespace)) = (meta.name.as_deref(), meta.namespace.as_deref())
-        else {
-            return;
-        };
-        let mut state = self.write();
-        if let Some(old) = state
-            .slices
-            .remove(&(Arc::from(namespace), Arc::from(name)))
-        {
-            for ip in old {
-                state.endpoint_ips.remove(&ip);
-            }
+        if let Some(key) = slice_key(&slice.metadata) {
+            let mut state = self.write();
+            state.slices.remove(&key);
+            self.stats.endpointslices.set_objects(state.slices.len());
         }
-        self.stats
-            .endpointslices
-            .objects
-            .store(state.slices.len() as u64, Ordering::Relaxed);
     }
 
     fn reset_slices(&self, slices: &[EndpointSlice]) {
-        {
-            let mut state = self.write();
-            state.slices.clear();
-            state.endpoint_ips.clear();
-        }
+        self.write().slices.clear();
         for slice in slices {
             self.apply_slice(slice);
         }
