@@ -4,6 +4,8 @@ Serves, on 127.0.0.1:--port, with keep-alive (protocol_version HTTP/1.1):
   GET  /barrier/...  204, no body (the harness's "everything before is processed" marker)
   GET  /slow...      sleeps 100 ms, then 200 "slow\\n" (latency histogram test)
   GET  /hang?s=N     sleeps N seconds (default 3), then 200 "late\n" (timeout tests)
+  GET  /status/CODE  answers status CODE (200-599) with body "status CODE\n", none
+                     for 204 and 304 (error storms); any other CODE is a 400
   GET  /chunked...   200 with Transfer-Encoding: chunked, CHUNKS chunks of varied
                      sizes (about 1.1 MiB), each chunk one write (chunked test)
   POST anything      reads the Content-Length body, 200 "received N\\n" (upload test)
@@ -74,6 +76,8 @@ class Handler(BaseHTTPRequestHandler):
                 self._reply(200, b"late\n")
             except OSError:
                 pass  # the client gave up and closed
+        elif self.path.startswith("/status/"):
+            self._status(self.path[len("/status/") :].split("?", 1)[0].split("/", 1)[0])
         elif self.path.startswith("/chunked"):
             self.send_response(200)
             self.send_header("Content-Type", "application/octet-stream")
@@ -86,6 +90,19 @@ class Handler(BaseHTTPRequestHandler):
             self.wfile.write(b"0\r\n\r\n")
         else:
             self._reply(200, b"ok\n")
+
+    def _status(self, text):
+        try:
+            code = int(text)
+        except ValueError:
+            code = 0
+        if not 200 <= code <= 599:
+            self._reply(400, b"bad status code\n")
+        elif code in (204, 304):
+            self.send_response(code)
+            self.end_headers()
+        else:
+            self._reply(code, b"status %d\n" % code)
 
     def do_POST(self):
         remaining = int(self.headers.get("Content-Length", "0"))

@@ -67,6 +67,7 @@ impl<A: Sink, B: Sink> Sink for Tee<A, B> {
 #[derive(Default)]
 pub struct Publisher {
     last: Counters,
+    last_queue_full: u64,
 }
 
 impl Publisher {
@@ -85,6 +86,9 @@ impl Publisher {
         metrics.count_late_events(now.late_events - last.late_events);
         metrics.count_user_drop("identity_pending", now.pending_full - last.pending_full);
         metrics.set_pending_records(pipeline.pending() as i64);
+        let queue_full = pipeline.identity_queue_full();
+        metrics.count_identity_queue_full(queue_full - self.last_queue_full);
+        self.last_queue_full = queue_full;
         let (r, lr) = (now.reassembly, last.reassembly);
         metrics.count_gaps(r.gaps - lr.gaps, r.gap_bytes - lr.gap_bytes);
         metrics.count_user_drop("stream_overlap", r.overlaps - lr.overlaps);

@@ -555,6 +555,7 @@ static PLACEHOLDER: std::sync::LazyLock<Arc<crate::metadata::Identity>> =
             exe: Arc::from(""),
             service_name: Arc::from(""),
             container_id: None,
+            partial: false,
             pod: None,
         })
     });

@@ -167,6 +167,7 @@ mod tests {
                 exe: Arc::from(service),
                 service_name: Arc::from(service),
                 container_id: None,
+                partial: false,
                 pod: None,
             }),
             peer_service: None,

@@ -18,7 +18,7 @@ use std::{
     collections::HashMap,
     net::IpAddr,
     sync::{Arc, OnceLock},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use rustc_hash::FxBuildHasher;
@@ -48,6 +48,10 @@ pub struct Identity {
     pub container_id: Option<Arc<str>>,
     /// The pod, when the process runs in one the API server knows.
     pub pod: Option<Arc<PodIdentity>>,
+    /// Resolved with less than it could have: its pod was not known in time,
+    /// or the metadata stage was too busy to look. Resolved again, for new
+    /// connections, after [`RETRY_PARTIAL`].
+    pub partial: bool,
 }
 
 /// The Kubernetes side of an identity.
@@ -89,6 +93,10 @@ pub type Slot = Arc<OnceLock<Arc<Identity>>>;
 /// The executable name of a process that died before anything named it.
 const UNKNOWN: &str = "unknown";
 
+/// How long a partial identity is used before a new connection of the
+/// process looks it up again.
+pub const RETRY_PARTIAL: Duration = Duration::from_secs(30);
+
 /// Processes whose slots are cached at once; past it the cache restarts.
 const MAX_CACHED_PROCESSES: usize = 65536;
 
@@ -105,10 +113,13 @@ struct Request {
 
 /// The pipeline's handle on the metadata stage.
 pub struct Identities {
-    cache: HashMap<u32, Slot, FxBuildHasher>,
+    /// Each process's slot, and when its resolution started.
+    cache: HashMap<u32, (Slot, Instant), FxBuildHasher>,
     resolver: ResolverHandle,
     /// Requests turned away because the queue was full.
     pub queue_full: u64,
+    /// [`RETRY_PARTIAL`], shorter in tests.
+    retry_partial: Duration,
 }
 
 enum ResolverHandle {
@@ -133,6 +144,7 @@ impl Identities {
                 cluster: None,
             }),
             queue_full: 0,
+            retry_partial: RETRY_PARTIAL,
         }
     }
 
@@ -140,11 +152,15 @@ impl Identities {
     /// on first sight. `comm` is the task name the kernel saw, used when
     /// /proc no longer has the process.
     pub fn slot(&mut self, tgid: u32, comm: &[u8; 16]) -> Slot {
-        if let Some(slot) = self.cache.get(&tgid) {
+        if let Some((slot, since)) = self.cache.get(&tgid) {
             // A process first seen without a name (adopted mid-stream after
-            // it died) is named again once an event carries its task name.
-            let unnamed = slot.get().is_some_and(|id| &*id.exe == UNKNOWN);
-            if !(unnamed && comm[0] != 0) {
+            // it died) is named again once an event carries its task name;
+            // a partial identity is looked up again after a while.
+            let again = slot.get().is_some_and(|id| {
+                (&*id.exe == UNKNOWN && comm[0] != 0)
+                    || (id.partial && since.elapsed() >= self.retry_partial)
+            });
+            if !again {
                 return slot.clone();
             }
         }
@@ -166,14 +182,16 @@ impl Identities {
                 };
                 if requests.try_send(request).is_err() {
                     self.queue_full += 1;
-                    let _ = slot.set(Arc::new(fallback_identity(&comm, overrides)));
+                    let mut identity = fallback_identity(&comm, overrides);
+                    identity.partial = true;
+                    let _ = slot.set(Arc::new(identity));
                 }
             }
         }
         if self.cache.len() >= MAX_CACHED_PROCESSES {
             self.cache.clear();
         }
-        self.cache.insert(tgid, slot.clone());
+        self.cache.insert(tgid, (slot.clone(), Instant::now()));
         slot
     }
 
@@ -209,6 +227,7 @@ fn fallback_identity(comm: &Arc<str>, overrides: &HashMap<String, String>) -> Id
         exe,
         container_id: None,
         pod: None,
+        partial: false,
     }
 }
 
@@ -249,12 +268,15 @@ impl Resolver {
         let (Some(cluster), Some(uid)) = (&self.cluster, cgroup.pod_uid) else {
             return identity;
         };
-        if let Some(pod) = cluster
+        match cluster
             .wait_for_pod(&uid, identity.container_id.as_deref(), wait)
             .await
         {
-            identity.service_name = pod.service_name.clone();
-            identity.pod = Some(pod.identity(identity.container_id.as_deref()));
+            Some(pod) => {
+                identity.service_name = pod.service_name.clone();
+                identity.pod = Some(pod.identity(identity.container_id.as_deref()));
+            }
+            None => identity.partial = true,
         }
         identity
     }
@@ -327,6 +349,7 @@ pub async fn start(
                 overrides,
             },
             queue_full: 0,
+            retry_partial: RETRY_PARTIAL,
         },
         kube_stats: started.map(|c| c.stats()),
         gone_pods,
@@ -406,5 +429,40 @@ mod tests {
         assert_eq!(&*identity.service_name, "billing");
         let unnamed = ids.slot(u32::MAX, &[0; 16]);
         assert_eq!(&*unnamed.get().expect("filled").exe, "unknown");
+    }
+
+    #[test]
+    fn partial_identities_are_looked_up_again_and_a_full_queue_is_counted() {
+        let (requests, mut incoming) = tokio::sync::mpsc::channel::<Request>(1);
+        let mut ids = Identities {
+            cache: HashMap::default(),
+            resolver: ResolverHandle::Background {
+                requests,
+                cluster: None,
+                overrides: Arc::new(HashMap::new()),
+            },
+            queue_full: 0,
+            retry_partial: Duration::ZERO,
+        };
+        let comm = *b"server\0\0\0\0\0\0\0\0\0\0";
+        let first = ids.slot(7, &comm);
+        assert!(first.get().is_none(), "resolved on the metadata thread");
+        // The queue holds one request: the next process is named at once.
+        let busy = ids.slot(8, &comm);
+        assert_eq!(ids.queue_full, 1);
+        let named = busy.get().expect("named at once");
+        assert!(named.partial);
+        assert_eq!(&*named.service_name, "server");
+        let request = incoming.try_recv().expect("queued");
+        assert_eq!(request.tgid, 7);
+        let mut partial = fallback_identity(&request.comm, &HashMap::new());
+        partial.partial = true;
+        let _ = request.slot.set(Arc::new(partial));
+        // Partial: the next connection asks again; a complete one would not.
+        let again = ids.slot(7, &comm);
+        assert!(!Arc::ptr_eq(&first, &again));
+        assert_eq!(incoming.try_recv().expect("asked again").tgid, 7);
+        let _ = again.set(Arc::new(fallback_identity(&request.comm, &HashMap::new())));
+        assert!(Arc::ptr_eq(&again, &ids.slot(7, &comm)));
     }
 }

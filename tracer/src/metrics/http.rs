@@ -616,6 +616,7 @@ mod tests {
             exe: Arc::from(name),
             service_name: Arc::from(name),
             container_id: None,
+            partial: false,
             pod: None,
         })))
     }
@@ -868,6 +869,7 @@ mod tests {
             exe: Arc::from("python3.11"),
             service_name: Arc::from("web"),
             container_id: Some(Arc::from("abc")),
+            partial: false,
             pod: Some(Arc::new(PodIdentity {
                 uid: Arc::from(format!("uid-{pod}").as_str()),
                 namespace: Arc::from("shop"),

@@ -118,6 +118,7 @@ pub struct Metrics {
     evictions: Counter,
     late_events: Counter,
     pending_records: Gauge,
+    identity_queue_full: Counter,
     kubernetes: Option<KubeMetrics>,
 }
 
@@ -233,6 +234,13 @@ impl Metrics {
              counted",
             pending_records.clone(),
         );
+        let identity_queue_full = Counter::default();
+        registry.register(
+            "tracer_identity_queue_full",
+            "Processes named by their task name at once because the metadata stage's queue was \
+             full; looked up again 30 s later",
+            identity_queue_full.clone(),
+        );
         let kubernetes = kubernetes.then(|| KubeMetrics::register(&mut registry));
 
         Self {
@@ -251,6 +259,7 @@ impl Metrics {
             evictions,
             late_events,
             pending_records,
+            identity_queue_full,
             kubernetes,
         }
     }
@@ -258,6 +267,11 @@ impl Metrics {
     /// Records one HTTP exchange (see [`HttpMetrics::observe`]).
     pub fn observe_http(&self, obs: &HttpObservation<'_>) {
         self.http.observe(obs);
+    }
+
+    /// Adds processes the metadata stage could not take at once.
+    pub fn count_identity_queue_full(&self, n: u64) {
+        self.identity_queue_full.inc_by(n);
     }
 
     /// Sets the number of exchanges waiting for their identity.
