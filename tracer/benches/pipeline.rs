@@ -29,9 +29,9 @@ use std::{
 
 use tracer::{
     app::{read_recording, MetricsSink},
-    conntrack::Pipeline,
-    metrics::Metrics,
-    records::{Record, Sink},
+    export::metrics::Metrics,
+    pipeline::conntrack::Pipeline,
+    pipeline::records::{Record, Sink},
 };
 
 /// Passes over the recording; the median is reported, so an odd number.

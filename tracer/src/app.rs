@@ -10,15 +10,15 @@ use tokio::sync::watch;
 use crate::{
     cli::{CaptureArgs, RecordArgs, RunArgs, WatchArgs},
     config::{Config, PipelineConfig},
-    conntrack::{Counters, Pipeline},
-    ingest,
-    loader::{self, AttachMode, Kernel},
+    export::metrics::{EventKind, HttpObservation, Limits, Metrics},
+    export::server::{self, Health},
+    export::watch::{Filter, PrintSink},
     metadata::{self, procfs},
-    metrics::{EventKind, HttpObservation, Limits, Metrics},
+    pipeline::conntrack::{Counters, Pipeline},
+    pipeline::records::{ip_of, Record, Sink},
     protocols::Side,
-    records::{ip_of, Record, Sink},
-    server::{self, Health},
-    watch::{Filter, PrintSink},
+    source::ingest,
+    source::loader::{self, AttachMode, Kernel},
 };
 
 /// Prints a line to stdout; a closed stdout (piped into `head`) is not an
@@ -217,7 +217,7 @@ impl Housekeeping {
         let now = std::time::Instant::now();
         if now >= self.next_expiry {
             self.next_expiry = now + std::time::Duration::from_secs(1);
-            pipeline.expire_requests(crate::rings::monotonic_ns(), self.timeout_ns);
+            pipeline.expire_requests(crate::source::rings::monotonic_ns(), self.timeout_ns);
         }
         pipeline.flush_pending();
     }

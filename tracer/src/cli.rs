@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::loader::AttachMode;
+use crate::source::loader::AttachMode;
 
 #[derive(Debug, Parser)]
 #[command(

@@ -9,8 +9,8 @@ use tracer_common::MAX_CAPTURE;
 
 use crate::{
     cli::{CaptureArgs, PipelineArgs},
-    loader::LoadOptions,
     metadata::KubeOptions,
+    source::loader::LoadOptions,
 };
 
 #[derive(Debug, Error, PartialEq, Eq)]

@@ -37,11 +37,11 @@
 use std::{fmt::Write as _, fs, ops::Range, path::Path};
 
 use tracer::{
+    pipeline::reassembly::{Reassembler, ReassemblyCounters},
     protocols::{
         http1::{ConnState, Http1Conn, Mode},
         Exchange, ParserCounters, Piece, Side,
     },
-    reassembly::{Reassembler, ReassemblyCounters},
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

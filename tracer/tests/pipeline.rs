@@ -18,10 +18,10 @@ use std::{
 };
 
 use tracer::{
-    conntrack::{KernelSockets, Pipeline},
     metadata::{procfs::ExistingConn, Identities},
+    pipeline::conntrack::{KernelSockets, Pipeline},
+    pipeline::records::{Record, Sink},
     protocols::{Failure, Side},
-    records::{Record, Sink},
 };
 use tracer_common::{
     conn_key, direction, kind, role, ConnEvent, ConnInfo, DataEvent, EventHeader, SockAddr, Tuple,

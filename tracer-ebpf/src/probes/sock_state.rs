@@ -9,7 +9,7 @@ use crate::conn::{on_state_change, StateChange};
 // Field offsets from /sys/kernel/tracing/events/sock/inet_sock_set_state/format,
 // unchanged since the tracepoint gained `protocol` (Linux 4.16); the loader
 // checks every one against the running kernel's format file before attaching
-// (tracer/src/loader.rs, SOCK_STATE_FIELDS).
+// (tracer/src/source/loader.rs, SOCK_STATE_FIELDS).
 const SKADDR: usize = 8;
 const OLDSTATE: usize = 16;
 const NEWSTATE: usize = 20;

@@ -1965,7 +1965,7 @@ mod tests {
     /// burst must not leave stale requests that shift later pairings.
     #[test]
     fn burst_after_lost_request_chunk_does_not_shift_pairing() {
-        use crate::reassembly::{Reassembler, ReassemblyCounters};
+        use crate::pipeline::reassembly::{Reassembler, ReassemblyCounters};
         let mut t = Conn::server();
         let mut stream = Reassembler::new(0);
         let mut rc = ReassemblyCounters::default();

@@ -9,8 +9,8 @@ use std::{
 };
 
 use crate::{
+    pipeline::records::{ip_of, Record, Sink},
     protocols::Side,
-    records::{ip_of, Record, Sink},
 };
 
 /// Which records to print; an empty list lets everything through.

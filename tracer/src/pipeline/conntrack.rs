@@ -19,12 +19,12 @@ use tracer_common::{
 
 use crate::{
     metadata::{procfs::ExistingConn, Identities, PeerService, Slot},
+    pipeline::reassembly::{Reassembler, ReassemblyCounters},
+    pipeline::records::{ip_of, Record, Sink},
     protocols::{
         http1::{ConnState, Http1Conn, Mode},
         Exchange, ParserCounters, Side,
     },
-    reassembly::{Reassembler, ReassemblyCounters},
-    records::{ip_of, Record, Sink},
 };
 
 /// The kernel's socket table, as far as the pipeline needs it.

@@ -44,9 +44,9 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 use rustc_hash::FxBuildHasher;
 
+use crate::export::route::{self, KeyBudget, RouteBudget};
 use crate::metadata::{Identity, PeerService};
 use crate::protocols::{Failure, Side};
-use crate::route::{self, KeyBudget, RouteBudget};
 
 /// OpenTelemetry's default explicit bucket boundaries for durations, seconds.
 pub const DURATION_BUCKETS: [f64; 14] = [
@@ -605,8 +605,8 @@ fn normalize_method(method: &str) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metrics::Metrics;
-    use crate::route::OVERFLOW_ROUTE;
+    use crate::export::metrics::Metrics;
+    use crate::export::route::OVERFLOW_ROUTE;
     use std::net::Ipv4Addr;
 
     /// A process outside any pod, named `name`; leaked, as tests keep

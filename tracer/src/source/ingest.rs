@@ -17,7 +17,7 @@ use tokio::{
     time::Instant,
 };
 
-use crate::rings::{Drained, Rings};
+use crate::source::rings::{Drained, Rings};
 
 /// Records handled before yielding to other tasks (the metrics server).
 const BATCH: usize = 4096;

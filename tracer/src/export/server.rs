@@ -23,7 +23,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 
-use crate::metrics::Metrics;
+use crate::export::metrics::Metrics;
 
 /// `Content-Type` of `/metrics`.
 pub const OPENMETRICS_CONTENT_TYPE: &str =
