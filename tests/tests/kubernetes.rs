@@ -102,6 +102,19 @@ fn pod_series_carry_pod_workload_and_callee_labels() {
         .container("app", &web.container)
         .build(),
     );
+    // A second replica of the same ReplicaSet (API object only): its owner
+    // comes from the cache filled by the first.
+    api.apply(
+        &kube::pod(
+            "shop",
+            "web-7d9f8b6c5d-q8w7e",
+            NODE,
+            &random_uid(),
+            Some("127.0.0.12"),
+        )
+        .owner("ReplicaSet", "web-7d9f8b6c5d", &rs_uid)
+        .build(),
+    );
     // The Service "storefront" has ClusterIP 127.0.0.2; a host-network pod
     // has this node's address 127.0.0.4, which must not name it as callee.
     api.apply(&kube::service("shop", "storefront", "127.0.0.2", 80));
@@ -234,7 +247,7 @@ fn pod_series_carry_pod_workload_and_callee_labels() {
         &tracer,
         "tracer_kubernetes_cache_objects",
         &[("resource", "pods")],
-        3.0,
+        4.0,
     );
     assert_eq!(value(&tracer, "tracer_kubernetes_synced", &[]), 1.0);
 }

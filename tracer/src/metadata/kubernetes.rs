@@ -599,8 +599,9 @@ impl Cluster {
                     info.namespace.clone(),
                     controller.name.clone(),
                 );
-                match self.read().owners.get(&key) {
-                    Some(top) => info.owner = Some(top.clone()),
+                let cached = self.read().owners.get(&key).cloned();
+                match cached {
+                    Some(top) => info.owner = Some(top),
                     None => {
                         info.owner_pending = true;
                         let _ = self.owner_keys.send((controller, info.namespace.clone()));
@@ -983,7 +984,10 @@ async fn resolve_owner(
         namespace.clone(),
         controller.name.clone(),
     );
-    if let Some(top) = cluster.read().owners.get(&key).cloned() {
+    // Bound first: a guard in the `if let` would live through `set_owner`,
+    // whose write lock would then wait for it for ever.
+    let cached = cluster.read().owners.get(&key).cloned();
+    if let Some(top) = cached {
         cluster.set_owner(controller, namespace, top);
         return;
     }
@@ -1424,5 +1428,39 @@ mod tests {
             let found = waiter.await.expect("task");
             assert_eq!(found.map(|p| p.name.clone()), Some(Arc::from("late")));
         });
+    }
+
+    #[test]
+    fn a_cached_owner_lookup_returns() {
+        // The second pod of a ReplicaSet finds its owner cached; that path
+        // once held a read guard into `set_owner`'s write lock.
+        let c = Arc::new(cluster());
+        let rs = serde_json::json!({"ownerReferences": [{
+            "apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-5f6d7c8b9",
+            "uid": "r", "controller": true
+        }]});
+        let ns: Arc<str> = Arc::from("shop");
+        let controller = owner("ReplicaSet", "web-5f6d7c8b9");
+        c.set_owner(&controller, &ns, owner("Deployment", "web"));
+        c.apply_pod(&pod_with("web-5f6d7c8b9-b", "10.1.3.1", rs));
+        let config = kube::Config::new("http://127.0.0.1:9".parse().expect("uri"));
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let worker = c.clone();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async {
+                let client = Client::try_from(config).expect("client");
+                resolve_owner(&client, &worker, &controller, &ns).await;
+            });
+            let _ = done_tx.send(());
+        });
+        assert!(
+            done_rx.recv_timeout(Duration::from_secs(10)).is_ok(),
+            "resolve_owner hung on a cached owner"
+        );
+        assert_eq!(&*stored(&c, "web-5f6d7c8b9-b").service_name, "web");
     }
 }
