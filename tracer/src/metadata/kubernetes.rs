@@ -1067,8 +1067,10 @@ async fn reflect<K>(
                     tracing::warn!(
                         %error,
                         resource,
-                        "Kubernetes list failed; retrying with backoff, cached metadata keeps \
-                         serving (tracer_kubernetes_errors_total counts the failures)"
+                        "Kubernetes list failed; retrying with backoff while cached metadata keeps \
+                         serving. Check that the API server in the kubeconfig (or the in-cluster \
+                         service) is reachable from this node and that the tracer's ClusterRole \
+                         grants list and watch on this resource (manifests/base/clusterrole.yaml)"
                     );
                 } else {
                     tracing::debug!(%error, resource, "Kubernetes list failed again");
