@@ -547,12 +547,14 @@ impl Cluster {
     }
 
     /// The pod with this uid, waiting at most `wait` for the watch (and an
-    /// extra list) to bring it, its container and its top-level owner.
+    /// extra list) to bring it, its container and its top-level owner; or
+    /// what is known when `hurry` is notified.
     pub async fn wait_for_pod(
         &self,
         uid: &str,
         container_id: Option<&str>,
         wait: Duration,
+        hurry: &tokio::sync::Notify,
     ) -> Option<Arc<PodInfo>> {
         let deadline = tokio::time::Instant::now() + wait;
         let mut changes = self.changed.subscribe();
@@ -571,10 +573,11 @@ impl Cluster {
                 }
                 None => {}
             }
-            let timed_out = tokio::time::timeout_at(deadline, changes.changed())
-                .await
-                .is_err();
-            if timed_out {
+            let give_up = tokio::select! {
+                changed = tokio::time::timeout_at(deadline, changes.changed()) => changed.is_err(),
+                () = hurry.notified() => true,
+            };
+            if give_up {
                 // Partial knowledge (no container status or owner yet) beats none.
                 if found.is_none() {
                     self.stats.unresolved_pods.fetch_add(1, Ordering::Relaxed);
@@ -1186,6 +1189,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::sync::Notify;
 
     fn owner(kind: &str, name: &str) -> Owner {
         Owner {
@@ -1413,7 +1417,7 @@ mod tests {
         let c = Arc::new(cluster());
         runtime.block_on(async {
             let missing = c
-                .wait_for_pod("nope", None, Duration::from_millis(50))
+                .wait_for_pod("nope", None, Duration::from_millis(50), &Notify::new())
                 .await;
             assert!(missing.is_none());
             assert_eq!(c.stats.unresolved_pods.load(Ordering::Relaxed), 1);
@@ -1421,14 +1425,28 @@ mod tests {
             let waiter = {
                 let c = c.clone();
                 tokio::spawn(async move {
-                    c.wait_for_pod("uid-late", Some("abc"), Duration::from_secs(5))
-                        .await
+                    c.wait_for_pod(
+                        "uid-late",
+                        Some("abc"),
+                        Duration::from_secs(5),
+                        &Notify::new(),
+                    )
+                    .await
                 })
             };
             tokio::time::sleep(Duration::from_millis(20)).await;
             c.apply_pod(&pod_with("late", "10.1.2.1", serde_json::json!({})));
             let found = waiter.await.expect("task");
             assert_eq!(found.map(|p| p.name.clone()), Some(Arc::from("late")));
+            // Hurried, a wait for a pod nobody knows ends at once.
+            let hurry = Notify::new();
+            hurry.notify_one();
+            let started = std::time::Instant::now();
+            let hurried = c
+                .wait_for_pod("still-unknown", None, Duration::from_secs(30), &hurry)
+                .await;
+            assert!(hurried.is_none());
+            assert!(started.elapsed() < Duration::from_secs(5));
         });
     }
 

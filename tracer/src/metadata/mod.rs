@@ -88,7 +88,33 @@ pub struct PeerService {
 
 /// A process's identity, filled by the metadata thread. Connections hold it
 /// from their first event; records wait for it to be filled.
-pub type Slot = Arc<OnceLock<Arc<Identity>>>;
+pub type Slot = Arc<SlotCell>;
+
+/// The cell behind a [`Slot`].
+#[derive(Debug, Default)]
+pub struct SlotCell {
+    identity: OnceLock<Arc<Identity>>,
+    /// Raised when many records wait for this identity: the resolver stops
+    /// waiting for the pod and answers with what it knows, so memory stays
+    /// bounded and nothing is dropped.
+    hurry: tokio::sync::Notify,
+}
+
+impl SlotCell {
+    pub fn get(&self) -> Option<&Arc<Identity>> {
+        self.identity.get()
+    }
+
+    /// Fills the cell; the first identity wins.
+    pub fn set(&self, identity: Arc<Identity>) -> Result<(), Arc<Identity>> {
+        self.identity.set(identity)
+    }
+
+    /// Asks the resolver to answer now.
+    pub fn hurry(&self) {
+        self.hurry.notify_one();
+    }
+}
 
 /// The executable name of a process that died before anything named it.
 const UNKNOWN: &str = "unknown";
@@ -262,14 +288,21 @@ impl Resolver {
         (identity, cgroup)
     }
 
-    /// Fills in the pod, waiting for the API server at most `wait`.
-    async fn resolve(&self, tgid: u32, comm: &Arc<str>, wait: Duration) -> Identity {
+    /// Fills in the pod, waiting for the API server at most `wait` (or
+    /// until `hurry`).
+    async fn resolve(
+        &self,
+        tgid: u32,
+        comm: &Arc<str>,
+        wait: Duration,
+        hurry: &tokio::sync::Notify,
+    ) -> Identity {
         let (mut identity, cgroup) = self.read_process(tgid, comm);
         let (Some(cluster), Some(uid)) = (&self.cluster, cgroup.pod_uid) else {
             return identity;
         };
         match cluster
-            .wait_for_pod(&uid, identity.container_id.as_deref(), wait)
+            .wait_for_pod(&uid, identity.container_id.as_deref(), wait, hurry)
             .await
         {
             Some(pod) => {
@@ -390,7 +423,7 @@ async fn serve(
         let resolver = resolver.clone();
         tokio::spawn(async move {
             let identity = resolver
-                .resolve(request.tgid, &request.comm, POD_WAIT)
+                .resolve(request.tgid, &request.comm, POD_WAIT, &request.slot.hurry)
                 .await;
             let _ = request.slot.set(Arc::new(identity));
         });

@@ -543,9 +543,14 @@ impl<S: Sink> Pipeline<S> {
     }
 }
 
+/// Exchanges waiting for identities past which the process's resolver is
+/// told to stop waiting for its pod and answer with what it knows.
+const HURRY_PENDING: usize = 16384;
+
 /// Exchanges kept waiting for identities at most; past it they are dropped
-/// and counted (`tracer_user_drops_total{cause="identity_pending"}`).
-const MAX_PENDING: usize = 65536;
+/// and counted (`tracer_user_drops_total{cause="identity_pending"}`). The
+/// hurried resolver answers long before a busy process gets here.
+const MAX_PENDING: usize = 262_144;
 
 /// Stands in for the identity of a record waiting for it; replaced before
 /// the record reaches a sink.
@@ -598,6 +603,9 @@ fn deliver<S: Sink>(
         if identity.is_some() {
             sink.record(&record);
         } else if pending.len() < MAX_PENDING {
+            if pending.len() >= HURRY_PENDING {
+                conn.identity.hurry();
+            }
             pending.push((conn.identity.clone(), record));
         } else {
             *pending_full += 1;
