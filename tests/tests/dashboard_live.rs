@@ -13,7 +13,9 @@
 //!
 //! Phases, in order (steady 200 traffic flows through all of them):
 //!
-//! 1. healthy: every alert's expression returns nothing;
+//! 1. healthy: no alert's expression returns anything about this test's
+//!    services or tracers (the tracer is node-wide: other processes of the
+//!    machine have series too, and their alerts are not this test's);
 //! 2. error storm (half the requests answer 500 or 503):
 //!    TracerServiceHighErrorRatio;
 //! 3. slow handler (`/hang?s=1.5`): TracerServiceHighLatencyP99;
@@ -24,8 +26,11 @@
 //! 6. API server outage: TracerKubernetesCacheStale;
 //! 7. a third tracer started while the API server is down:
 //!    TracerKubernetesNotSynced;
-//! 8. the API server back: both Kubernetes alerts' expressions quiet again;
-//! 9. that third tracer stopped (its target down): TracerDown.
+//! 8. the API server back: both Kubernetes tracers list, watch and sync
+//!    (the late one looks the pod's ReplicaSet up only now, while the pod
+//!    already serves), and both Kubernetes alerts' expressions are quiet
+//!    again;
+//! 9. that third tracer stopped (its target stays configured): TracerDown.
 //!
 //! Before each fault, the alert it should raise is checked quiet (the
 //! earlier faults stay in the rules' 5 and 10 minute windows, so only the
@@ -53,8 +58,8 @@ use tracer_e2e::cgroups::{random_container_id, random_uid, PodCgroup, Qos};
 use tracer_e2e::kube::{self, KubeApi, SliceEndpoint};
 use tracer_e2e::net::{get_request, read_response};
 use tracer_e2e::prom::{
-    self, concrete, has_series, panel_queries, read_dashboard, show, variable_names,
-    variable_queries, workspace_file, DashboardQuery, Prometheus, ScrapeJob, DASHBOARD, RULES,
+    concrete, has_series, panel_queries, read_dashboard, show, variable_names, variable_queries,
+    workspace_file, DashboardQuery, Prometheus, ScrapeJob, DASHBOARD, RULES,
 };
 use tracer_e2e::tracer::{tracer_bin, try_get};
 use tracer_e2e::wait::START_TIMEOUT;
@@ -165,24 +170,44 @@ fn dashboard_and_alerts_against_a_live_prometheus() {
         &[ScrapeJob::new("tracer", &[tracer.metrics_addr()])],
         &[workspace_file(RULES)],
     );
-    let mut live = Live::new(prometheus, started);
+    let me = own_service_name();
+    // This test's series: the pod's service, this process as client, and
+    // the tracers (every series of a tracer-self alert has their job).
+    let mut live = Live::new(
+        prometheus,
+        &[
+            &[("service_namespace", NAMESPACE)],
+            &[("service_name", &me)],
+            &[("job", "tracer")],
+        ],
+        started,
+    );
     live.prom
-        .wait_for_series("up", &[("job", "tracer"), ("instance", &main)], START_TIMEOUT)
+        .wait_for_series(
+            "up",
+            &[("job", "tracer"), ("instance", &main)],
+            START_TIMEOUT,
+        )
         .unwrap_or_else(|e| panic!("the tracer is never scraped: {e}"));
 
     let checkout = [("service_namespace", NAMESPACE), ("service_name", WORKLOAD)];
-    let me = own_service_name();
 
     // 1. Healthy: steady 200s through the Service, on a few routes. /hang?s=0
     // gives the /hang route its series before it is slow.
-    let background = Load::keep_alive("background", service, 2, Duration::from_millis(25), |n| {
-        match n % 4 {
-            0 => "/".to_string(),
-            1 => format!("/api/orders/{}", 1000 + n),
-            2 => "/api/cart".to_string(),
-            _ => "/hang?s=0".to_string(),
-        }
-    });
+    let traffic = Instant::now();
+    let background =
+        Load::keep_alive(
+            "background",
+            service,
+            2,
+            Duration::from_millis(25),
+            |n| match n % 4 {
+                0 => "/".to_string(),
+                1 => format!("/api/orders/{}", 1000 + n),
+                2 => "/api/cart".to_string(),
+                _ => "/hang?s=0".to_string(),
+            },
+        );
     live.prom
         .wait_for_series(
             "http_server_request_duration_seconds_count",
@@ -198,17 +223,24 @@ fn dashboard_and_alerts_against_a_live_prometheus() {
                     .lines("http_server_request_duration_seconds_count", &[])
             )
         });
-    std::thread::sleep(HEALTHY_FOR.saturating_sub(live.since_traffic()));
+    // Traffic for a while, not synchronisation: the rules' rate windows
+    // should hold a healthy history before the faults.
+    std::thread::sleep(HEALTHY_FOR.saturating_sub(traffic.elapsed()));
     live.quiet(&ALERTS, "healthy");
     live.expect_data(
         "Request rate of the pod's service",
-        "sum by (service_namespace, service_name) (rate(http_server_request_duration_seconds_count[30s])) > 0",
+        &format!(
+            "sum by (service_namespace, service_name) \
+             (rate(http_server_request_duration_seconds_count[{RATE_INTERVAL}])) > 0"
+        ),
         &checkout,
     );
     live.expect_data(
         "callers to callees: this test's client calling the Service",
-        "sum by (service_name, server_service_namespace, server_service_name) \
-         (rate(http_client_request_duration_seconds_count[30s])) > 0",
+        &format!(
+            "sum by (service_name, server_service_namespace, server_service_name) \
+             (rate(http_client_request_duration_seconds_count[{RATE_INTERVAL}])) > 0"
+        ),
         &[
             ("service_name", &me),
             ("server_service_namespace", NAMESPACE),
@@ -271,10 +303,10 @@ fn dashboard_and_alerts_against_a_live_prometheus() {
     );
     live.phase_done("never answers");
 
-    // 5. Data loss: a tracer whose kernel table holds 16 connections, then 40
-    // connections (80 traced ends on loopback) held open. Prometheus must
-    // have its counters before the loss: increase() ignores what a series
-    // starts with.
+    // 5. Data loss: a second tracer whose kernel table holds 16 connections
+    // (the ones already open fill it), and 40 more connections (80 traced
+    // ends on loopback) held open. Prometheus must have its counters before
+    // the loss: increase() ignores what a series starts with.
     live.quiet(&[LOSING_DATA], "before the data loss");
     let lossy = Tracer::start(&dir, &["--max-connections", "16"]);
     let lossy_addr = lossy.metrics_addr().to_string();
@@ -284,24 +316,26 @@ fn dashboard_and_alerts_against_a_live_prometheus() {
     )]);
     live.prom
         .wait_for(
-            &format!("tracer_kernel_drops_total{{instance=\"{lossy_addr}\"}}"),
+            &format!("count_over_time(up{{instance=\"{lossy_addr}\"}}[1m]) >= 2"),
             START_TIMEOUT,
-            |r| r.len() >= 2,
+            |r| !r.is_empty(),
         )
-        .unwrap_or_else(|e| panic!("the second tracer is never scraped: {e}"));
-    std::thread::sleep(Duration::from_millis(1500));
+        .unwrap_or_else(|e| panic!("the second tracer is never scraped twice: {e}"));
     let held: Vec<TcpStream> = (0..40).map(|_| tracer_e2e::net::connect(service)).collect();
-    let lost = live.raise(LOSING_DATA, &[("instance", &lossy_addr)], "data loss");
-    drop(held);
-    let conn_map_full = lossy
-        .scrape()
-        .sum("tracer_kernel_drops_total", &[("cause", "conn_map_full")]);
-    assert!(
-        conn_map_full > 0.0,
-        "{LOSING_DATA} has data ({}) but the tracer counts no conn_map_full:\n{}",
-        show(&lost),
-        lossy.scrape().lines("tracer_", &[])
+    live.raise(LOSING_DATA, &[("instance", &lossy_addr)], "data loss");
+    // ... and for the reason staged: connections the kernel table refused.
+    let why = live.prom.wait_for_series(
+        "sum by (instance) (increase(tracer_kernel_drops_total{cause=\"conn_map_full\"}[10m])) > 0",
+        &[("instance", &lossy_addr)],
+        START_TIMEOUT,
     );
+    drop(held);
+    if let Err(e) = why {
+        panic!(
+            "{LOSING_DATA} has data but no conn_map_full increase: {e}\ntracer counters:\n{}",
+            lossy.scrape().lines("tracer_", &[])
+        );
+    }
     live.phase_done("data loss");
 
     // 6. The API server goes down: the tracer's watches with it.
@@ -316,38 +350,70 @@ fn dashboard_and_alerts_against_a_live_prometheus() {
 
     // 7. A tracer that starts while the API server is down never syncs (it
     // serves metrics but is not ready).
-    let fresh_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
-    let fresh = fresh_addr.to_string();
+    let late_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
+    let late = late_addr.to_string();
     let mut cmd = Command::new(tracer_bin());
-    cmd.args(["run", "--metrics-addr", &fresh])
-        .args(["--kubeconfig", &kubeconfig, "--node-name", NODE]);
-    let mut unsynced = Guard::spawn("tracer-unsynced", &mut cmd, &dir);
+    cmd.args(["run", "--metrics-addr", &late]).args([
+        "--kubeconfig",
+        &kubeconfig,
+        "--node-name",
+        NODE,
+    ]);
+    let mut late_tracer = Guard::spawn("tracer-late", &mut cmd, &dir);
     let serving = wait_until(START_TIMEOUT, || {
-        unsynced.assert_running();
-        try_get(fresh_addr, "/healthz")
+        late_tracer.assert_running();
+        try_get(late_addr, "/healthz")
             .ok()
             .filter(|r| r.status == 200)
     });
-    assert!(serving.is_some(), "{}", unsynced.stderr());
+    assert!(serving.is_some(), "{}", late_tracer.stderr());
     live.prom.reconfigure(&[ScrapeJob::new(
         "tracer",
-        &[tracer.metrics_addr(), lossy.metrics_addr(), fresh_addr],
+        &[tracer.metrics_addr(), lossy.metrics_addr(), late_addr],
     )]);
-    live.raise(NOT_SYNCED, &[("instance", &fresh)], "not synced");
+    live.raise(NOT_SYNCED, &[("instance", &late)], "not synced");
     live.phase_done("not synced");
 
-    // 8. The API server is back: both Kubernetes alerts go quiet.
+    // 8. The API server is back: both tracers list, watch and sync, and the
+    // Kubernetes alerts go quiet (with every target still answering: a
+    // series of a dead target goes stale and quiet too).
     api.outage(false);
-    for alert in [CACHE_STALE, NOT_SYNCED] {
-        live.wait_quiet(alert, RECOVERY_TIMEOUT, "API server back");
+    live.wait_quiet(CACHE_STALE, RECOVERY_TIMEOUT, "API server back");
+    live.wait_quiet(NOT_SYNCED, RECOVERY_TIMEOUT, "API server back");
+    for instance in [&main, &late] {
+        live.prom
+            .wait_for_series(
+                "min by (instance) (tracer_kubernetes_watch_up) == 1 \
+                 and on (instance) tracer_kubernetes_synced == 1 \
+                 and on (instance) up == 1",
+                &[("instance", instance)],
+                START_TIMEOUT,
+            )
+            .unwrap_or_else(|e| {
+                panic!(
+                    "tracer {instance} is not up, watching and synced after the outage: {e}\n\
+                     {}\nthe late tracer's log:\n{}",
+                    live.prom.diagnostics(),
+                    late_tracer.stderr_tail(20)
+                )
+            });
     }
     live.phase_done("API back");
 
-    // 9. A tracer goes down: its target stays in the configuration.
+    // 9. That tracer goes down (its target stays in the configuration).
+    // Every target answered until then.
     live.quiet(&[DOWN], "before a tracer goes down");
-    let (status, _) = unsynced.terminate();
-    assert!(status.success(), "the third tracer exited with {status}");
-    live.raise(DOWN, &[("job", "tracer"), ("instance", &fresh)], "tracer down");
+    let (status, killed) = late_tracer.terminate();
+    assert!(
+        status.success() && !killed,
+        "the late tracer did not stop cleanly on SIGTERM ({status}, killed: {killed}):\n{}",
+        late_tracer.stderr_tail(20)
+    );
+    live.raise(
+        DOWN,
+        &[("job", "tracer"), ("instance", &late)],
+        "tracer down",
+    );
     live.phase_done("tracer down");
 
     let background = background.stop();
@@ -365,10 +431,7 @@ fn dashboard_and_alerts_against_a_live_prometheus() {
     live.assert_dashboard_covered();
     // Served by the pod all along, for the record.
     assert!(server.access_log().under("/api/cart").count() > 0);
-    eprintln!(
-        "dashboard_live: done in {:.0?}",
-        live.started.elapsed().as_secs_f64()
-    );
+    eprintln!("dashboard_live: done in {:.1?}", live.started.elapsed());
 }
 
 /// Prometheus with the rules' expressions and the dashboard's queries, and
@@ -377,6 +440,11 @@ struct Live {
     prom: Prometheus,
     /// Alert name and its `expr`, from the rules file.
     alerts: BTreeMap<String, String>,
+    /// Label filters, one of which every series about this test's own
+    /// services or tracers matches: the tracer runs node-wide, so other
+    /// processes of the machine (another test's servers, Prometheus) have
+    /// series too, and whether they alert is not this test's business.
+    ours: Vec<Vec<(String, String)>>,
     /// Dashboard queries, made concrete.
     queries: Vec<(DashboardQuery, String)>,
     /// Per query (same order): the phases where it returned data, and those
@@ -384,12 +452,11 @@ struct Live {
     with_data: Vec<Vec<&'static str>>,
     nonzero: Vec<Vec<&'static str>>,
     started: Instant,
-    traffic_since: Instant,
     phase_started: Instant,
 }
 
 impl Live {
-    fn new(prom: Prometheus, started: Instant) -> Self {
+    fn new(prom: Prometheus, ours: &[&[(&str, &str)]], started: Instant) -> Self {
         let rules: Yaml = serde_yaml::from_str(
             &std::fs::read_to_string(workspace_file(RULES)).expect("read the rules file"),
         )
@@ -397,8 +464,7 @@ impl Live {
         let mut alerts = BTreeMap::new();
         for group in rules["groups"].as_sequence().expect("groups") {
             for rule in group["rules"].as_sequence().expect("rules") {
-                if let (Some(name), Some(expr)) = (rule["alert"].as_str(), rule["expr"].as_str())
-                {
+                if let (Some(name), Some(expr)) = (rule["alert"].as_str(), rule["expr"].as_str()) {
                     alerts.insert(name.to_string(), expr.to_string());
                 }
             }
@@ -416,28 +482,35 @@ impl Live {
             .into_iter()
             .chain(variable_queries(&dashboard))
             .map(|q| {
-                let expr = q.expr.as_deref().unwrap_or_else(|| panic!("{}: no expr", q.what));
+                let expr = q
+                    .expr
+                    .as_deref()
+                    .unwrap_or_else(|| panic!("{}: no expr", q.what));
                 let concrete = concrete(expr, &variables, RATE_INTERVAL)
                     .unwrap_or_else(|e| panic!("{}: {e}", q.what));
                 (q, concrete)
             })
             .collect();
         let n = queries.len();
-        let now = Instant::now();
+        let ours = ours
+            .iter()
+            .map(|filter| {
+                filter
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect()
+            })
+            .collect();
         Self {
             prom,
             alerts,
+            ours,
             queries,
             with_data: vec![Vec::new(); n],
             nonzero: vec![Vec::new(); n],
             started,
-            traffic_since: now,
-            phase_started: now,
+            phase_started: Instant::now(),
         }
-    }
-
-    fn since_traffic(&self) -> Duration {
-        self.traffic_since.elapsed()
     }
 
     fn expr(&self, alert: &str) -> &str {
@@ -447,33 +520,58 @@ impl Live {
     }
 
     fn run(&self, what: &str, promql: &str) -> Vec<Value> {
-        self.prom.query(promql).unwrap_or_else(|e| {
-            panic!("Prometheus rejects {what}: {e}\nexpression:\n{promql}")
-        })
+        self.prom
+            .query(promql)
+            .unwrap_or_else(|e| panic!("Prometheus rejects {what}: {e}\nexpression:\n{promql}"))
     }
 
-    /// Every one of `alerts` returns no data now.
-    fn quiet(&self, alerts: &[&str], phase: &str) {
-        let loud: Vec<String> = alerts
+    /// The series of `result` that belong to this test (see [`Live::ours`]).
+    fn ours(&self, result: &[Value]) -> Vec<Value> {
+        result
             .iter()
-            .filter_map(|alert| {
-                let expr = self.expr(alert);
-                let result = self.run(alert, expr);
-                (!result.is_empty())
-                    .then(|| format!("{alert}:\n{}\nexpr:\n{expr}", show(&result)))
+            .filter(|s| {
+                self.ours
+                    .iter()
+                    .any(|filter| filter.iter().all(|(k, v)| s["metric"][k] == *v))
             })
-            .collect();
+            .cloned()
+            .collect()
+    }
+
+    /// None of `alerts` returns data about this test's services or tracers
+    /// now.
+    fn quiet(&self, alerts: &[&str], phase: &str) {
+        let mut loud = Vec::new();
+        for alert in alerts {
+            let expr = self.expr(alert);
+            let result = self.run(alert, expr);
+            let ours = self.ours(&result);
+            if !ours.is_empty() {
+                loud.push(format!("{alert}:\n{}\nexpr:\n{expr}", show(&ours)));
+            } else if !result.is_empty() {
+                eprintln!(
+                    "dashboard_live: {phase}: {alert} has data about processes this test does \
+                     not own (another test's?), ignored:\n{}",
+                    show(&result)
+                );
+            }
+        }
         assert!(
             loud.is_empty(),
-            "{phase}: alert expressions return data while they should not:\n{}",
-            loud.join("\n")
+            "{phase}: alert expressions return data while they should not:\n{}\n{}",
+            loud.join("\n"),
+            self.context()
         );
     }
 
-    /// Waits until `alert`'s expression returns no data.
+    /// Waits until `alert`'s expression returns no data about this test's
+    /// services or tracers.
     fn wait_quiet(&self, alert: &str, timeout: Duration, phase: &str) {
         let expr = self.expr(alert);
-        if let Err(last) = self.prom.wait_for(expr, timeout, <[Value]>::is_empty) {
+        if let Err(last) = self
+            .prom
+            .wait_for(expr, timeout, |r| self.ours(r).is_empty())
+        {
             panic!(
                 "{phase}: {alert} still has data after {timeout:?}; {last}\nexpr:\n{expr}\n{}",
                 self.prom.diagnostics()
@@ -497,21 +595,30 @@ impl Live {
             }
             Err(last) => panic!(
                 "{phase}: {alert} returned no series with {labels:?} within {RAISE_TIMEOUT:?}; \
-                 {last}\nexpr:\n{expr}\nserver requests by service and error (rate 5m):\n{}\n\
-                 drops by instance:\n{}\n{}",
-                show(&self.run(
-                    "a diagnostic query",
-                    "sum by (service_namespace, service_name, error_type) \
-                     (rate(http_server_request_duration_seconds_count[5m]))"
-                )),
-                show(&self.run(
-                    "a diagnostic query",
-                    "sum by (instance, cause) (tracer_kernel_drops_total) > 0 \
-                     or sum by (instance, cause) (tracer_user_drops_total) > 0"
-                )),
-                self.prom.diagnostics()
+                 {last}\nexpr:\n{expr}\n{}",
+                self.context()
             ),
         }
+    }
+
+    /// What Prometheus holds about errors and losses, and its targets, for
+    /// failure messages.
+    fn context(&self) -> String {
+        let requests = "sum by (service_namespace, service_name, error_type) \
+                        (rate(http_server_request_duration_seconds_count[5m]))";
+        let drops = "sum by (instance, cause) (increase(tracer_kernel_drops_total[10m])) > 0 \
+                     or sum by (instance, cause) (increase(tracer_user_drops_total[10m])) > 0";
+        let show_query = |q: &str| match self.prom.query(q) {
+            Ok(result) => show(&result),
+            Err(e) => e,
+        };
+        format!(
+            "server requests by service and error (rate over 5m):\n{}\n\
+             drops by tracer and cause (increase over 10m):\n{}\n{}",
+            show_query(requests),
+            show_query(drops),
+            self.prom.diagnostics()
+        )
     }
 
     /// `promql` returns a series with `labels` (a specific check of a panel).
@@ -564,19 +671,25 @@ impl Live {
 
     /// Prometheus's own evaluation made every alert pending at some point.
     fn assert_every_alert_pending(&self) {
-        let result = self.run(
-            "ALERTS",
+        // The last fault is seconds old: give the rule evaluation (every
+        // second) a few rounds.
+        let names = |result: &[Value]| -> BTreeSet<String> {
+            result
+                .iter()
+                .filter_map(|s| s["metric"]["alertname"].as_str().map(str::to_string))
+                .collect()
+        };
+        let all = self.prom.wait_for(
             "group by (alertname) (last_over_time(ALERTS{alertstate=\"pending\"}[10m]))",
+            Duration::from_secs(15),
+            |result| {
+                let seen = names(result);
+                ALERTS.iter().all(|a| seen.contains(*a))
+            },
         );
-        let seen: BTreeSet<&str> = result
-            .iter()
-            .filter_map(|s| s["metric"]["alertname"].as_str())
-            .collect();
-        let missing: Vec<&str> = ALERTS.into_iter().filter(|a| !seen.contains(a)).collect();
-        assert!(
-            missing.is_empty(),
-            "never pending in Prometheus's own rule evaluation: {missing:?} (seen: {seen:?})"
-        );
+        if let Err(last) = all {
+            panic!("not every alert was ever pending in Prometheus's own rule evaluation; {last}");
+        }
     }
 
     /// Every rule of the file is loaded and evaluates without error.
@@ -802,7 +915,3 @@ fn open(addr: SocketAddr, timeout: Duration) -> std::io::Result<TcpStream> {
     stream.set_nodelay(true)?;
     Ok(stream)
 }
-
-// `prom` is used through its items; keep the module path in scope for docs.
-#[allow(unused_imports)]
-use prom as _;
