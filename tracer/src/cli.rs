@@ -73,8 +73,8 @@ pub struct CaptureArgs {
     #[arg(long, env = "TRACER_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
 
-    /// Log filter (tracing EnvFilter syntax), e.g. "info" or "tracer=debug".
-    #[arg(long, env = "TRACER_LOG", default_value = "info")]
+    /// Log filter (tracing EnvFilter syntax), e.g. "info" or "tracer=debug". The default silences the Kubernetes client's own per-request messages: the tracer logs one warning per API outage and counts the failures in tracer_kubernetes_errors_total.
+    #[arg(long, env = "TRACER_LOG", default_value = "info,kube_client=off")]
     pub log: String,
 }
 
