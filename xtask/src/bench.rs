@@ -34,6 +34,9 @@ use std::{
 
 use anyhow::{anyhow, bail, Context, Result};
 
+#[path = "bench_metadata.rs"]
+mod metadata;
+
 /// Options of `cargo xtask bench`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
@@ -62,12 +65,16 @@ pub struct BenchArgs {
     /// `--tracer-arg=--ring-buffer-mib=8`.
     #[arg(long = "tracer-arg", value_name = "ARG", allow_hyphen_values = true)]
     pub tracer_args: Vec<String>,
+    #[command(flatten)]
+    pub metadata: metadata::MetadataArgs,
 }
 
 /// The tracer binary and the extra arguments every `tracer run` gets.
 struct TracerBin<'a> {
     path: &'a Path,
     extra: &'a [String],
+    /// The metadata part's runs: nginx in a pod the tracer learns from an API server.
+    pod: Option<&'a metadata::InPod>,
 }
 
 /// wrk's connections and threads: the load the reference figures in the
@@ -122,6 +129,7 @@ pub fn run(root: &Path, tracer: &Path, args: &BenchArgs) -> Result<()> {
     let bin = TracerBin {
         path: tracer,
         extra: &args.tracer_args,
+        pod: None,
     };
     if !args.no_overhead {
         report.overhead = Some(overhead(&bin, &dir, args).map_err(|e| format!("{e:#}")));
@@ -132,6 +140,9 @@ pub fn run(root: &Path, tracer: &Path, args: &BenchArgs) -> Result<()> {
     }
     if !args.no_replay {
         report.replay = Some(replay(root, tracer, &dir).map_err(|e| format!("{e:#}")));
+    }
+    if args.metadata.metadata {
+        report.metadata = Some(metadata::run(root, &bin, &dir, args).map_err(|e| format!("{e:#}")));
     }
     report.elapsed = started.elapsed();
     let text = report.markdown(args);
@@ -301,11 +312,17 @@ fn overhead_run(
     // syscalls: give it a moment to finish rather than measure through it.
     let mut foreign = wait_for_quiet(Duration::from_secs(30));
     let mut nginx = Nginx::start(dir, name)?;
+    if let Some(pod) = tracer.pod {
+        pod.enter(&nginx)?;
+    }
     let mut daemon = match config {
         Config::Off => None,
         Config::HooksOnly => Some(Tracer::start(tracer, dir, name, true)?),
         Config::Full => Some(Tracer::start(tracer, dir, name, false)?),
     };
+    if let (Some(pod), Some(t)) = (tracer.pod, &mut daemon) {
+        pod.synced(t)?;
+    }
     let cpu0 = match &daemon {
         Some(t) => Some(proc_cpu(t.proc.pid())?),
         None => None,
@@ -360,6 +377,9 @@ fn overhead_run(
                 t.settle(|s| s.sum(SERVER_COUNT, &[("service_name", NGINX_SERVICE)]))?;
             run.counted = Some(count);
             run.others_traced = Some(scrape.sum(SERVER_COUNT, &[]) - count);
+            if let Some(pod) = tracer.pod {
+                pod.settled(&scrape);
+            }
             scrape
         } else {
             t.scrape()?
@@ -1310,6 +1330,7 @@ struct Report {
     overhead: Option<Result<Vec<Run>, String>>,
     replay: Option<Result<Replay, String>>,
     memory: Option<Result<Memory, String>>,
+    metadata: Option<Result<metadata::Metadata, String>>,
     elapsed: Duration,
 }
 
@@ -1331,6 +1352,11 @@ impl Report {
         }
         if matches!(self.memory, Some(Err(_))) {
             failed.push("memory");
+        }
+        if let Some(m) = &self.metadata {
+            if m.as_ref().map_or(true, metadata::Metadata::incomplete) {
+                failed.push("metadata");
+            }
         }
         failed
     }
@@ -1387,6 +1413,15 @@ impl Report {
             );
             match replay {
                 Ok(r) => replay_table(m, r),
+                Err(e) => {
+                    let _ = writeln!(m, "Could not run: {e}\n");
+                }
+            }
+        }
+        if let Some(md) = &self.metadata {
+            let _ = writeln!(m, "### Kubernetes metadata stage (`--metadata`)\n");
+            match md {
+                Ok(md) => metadata::section(m, md, args, &mut targets),
                 Err(e) => {
                     let _ = writeln!(m, "Could not run: {e}\n");
                 }
