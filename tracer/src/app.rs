@@ -180,9 +180,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
                 metrics.http.forget_pod(&uid);
             }
             publisher.publish(p, &metrics);
-            let synced = kube_stats
-                .as_ref()
-                .is_none_or(|s| s.synced.load(std::sync::atomic::Ordering::Relaxed));
+            let synced = kube_stats.as_ref().is_none_or(|s| s.synced());
             health.set_ready(synced);
             health.beat();
         },

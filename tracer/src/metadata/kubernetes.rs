@@ -197,6 +197,8 @@ pub struct ResourceStats {
     pub errors: AtomicU64,
     /// Objects kept in the cache.
     pub objects: AtomicU64,
+    /// Listed completely at least once.
+    pub listed: AtomicBool,
 }
 
 impl ResourceStats {
@@ -215,11 +217,18 @@ pub struct KubeStats {
     pub owners: ResourceStats,
     /// Processes in a pod the API server did not know within the wait.
     pub unresolved_pods: AtomicU64,
-    /// The pods of this node have been listed once: `/readyz` waits for it.
-    pub synced: AtomicBool,
 }
 
 impl KubeStats {
+    /// Every cache (pods, Services, EndpointSlices) has been listed once:
+    /// `/readyz` waits for it, so that neither a pod nor a callee is missed
+    /// for want of a first list.
+    pub fn synced(&self) -> bool {
+        [&self.pods, &self.services, &self.endpointslices]
+            .iter()
+            .all(|s| s.listed.load(Ordering::Relaxed))
+    }
+
     /// Each kind with its `resource` label value.
     pub fn resources(&self) -> [(&'static str, &ResourceStats); 4] {
         [
@@ -426,9 +435,17 @@ impl AddressIndex {
         }
     }
 
-    fn clear(&mut self) {
-        self.by_object.clear();
-        self.by_ip.clear();
+    /// Keeps the objects `keep` says yes to.
+    fn retain(&mut self, mut keep: impl FnMut(&ObjectKey) -> bool) {
+        let gone: Vec<ObjectKey> = self
+            .by_object
+            .keys()
+            .filter(|key| !keep(key))
+            .cloned()
+            .collect();
+        for key in gone {
+            self.remove(&key);
+        }
     }
 
     fn get(&self, ip: IpAddr) -> Option<&Arc<PeerService>> {
@@ -690,30 +707,21 @@ impl Cluster {
         uids
     }
 
-    /// A fresh list replaces the cache, except pods deleted within their
-    /// grace period; pods missing from it count as deleted now.
-    fn reset_pods(&self, pods: &[Pod]) {
-        let listed: HashSet<&str> = pods
-            .iter()
-            .filter_map(|p| p.metadata.uid.as_deref())
+    /// A complete list ended: pods missing from it were deleted while the
+    /// watch was down; they go after their grace period like any other.
+    fn retain_pods(&self, listed: &Listed) {
+        let mut state = self.write();
+        let now = Instant::now();
+        let missing: Vec<Arc<str>> = state
+            .pods
+            .keys()
+            .filter(|uid| !listed.uids.contains(&***uid))
+            .cloned()
             .collect();
-        {
-            let mut state = self.write();
-            let now = Instant::now();
-            let missing: Vec<Arc<str>> = state
-                .pods
-                .keys()
-                .filter(|uid| !listed.contains(&***uid))
-                .cloned()
-                .collect();
-            for uid in missing {
-                if !state.deleted.iter().any(|(_, d)| *d == uid) {
-                    state.deleted.push((now, uid));
-                }
+        for uid in missing {
+            if !state.deleted.iter().any(|(_, d)| *d == uid) {
+                state.deleted.push((now, uid));
             }
-        }
-        for pod in pods {
-            self.apply_pod(pod);
         }
     }
 
@@ -740,11 +748,10 @@ impl Cluster {
         }
     }
 
-    fn reset_services(&self, services: &[Service]) {
-        self.write().services.clear();
-        for service in services {
-            self.apply_service(service);
-        }
+    fn retain_services(&self, listed: &Listed) {
+        let mut state = self.write();
+        state.services.retain(|key| listed.has_name(key));
+        self.stats.services.set_objects(state.services.len());
     }
 
     fn apply_slice(&self, slice: &EndpointSlice) {
@@ -777,11 +784,10 @@ impl Cluster {
         }
     }
 
-    fn reset_slices(&self, slices: &[EndpointSlice]) {
-        self.write().slices.clear();
-        for slice in slices {
-            self.apply_slice(slice);
-        }
+    fn retain_slices(&self, listed: &Listed) {
+        let mut state = self.write();
+        state.slices.retain(|key| listed.has_name(key));
+        self.stats.endpointslices.set_objects(state.slices.len());
     }
 
     /// Records a controller's top owner and updates the pods it controls.
@@ -891,10 +897,7 @@ pub fn spawn_watchers(
         tokio::spawn(async move {
             let stats = &cluster.stats.pods;
             let on_change = |change: Change<Pod>| match change {
-                Change::Reset(pods) => {
-                    cluster.reset_pods(&pods);
-                    cluster.stats.synced.store(true, Ordering::Relaxed);
-                }
+                Change::Listed(listed) => cluster.retain_pods(&listed),
                 Change::Apply(pod) => cluster.apply_pod(&pod),
                 Change::Delete(pod) => cluster.delete_pod(&pod),
             };
@@ -914,7 +917,7 @@ pub fn spawn_watchers(
         let api: Api<Service> = Api::all(client.clone());
         tokio::spawn(async move {
             let on_change = |change: Change<Service>| match change {
-                Change::Reset(all) => cluster.reset_services(&all),
+                Change::Listed(listed) => cluster.retain_services(&listed),
                 Change::Apply(s) => cluster.apply_service(&s),
                 Change::Delete(s) => cluster.delete_service(&s),
             };
@@ -934,7 +937,7 @@ pub fn spawn_watchers(
         let api: Api<EndpointSlice> = Api::all(client.clone());
         tokio::spawn(async move {
             let on_change = |change: Change<EndpointSlice>| match change {
-                Change::Reset(all) => cluster.reset_slices(&all),
+                Change::Listed(listed) => cluster.retain_slices(&listed),
                 Change::Apply(s) => cluster.apply_slice(&s),
                 Change::Delete(s) => cluster.delete_slice(&s),
             };
@@ -1024,10 +1027,35 @@ async fn resolve_owner(
 
 /// A change to one watched kind, for the cache.
 enum Change<K> {
-    /// A complete list: replaces the cache.
-    Reset(Vec<K>),
     Apply(K),
     Delete(K),
+    /// A complete list ended: these objects exist, any other is gone. The
+    /// list's objects came as `Apply`s page by page, so a large cluster's
+    /// list is never held in memory whole.
+    Listed(Listed),
+}
+
+/// (namespace, name) and uid of every object of a complete list.
+#[derive(Debug, Default)]
+pub struct Listed {
+    names: HashSet<(String, String)>,
+    uids: HashSet<String>,
+}
+
+impl Listed {
+    fn add(&mut self, meta: &ObjectMeta) {
+        if let (Some(ns), Some(name)) = (&meta.namespace, &meta.name) {
+            self.names.insert((ns.clone(), name.clone()));
+        }
+        if let Some(uid) = &meta.uid {
+            self.uids.insert(uid.clone());
+        }
+    }
+
+    fn has_name(&self, (namespace, name): &ObjectKey) -> bool {
+        self.names
+            .contains(&(namespace.to_string(), name.to_string()))
+    }
 }
 
 const LIST_PAGE: u32 = 500;
@@ -1057,9 +1085,10 @@ async fn reflect<K>(
             stats.restarts.fetch_add(1, Ordering::Relaxed);
         }
         first = false;
-        let version = match list_all(&api, fields).await {
-            Ok((items, version)) => {
-                on_change(Change::Reset(items));
+        let version = match list_all(&api, fields, &mut on_change).await {
+            Ok((listed, version)) => {
+                on_change(Change::Listed(listed));
+                stats.listed.store(true, Ordering::Relaxed);
                 version
             }
             Err(error) => {
@@ -1163,8 +1192,13 @@ async fn reflect<K>(
     }
 }
 
-/// Every object (page by page) and the list's resourceVersion.
-async fn list_all<K>(api: &Api<K>, fields: Option<&str>) -> Result<(Vec<K>, String), kube::Error>
+/// Lists every object page by page, applying each page as it arrives;
+/// returns what was listed and the list's resourceVersion.
+async fn list_all<K>(
+    api: &Api<K>,
+    fields: Option<&str>,
+    on_change: &mut impl FnMut(Change<K>),
+) -> Result<(Listed, String), kube::Error>
 where
     K: Resource + Clone + DeserializeOwned + Debug,
 {
@@ -1172,15 +1206,18 @@ where
     if let Some(fields) = fields {
         params = params.fields(fields);
     }
-    let mut items = Vec::new();
+    let mut listed = Listed::default();
     loop {
         let page = api.list(&params).await?;
-        items.extend(page.items);
+        for item in page.items {
+            listed.add(item.meta());
+            on_change(Change::Apply(item));
+        }
         match page.metadata.continue_.filter(|c| !c.is_empty()) {
             Some(token) => params = params.continue_token(&token),
             None => {
                 let version = page.metadata.resource_version.unwrap_or_default();
-                return Ok((items, version));
+                return Ok((listed, version));
             }
         }
     }
@@ -1381,7 +1418,7 @@ mod tests {
         assert_eq!(name("192.0.2.1"), None);
         c.delete_service(&service);
         assert_eq!(name("10.96.0.10"), None);
-        c.reset_slices(&[]);
+        c.retain_slices(&Listed::default());
         assert_eq!(name("10.2.0.7"), None);
     }
 
@@ -1400,7 +1437,7 @@ mod tests {
         assert_eq!(gone, vec![Arc::<str>::from("uid-a")]);
         assert!(c.peer("10.1.1.1".parse().expect("ip")).is_none());
         // A re-list without b: b was deleted while the watch was down.
-        c.reset_pods(&[]);
+        c.retain_pods(&Listed::default());
         assert_eq!(
             c.expire_deleted(Duration::ZERO),
             vec![Arc::<str>::from("uid-b")]
@@ -1482,5 +1519,40 @@ mod tests {
             "resolve_owner hung on a cached owner"
         );
         assert_eq!(&*stored(&c, "web-5f6d7c8b9-b").service_name, "web");
+    }
+
+    #[test]
+    fn a_complete_list_drops_what_it_did_not_list() {
+        let c = cluster();
+        let service = |name: &str, ip: &str| -> Service {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": name, "namespace": "shop", "uid": format!("s-{name}")},
+                "spec": {"clusterIP": ip}
+            }))
+            .expect("Service")
+        };
+        let (kept, gone) = (service("kept", "10.96.1.1"), service("gone", "10.96.1.2"));
+        c.apply_service(&kept);
+        c.apply_service(&gone);
+        let mut listed = Listed::default();
+        listed.add(&kept.metadata);
+        c.retain_services(&listed);
+        assert!(c.peer("10.96.1.1".parse().expect("ip")).is_some());
+        assert!(c.peer("10.96.1.2".parse().expect("ip")).is_none());
+        assert_eq!(c.stats.services.objects.load(Ordering::Relaxed), 1);
+        // Pods are kept by uid: a listed pod stays, an unlisted one is deleted.
+        let (a, b) = (
+            pod_with("a", "10.1.4.1", serde_json::json!({})),
+            pod_with("b", "10.1.4.2", serde_json::json!({})),
+        );
+        c.apply_pod(&a);
+        c.apply_pod(&b);
+        let mut listed = Listed::default();
+        listed.add(&a.metadata);
+        c.retain_pods(&listed);
+        assert_eq!(
+            c.expire_deleted(Duration::ZERO),
+            vec![Arc::<str>::from("uid-b")]
+        );
     }
 }

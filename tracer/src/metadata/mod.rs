@@ -330,12 +330,10 @@ pub struct Stage {
 }
 
 impl Stage {
-    /// True once the pod cache has been listed once, or when there is no
-    /// Kubernetes: `/readyz` waits for it.
+    /// True once every Kubernetes cache has been listed once, or when there
+    /// is no Kubernetes: `/readyz` waits for it.
     pub fn synced(&self) -> bool {
-        self.kube_stats
-            .as_ref()
-            .is_none_or(|s| s.synced.load(std::sync::atomic::Ordering::Relaxed))
+        self.kube_stats.as_ref().is_none_or(|s| s.synced())
     }
 }
 

@@ -89,8 +89,9 @@ struct Conn {
     tuple: Tuple,
     /// Filled by the metadata stage; records wait for it.
     identity: Slot,
-    /// The callee (client side), looked up at the first exchange.
-    peer: Option<Option<Arc<PeerService>>>,
+    /// The callee (client side) and when it was looked up: at the first
+    /// exchange, and again while it is unknown (the caches may still fill).
+    peer: Option<(Option<Arc<PeerService>>, u64)>,
     streams: [Reassembler; 2],
     parser: Http1Conn,
     last_ns: u64,
@@ -543,6 +544,10 @@ impl<S: Sink> Pipeline<S> {
     }
 }
 
+/// How long an unknown callee stays unknown before the cluster caches are
+/// asked again (they may have been filling when the connection began).
+const PEER_RETRY_NS: u64 = 5_000_000_000;
+
 /// Exchanges waiting for identities past which the process's resolver is
 /// told to stop waiting for its pod and answer with what it knows.
 const HURRY_PENDING: usize = 16384;
@@ -580,12 +585,14 @@ fn deliver<S: Sink>(
     pending: &mut Vec<(Slot, Record)>,
     pending_full: &mut u64,
 ) {
+    let now = conn.last_ns;
     let peer = match (&conn.peer, conn.side) {
-        (Some(peer), _) => peer.clone(),
-        (None, Side::Server) => None,
-        (None, Side::Client) => {
+        (_, Side::Server) => None,
+        (Some((Some(peer), _)), _) => Some(peer.clone()),
+        (Some((None, at)), _) if now.saturating_sub(*at) < PEER_RETRY_NS => None,
+        (_, Side::Client) => {
             let peer = ip_of(&conn.tuple.remote).and_then(|ip| identities.peer(ip));
-            conn.peer = Some(peer.clone());
+            conn.peer = Some((peer.clone(), now));
             peer
         }
     };

@@ -436,7 +436,8 @@ impl KubeMetrics {
         let synced = Gauge::default();
         registry.register(
             "tracer_kubernetes_synced",
-            "1 once the pods of this node have been listed from the API server",
+            "1 once the pods of this node, the Services and the EndpointSlices have each been listed \
+             once from the API server",
             synced.clone(),
         );
         let unresolved = Counter::default();
@@ -477,7 +478,7 @@ impl KubeMetrics {
                 .get_or_create(&label)
                 .set(s.objects.load(Relaxed) as i64);
         }
-        self.synced.set(i64::from(stats.synced.load(Relaxed)));
+        self.synced.set(i64::from(stats.synced()));
         self.unresolved
             .inner()
             .store(stats.unresolved_pods.load(Relaxed), Relaxed);
