@@ -144,6 +144,12 @@ pub enum KubeError {
 /// not (the watchers retry, and metrics flow meanwhile).
 pub async fn connect(options: &KubeOptions) -> Result<Option<(Client, Arc<str>)>, KubeError> {
     let in_cluster = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
+    let node_name = options.node_name.as_deref().filter(|n| !n.is_empty());
+    if in_cluster && node_name.is_none() {
+        // Checked first: the fix for a DaemonSet without NODE_NAME is in
+        // its manifest, whatever else is wrong.
+        return Err(KubeError::NodeName);
+    }
     let config = match &options.kubeconfig {
         Some(path) => {
             let kubeconfig =
@@ -161,9 +167,8 @@ pub async fn connect(options: &KubeOptions) -> Result<Option<(Client, Arc<str>)>
         None if in_cluster => Config::incluster().map_err(KubeError::InCluster)?,
         None => return Ok(None),
     };
-    let node: Arc<str> = match options.node_name.as_deref().filter(|n| !n.is_empty()) {
+    let node: Arc<str> = match node_name {
         Some(node) => Arc::from(node),
-        None if in_cluster => return Err(KubeError::NodeName),
         None => {
             // By hand with a kubeconfig: node names are host names by default.
             let host = hostname();
