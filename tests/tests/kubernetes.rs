@@ -481,6 +481,37 @@ fn api_outage_and_410_keep_counts_exact_and_labels() {
     get_n(&server, "/after", 2);
     tracer.barrier(&server);
     tracer.expect(&[cart("/after", 2)]);
+
+    // Without an outage: the history is compacted and the watch ends
+    // cleanly; resuming it from the old resourceVersion gets 410 Gone, and
+    // the tracer lists again.
+    let watched = wait_until(METRICS_TIMEOUT, || {
+        api.requests()
+            .iter()
+            .any(|r| r.path == "/api/v1/pods" && r.is_watch())
+            .then_some(())
+    });
+    assert!(watched.is_some(), "the tracer never watched again");
+    api.clear_requests();
+    api.compact();
+    let relisted = wait_until(METRICS_TIMEOUT, || {
+        let requests = api.requests();
+        let gone = requests
+            .iter()
+            .any(|r| r.path == "/api/v1/pods" && r.is_watch() && r.status == 200);
+        let listed = requests
+            .iter()
+            .any(|r| r.path == "/api/v1/pods" && !r.is_watch());
+        (gone && listed).then_some(())
+    });
+    assert!(
+        relisted.is_some(),
+        "no re-list after 410 Gone: {:?}",
+        api.requests()
+    );
+    get_n(&server, "/after-410", 3);
+    tracer.barrier(&server);
+    tracer.expect(&[cart("/after-410", 3)]);
 }
 
 #[test]

@@ -14,9 +14,10 @@
 //! cluster-wide but only their addresses and names are kept; owners
 //! (ReplicaSet -> Deployment, Job -> CronJob) are read one object at a time
 //! as metadata only, and cached. Each watch lists (in pages), then watches
-//! from the list's resourceVersion with bookmarks, re-watches after a
-//! disconnect and re-lists after 410 Gone, with exponential backoff; an
-//! outage leaves the cache as it was, so labels keep being served.
+//! from the list's resourceVersion with bookmarks; it re-lists after a
+//! broken stream or 410 Gone (a complete list also drops what was deleted
+//! meanwhile), with exponential backoff; an outage leaves the cache as it
+//! was, so labels keep being served.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -1068,9 +1069,10 @@ const WATCH_TIMEOUT_S: u32 = 290;
 const BACKOFF_MIN: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
-/// Lists, then watches from the list's resourceVersion, for ever: re-watches
-/// after a dropped stream, re-lists after 410 Gone or when `relist` is
-/// notified, backs off exponentially while the API server fails.
+/// Lists, then watches from the list's resourceVersion, for ever: resumes
+/// the watch when the server ends it cleanly or a watch request fails;
+/// re-lists after a broken stream, 410 Gone, or when `relist` is notified;
+/// backs off exponentially while the API server fails.
 async fn reflect<K>(
     resource: &'static str,
     api: Api<K>,
@@ -1184,14 +1186,15 @@ async fn reflect<K>(
                     }
                 }
             }
-            if gone {
-                break;
-            }
             if failed {
+                // A stream that broke may have lost events in between: list
+                // again (as client-go's reflector does), after a pause.
                 stats.up.store(0, Ordering::Relaxed);
-                stats.restarts.fetch_add(1, Ordering::Relaxed);
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(BACKOFF_MAX);
+            }
+            if gone || failed {
+                break;
             }
         }
     }
