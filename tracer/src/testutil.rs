@@ -22,3 +22,14 @@ impl XorShift {
         self.below(n as u64) as usize
     }
 }
+
+/// The registry as text, for assertions.
+pub fn encoded(m: &crate::export::metrics::Metrics) -> String {
+    m.encode().expect("encoding never fails for these metrics")
+}
+
+/// The value of the sample whose line starts with `series` exactly.
+pub fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}

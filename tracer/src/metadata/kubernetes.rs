@@ -253,7 +253,10 @@ pub struct PodInfo {
     pub namespace: Arc<str>,
     pub name: Arc<str>,
     pub node: Arc<str>,
+    /// See [`PodInfo::name_service`].
     pub service_name: Arc<str>,
+    /// The name the pod gives its service itself (annotation or label).
+    named: Option<Arc<str>>,
     pub service_namespace: Arc<str>,
     /// The direct controller (a ReplicaSet, say), as the pod names it.
     controller: Option<Owner>,
@@ -368,6 +371,7 @@ impl PodInfo {
             name,
             node,
             service_name: Arc::from(""),
+            named: named_by_meta(meta),
             service_namespace,
             owner: controller.clone(),
             owner_pending: false,
@@ -378,8 +382,19 @@ impl PodInfo {
             host_ip,
             host_network,
         };
-        info.service_name = service_name(meta, &info);
+        info.name_service();
         Some(info)
+    }
+
+    /// `service_name`: the pod's own name for it (annotation, else
+    /// `app.kubernetes.io/name`), else its top-level owner's name, else the
+    /// pod's name. Called again whenever the owner becomes known.
+    fn name_service(&mut self) {
+        self.service_name = self
+            .named
+            .clone()
+            .or_else(|| self.owner.as_ref().map(|o| o.name.clone()))
+            .unwrap_or_else(|| self.name.clone());
     }
 }
 
@@ -390,29 +405,19 @@ pub const SERVICE_NAMESPACE_ANNOTATION: &str = "resource.opentelemetry.io/servic
 /// The recommended application-name label.
 pub const APP_NAME_LABEL: &str = "app.kubernetes.io/name";
 
-/// `service_name` of a pod: its annotation, else `app.kubernetes.io/name`,
-/// else the top-level owner's name, else the pod's name.
-fn service_name(meta: &ObjectMeta, info: &PodInfo) -> Arc<str> {
-    let nonempty = |s: &&String| !s.is_empty();
-    if let Some(name) = meta
+/// The service name a pod gives itself: the OpenTelemetry annotation, else
+/// the `app.kubernetes.io/name` label.
+fn named_by_meta(meta: &ObjectMeta) -> Option<Arc<str>> {
+    let annotation = meta
         .annotations
         .as_ref()
-        .and_then(|a| a.get(SERVICE_NAME_ANNOTATION))
-        .filter(nonempty)
-    {
-        return Arc::from(name.as_str());
-    }
-    if let Some(name) = meta
-        .labels
-        .as_ref()
-        .and_then(|l| l.get(APP_NAME_LABEL))
-        .filter(nonempty)
-    {
-        return Arc::from(name.as_str());
-    }
-    info.owner
-        .as_ref()
-        .map_or_else(|| info.name.clone(), |o| o.name.clone())
+        .and_then(|a| a.get(SERVICE_NAME_ANNOTATION));
+    let label = meta.labels.as_ref().and_then(|l| l.get(APP_NAME_LABEL));
+    [annotation, label]
+        .into_iter()
+        .flatten()
+        .find(|s| !s.is_empty())
+        .map(|s| Arc::from(s.as_str()))
 }
 
 /// (namespace, name) of a Service or EndpointSlice.
@@ -639,11 +644,7 @@ impl Cluster {
     }
 
     fn store_pod(&self, mut info: PodInfo) {
-        let meta_name = info.service_name.clone();
-        // The service name may come from the owner, which may have changed.
-        if info.owner.is_some() && !self.named_by_meta(&info) {
-            info.service_name = info.owner.as_ref().map_or(meta_name, |o| o.name.clone());
-        }
+        info.name_service();
         let info = Arc::new(info);
         let mut state = self.write();
         if let Some(old) = state.pods.insert(info.uid.clone(), info.clone()) {
@@ -669,13 +670,6 @@ impl Cluster {
             .store(state.pods.len() as u64, Ordering::Relaxed);
         drop(state);
         self.bump();
-    }
-
-    /// Whether the pod's service name came from its annotation or label
-    /// (which an owner does not override).
-    fn named_by_meta(&self, info: &PodInfo) -> bool {
-        let by_owner = info.controller.as_ref().map(|c| &c.name) == Some(&info.service_name);
-        !(by_owner || info.service_name == info.name)
     }
 
     /// A deleted pod keeps its cache entry (and its series) for the grace
@@ -798,63 +792,38 @@ impl Cluster {
 
     /// Records a controller's top owner and updates the pods it controls.
     fn set_owner(&self, controller: &Owner, namespace: &Arc<str>, top: Owner) {
-        let key = (
-            controller.kind.clone(),
-            namespace.clone(),
-            controller.name.clone(),
-        );
-        let waiting: Vec<Arc<PodInfo>> = {
+        {
+            let key = (
+                controller.kind.clone(),
+                namespace.clone(),
+                controller.name.clone(),
+            );
             let mut state = self.write();
             state.owners.insert(key, top.clone());
-            self.stats
-                .owners
-                .objects
-                .store(state.owners.len() as u64, Ordering::Relaxed);
-            state
-                .pods
-                .values()
-                .filter(|p| p.namespace == *namespace && p.controller.as_ref() == Some(controller))
-                .cloned()
-                .collect()
-        };
-        for pod in waiting {
-            let mut info = (*pod).clone();
-            let by_owner = info.service_name == controller.name || info.service_name == info.name;
-            info.owner = Some(top.clone());
-            info.owner_pending = false;
-            if by_owner {
-                info.service_name = top.name.clone();
-            }
-            self.store_pod(info);
+            self.stats.owners.set_objects(state.owners.len());
         }
+        self.assign_owner(controller, namespace, &top);
     }
 
-    /// The owner lookup failed: keep the best guess and stop waiting.
+    /// The owner lookup failed: keep the best guess (not cached, so the
+    /// next pod of this controller asks again) and stop waiting.
     fn owner_unknown(&self, controller: &Owner, namespace: &Arc<str>) {
-        let guess = guess_top_owner(controller);
-        self.set_owner_without_caching(controller, namespace, guess);
+        self.assign_owner(controller, namespace, &guess_top_owner(controller));
     }
 
-    fn set_owner_without_caching(&self, controller: &Owner, namespace: &Arc<str>, top: Owner) {
-        let waiting: Vec<Arc<PodInfo>> = self
+    /// Gives the pods of `controller` their top-level owner.
+    fn assign_owner(&self, controller: &Owner, namespace: &Arc<str>, top: &Owner) {
+        let pods: Vec<Arc<PodInfo>> = self
             .read()
             .pods
             .values()
-            .filter(|p| {
-                p.owner_pending
-                    && p.namespace == *namespace
-                    && p.controller.as_ref() == Some(controller)
-            })
+            .filter(|p| p.namespace == *namespace && p.controller.as_ref() == Some(controller))
             .cloned()
             .collect();
-        for pod in waiting {
+        for pod in pods {
             let mut info = (*pod).clone();
-            let by_owner = info.service_name == controller.name || info.service_name == info.name;
             info.owner = Some(top.clone());
             info.owner_pending = false;
-            if by_owner {
-                info.service_name = top.name.clone();
-            }
             self.store_pod(info);
         }
     }
@@ -897,67 +866,21 @@ pub fn spawn_watchers(
     gone: std::sync::mpsc::Sender<Arc<str>>,
 ) {
     let fields = format!("spec.nodeName={}", cluster.node);
-    {
-        let cluster = cluster.clone();
-        let api: Api<Pod> = Api::all(client.clone());
-        tokio::spawn(async move {
-            let stats = &cluster.stats.pods;
-            let on_change = |change: Change<Pod>| match change {
-                Change::Listed(listed) => cluster.retain_pods(&listed),
-                Change::Apply(pod) => cluster.apply_pod(&pod),
-                Change::Delete(pod) => cluster.delete_pod(&pod),
-            };
-            reflect(
-                "pods",
-                api,
-                Some(&fields),
-                stats,
-                Some(&cluster.relist),
-                on_change,
-            )
-            .await;
-        });
-    }
-    {
-        let cluster = cluster.clone();
-        let api: Api<Service> = Api::all(client.clone());
-        tokio::spawn(async move {
-            let on_change = |change: Change<Service>| match change {
-                Change::Listed(listed) => cluster.retain_services(&listed),
-                Change::Apply(s) => cluster.apply_service(&s),
-                Change::Delete(s) => cluster.delete_service(&s),
-            };
-            reflect(
-                "services",
-                api,
-                None,
-                &cluster.stats.services,
-                None,
-                on_change,
-            )
-            .await;
-        });
-    }
-    {
-        let cluster = cluster.clone();
-        let api: Api<EndpointSlice> = Api::all(client.clone());
-        tokio::spawn(async move {
-            let on_change = |change: Change<EndpointSlice>| match change {
-                Change::Listed(listed) => cluster.retain_slices(&listed),
-                Change::Apply(s) => cluster.apply_slice(&s),
-                Change::Delete(s) => cluster.delete_slice(&s),
-            };
-            reflect(
-                "endpointslices",
-                api,
-                None,
-                &cluster.stats.endpointslices,
-                None,
-                on_change,
-            )
-            .await;
-        });
-    }
+    tokio::spawn(reflect::<Pod>(
+        Api::all(client.clone()),
+        Some(fields),
+        cluster.clone(),
+    ));
+    tokio::spawn(reflect::<Service>(
+        Api::all(client.clone()),
+        None,
+        cluster.clone(),
+    ));
+    tokio::spawn(reflect::<EndpointSlice>(
+        Api::all(client.clone()),
+        None,
+        cluster.clone(),
+    ));
     let queue = cluster
         .owner_queue
         .lock()
@@ -1031,6 +954,73 @@ async fn resolve_owner(
     }
 }
 
+/// A kind the cluster cache keeps, and where its changes go.
+trait Cached: Resource + Clone + DeserializeOwned + Debug + Send + 'static {
+    /// The `resource` label value and log field.
+    const RESOURCE: &'static str;
+    fn stats(cluster: &Cluster) -> &ResourceStats;
+    fn apply(cluster: &Cluster, object: &Self);
+    fn delete(cluster: &Cluster, object: &Self);
+    /// A complete list ended: drop what it did not name.
+    fn retain(cluster: &Cluster, listed: &Listed);
+    /// Notified when a list is wanted now (pods: a process's pod is
+    /// missing).
+    fn relist(_cluster: &Cluster) -> Option<&tokio::sync::Notify> {
+        None
+    }
+}
+
+impl Cached for Pod {
+    const RESOURCE: &'static str = "pods";
+    fn stats(cluster: &Cluster) -> &ResourceStats {
+        &cluster.stats.pods
+    }
+    fn apply(cluster: &Cluster, pod: &Self) {
+        cluster.apply_pod(pod);
+    }
+    fn delete(cluster: &Cluster, pod: &Self) {
+        cluster.delete_pod(pod);
+    }
+    fn retain(cluster: &Cluster, listed: &Listed) {
+        cluster.retain_pods(listed);
+    }
+    fn relist(cluster: &Cluster) -> Option<&tokio::sync::Notify> {
+        Some(&cluster.relist)
+    }
+}
+
+impl Cached for Service {
+    const RESOURCE: &'static str = "services";
+    fn stats(cluster: &Cluster) -> &ResourceStats {
+        &cluster.stats.services
+    }
+    fn apply(cluster: &Cluster, service: &Self) {
+        cluster.apply_service(service);
+    }
+    fn delete(cluster: &Cluster, service: &Self) {
+        cluster.delete_service(service);
+    }
+    fn retain(cluster: &Cluster, listed: &Listed) {
+        cluster.retain_services(listed);
+    }
+}
+
+impl Cached for EndpointSlice {
+    const RESOURCE: &'static str = "endpointslices";
+    fn stats(cluster: &Cluster) -> &ResourceStats {
+        &cluster.stats.endpointslices
+    }
+    fn apply(cluster: &Cluster, slice: &Self) {
+        cluster.apply_slice(slice);
+    }
+    fn delete(cluster: &Cluster, slice: &Self) {
+        cluster.delete_slice(slice);
+    }
+    fn retain(cluster: &Cluster, listed: &Listed) {
+        cluster.retain_slices(listed);
+    }
+}
+
 /// A change to one watched kind, for the cache.
 enum Change<K> {
     Apply(K),
@@ -1073,16 +1063,16 @@ const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// the watch when the server ends it cleanly or a watch request fails;
 /// re-lists after a broken stream, 410 Gone, or when `relist` is notified;
 /// backs off exponentially while the API server fails.
-async fn reflect<K>(
-    resource: &'static str,
-    api: Api<K>,
-    fields: Option<&str>,
-    stats: &ResourceStats,
-    relist: Option<&tokio::sync::Notify>,
-    mut on_change: impl FnMut(Change<K>),
-) where
-    K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
-{
+async fn reflect<K: Cached>(api: Api<K>, fields: Option<String>, cluster: Arc<Cluster>) {
+    let resource = K::RESOURCE;
+    let fields = fields.as_deref();
+    let stats = K::stats(&cluster);
+    let relist = K::relist(&cluster);
+    let mut on_change = |change: Change<K>| match change {
+        Change::Apply(object) => K::apply(&cluster, &object),
+        Change::Delete(object) => K::delete(&cluster, &object),
+        Change::Listed(listed) => K::retain(&cluster, &listed),
+    };
     let mut backoff = BACKOFF_MIN;
     let mut first = true;
     let never = tokio::sync::Notify::new();

@@ -607,6 +607,7 @@ mod tests {
     use super::*;
     use crate::export::metrics::Metrics;
     use crate::export::route::OVERFLOW_ROUTE;
+    use crate::testutil::{encoded, sample};
     use std::net::Ipv4Addr;
 
     /// A process outside any pod, named `name`; leaked, as tests keep
@@ -636,16 +637,6 @@ mod tests {
             peer: Some((IpAddr::V4(Ipv4Addr::new(10, 0, 0, 7)), 8080)),
             peer_service: None,
         }
-    }
-
-    fn encoded(m: &Metrics) -> String {
-        m.encode().expect("encoding never fails for these metrics")
-    }
-
-    /// The value of the sample whose line starts with `series` exactly.
-    fn sample(text: &str, series: &str) -> Option<f64> {
-        text.lines()
-            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
     }
 
     #[test]

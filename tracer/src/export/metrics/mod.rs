@@ -488,16 +488,7 @@ impl KubeMetrics {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn encoded(m: &Metrics) -> String {
-        m.encode().expect("encoding never fails for these metrics")
-    }
-
-    /// The value of the sample whose line starts with `series` exactly.
-    fn sample(text: &str, series: &str) -> Option<f64> {
-        text.lines()
-            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-    }
+    use crate::testutil::{encoded, sample};
 
     #[test]
     fn kernel_stats_keep_latest_value() {
