@@ -10,13 +10,13 @@ use tokio::sync::watch;
 use crate::{
     cli::{CaptureArgs, RecordArgs, RunArgs, WatchArgs},
     config::{Config, PipelineConfig},
-    export::metrics::{EventKind, HttpObservation, Limits, Metrics},
+    export::metrics::{EventKind, Limits, Metrics, Observation},
     export::server::{self, Health},
     export::watch::{Filter, PrintSink},
     metadata::{self, procfs},
     pipeline::conntrack::{Counters, Pipeline},
     pipeline::records::{ip_of, Record, Sink},
-    protocols::Side,
+    protocols::{ParserCounters, Protocol, Side},
     source::ingest,
     source::loader::{self, AttachMode, Kernel},
 };
@@ -39,13 +39,11 @@ impl Sink for MetricsSink {
             Side::Client => ip_of(&record.remote).map(|ip| (ip, record.remote.port)),
             Side::Server => None,
         };
-        self.0.observe_http(&HttpObservation {
+        self.0.observe(&Observation {
             side: record.side,
             identity: &record.identity,
-            method: &record.exchange.method,
-            status: record.exchange.status,
+            call: &record.exchange.call,
             failure: record.exchange.failure,
-            path: &record.exchange.path,
             duration_s: record.duration_s(),
             peer,
             peer_service: record.peer_service.as_ref(),
@@ -92,13 +90,16 @@ impl Publisher {
         let (r, lr) = (now.reassembly, last.reassembly);
         metrics.count_gaps(r.gaps - lr.gaps, r.gap_bytes - lr.gap_bytes);
         metrics.count_user_drop("stream_overlap", r.overlaps - lr.overlaps);
-        let (p, lp) = (now.parser, last.parser);
-        metrics.count_parser(
-            "http1",
-            p.resyncs - lp.resyncs,
-            p.unmatched_requests - lp.unmatched_requests,
-            p.unmatched_responses - lp.unmatched_responses,
-        );
+        for protocol in Protocol::ALL {
+            let (p, lp) = (now.parser[protocol.index()], last.parser[protocol.index()]);
+            let delta = ParserCounters {
+                resyncs: p.resyncs - lp.resyncs,
+                unmatched_requests: p.unmatched_requests - lp.unmatched_requests,
+                unmatched_responses: p.unmatched_responses - lp.unmatched_responses,
+                partial: p.partial - lp.partial,
+            };
+            metrics.count_parser(protocol.as_str(), &delta);
+        }
         metrics.set_connections(pipeline.connections() as i64);
     }
 }
@@ -177,7 +178,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         |p| {
             housekeeping.after_batch(p);
             for uid in gone_pods.try_iter() {
-                metrics.http.forget_pod(&uid);
+                metrics.calls.forget_pod(&uid);
             }
             publisher.publish(p, &metrics);
             let synced = kube_stats.as_ref().is_none_or(|s| s.synced());

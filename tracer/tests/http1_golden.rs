@@ -414,7 +414,10 @@ fn check(case: &Case, run: &Run, timestamps: bool) -> Result<(), String> {
     let got: Vec<String> = run
         .exchanges
         .iter()
-        .map(|e| format!("{} {} {}", e.method, e.path, e.status))
+        .map(|e| {
+            let http = e.http().expect("HTTP/1 yields HTTP calls");
+            format!("{} {} {}", http.method, http.path, http.status)
+        })
         .collect();
     let want: Vec<String> = case
         .exchanges

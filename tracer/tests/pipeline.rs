@@ -21,8 +21,11 @@ use tracer::{
     metadata::{procfs::ExistingConn, Identities},
     pipeline::conntrack::{KernelSockets, Pipeline},
     pipeline::records::{Record, Sink},
-    protocols::{Failure, Side},
+    protocols::{Failure, Protocol, Side},
 };
+/// Index of HTTP/1's counters in `Counters::parser`.
+const HTTP1: usize = Protocol::Http1 as usize;
+
 use tracer_common::{
     conn_key, direction, kind, role, ConnEvent, ConnInfo, DataEvent, EventHeader, SockAddr, Tuple,
     AF_INET, COMM_LEN, USER_CONN_ID_BIT,
@@ -370,9 +373,9 @@ impl Harness {
             .iter()
             .map(|r| {
                 (
-                    r.exchange.method.clone(),
-                    r.exchange.path.clone(),
-                    r.exchange.status,
+                    r.exchange.http().unwrap().method.clone(),
+                    r.exchange.http().unwrap().path.clone(),
+                    r.exchange.http().unwrap().status,
                 )
             })
             .collect()
@@ -435,9 +438,9 @@ fn server_exchange_becomes_one_record() {
     assert_eq!(r.tgid, me);
     assert_eq!(r.local, c.tuple.local);
     assert_eq!(r.remote, c.tuple.remote);
-    assert_eq!(r.exchange.method, "GET");
-    assert_eq!(r.exchange.path, "/api/items");
-    assert_eq!(r.exchange.status, 200);
+    assert_eq!(r.exchange.http().unwrap().method, "GET");
+    assert_eq!(r.exchange.http().unwrap().path, "/api/items");
+    assert_eq!(r.exchange.http().unwrap().status, 200);
     assert_eq!(r.exchange.start_ns, 2_000);
     assert_eq!(r.exchange.end_ns, 3_000);
     assert_eq!(h.p.connections(), 1);
@@ -446,7 +449,7 @@ fn server_exchange_becomes_one_record() {
     assert_eq!(counters.data_events, 2);
     assert_eq!(counters.decode_errors, 0);
     assert_eq!(counters.unknown_conn, 0);
-    assert_eq!(counters.parser, Default::default());
+    assert_eq!(counters.parser[HTTP1], Default::default());
     assert!(h.kernel.state().forgets.is_empty());
 }
 
@@ -515,7 +518,7 @@ fn client_exchange_has_requests_egress() {
     assert_eq!(r.local.port, c.tuple.local.port);
     assert_eq!(r.remote.port, 80);
     assert_eq!((r.exchange.start_ns, r.exchange.end_ns), (2_000, 5_000));
-    assert_eq!(h.p.counters.parser, Default::default());
+    assert_eq!(h.p.counters.parser[HTTP1], Default::default());
 }
 
 #[test]
@@ -528,7 +531,7 @@ fn client_role_reads_are_responses_not_requests() {
     h.send(&c, IN, 2_000, &get("/x"));
     h.send(&c, OUT, 3_000, &ok(200, ""));
     assert!(h.records().is_empty());
-    assert_eq!(h.p.counters.parser.resyncs, 0);
+    assert_eq!(h.p.counters.parser[HTTP1].resyncs, 0);
 }
 
 #[test]
@@ -554,7 +557,7 @@ fn keep_alive_three_exchanges_on_one_connection() {
         .map(|r| (r.exchange.start_ns, r.exchange.end_ns))
         .collect();
     assert_eq!(times, [(1_000, 1_500), (2_000, 2_500), (3_000, 3_500)]);
-    assert_eq!(h.p.counters.parser, Default::default());
+    assert_eq!(h.p.counters.parser[HTTP1], Default::default());
     assert_eq!(h.p.connections(), 1);
 }
 
@@ -581,7 +584,7 @@ fn pipelined_requests_in_one_chunk() {
     let ends: Vec<u64> = h.records().iter().map(|r| r.exchange.end_ns).collect();
     assert_eq!(ends, [2_000, 2_000, 3_000]);
     assert!(h.records().iter().all(|r| r.exchange.start_ns == 1_000));
-    assert_eq!(h.p.counters.parser, Default::default());
+    assert_eq!(h.p.counters.parser[HTTP1], Default::default());
 }
 
 #[test]
@@ -641,7 +644,7 @@ fn truncated_chunk_inside_a_body_still_pairs() {
     );
     assert_eq!(h.records()[1].exchange.end_ns, 5_000);
     let counters = h.p.counters;
-    assert_eq!(counters.parser, Default::default());
+    assert_eq!(counters.parser[HTTP1], Default::default());
     // The uncaptured tail of a truncated chunk is normal, not a lost range.
     assert_eq!(counters.reassembly.gaps, 0);
 }
@@ -666,7 +669,7 @@ fn lost_chunk_inside_a_header_resyncs_and_later_requests_count() {
     }
     assert_eq!(h.p.counters.reassembly.gaps, 1);
     assert_eq!(h.p.counters.reassembly.gap_bytes, 20);
-    assert_eq!(h.p.counters.parser.resyncs, 1, "{:?}", h.p.counters);
+    assert_eq!(h.p.counters.parser[HTTP1].resyncs, 1, "{:?}", h.p.counters);
 
     // Requests after the damage are still parsed and answered.
     h.send(&c, OUT, 4_000, &ok(200, ""));
@@ -680,8 +683,8 @@ fn lost_chunk_inside_a_header_resyncs_and_later_requests_count() {
     // pipelined: the answer to the lost one is left over.)
     let paths: Vec<String> = h.summary().into_iter().map(|(_, p, _)| p).collect();
     assert_eq!(paths, ["/first", "/3", "/4", "/5", "/6", "/7"]);
-    assert_eq!(h.p.counters.parser.resyncs, 1);
-    assert_eq!(h.p.counters.parser.unmatched_responses, 1);
+    assert_eq!(h.p.counters.parser[HTTP1].resyncs, 1);
+    assert_eq!(h.p.counters.parser[HTTP1].unmatched_responses, 1);
 }
 
 #[test]
@@ -706,7 +709,7 @@ fn swapped_chunks_are_reordered() {
     assert_eq!(h.summary(), [ex("GET", "/swapped", 200)]);
     assert_eq!(h.p.counters.reassembly.reordered, 1);
     assert_eq!(h.p.counters.reassembly.gaps, 0);
-    assert_eq!(h.p.counters.parser.resyncs, 0);
+    assert_eq!(h.p.counters.parser[HTTP1].resyncs, 0);
 }
 
 // ---------------------------------------------------------------------------
@@ -731,7 +734,7 @@ fn close_completes_a_close_delimited_response() {
     let r = &h.records()[0];
     assert_eq!((r.exchange.start_ns, r.exchange.end_ns), (1_000, 9_000));
     assert_eq!(h.p.counters.close_events, 1);
-    assert_eq!(h.p.counters.parser.unmatched_requests, 0);
+    assert_eq!(h.p.counters.parser[HTTP1].unmatched_requests, 0);
     assert_eq!(h.p.connections(), 0);
     // The kernel drops the socket itself on close: nothing to forget.
     assert!(h.kernel.state().forgets.is_empty());
@@ -752,7 +755,7 @@ fn close_ends_an_unanswered_request_as_connection_closed() {
     let never = &h.records()[1].exchange;
     assert_eq!(never.failure, Some(Failure::ConnectionClosed));
     assert_eq!((never.start_ns, never.end_ns), (2_000, 3_000));
-    assert_eq!(h.p.counters.parser.unmatched_requests, 0);
+    assert_eq!(h.p.counters.parser[HTTP1].unmatched_requests, 0);
     assert_eq!(h.p.connections(), 0);
     // A CLOSE for a connection no longer known is harmless.
     h.close(&c, 4_000);
@@ -775,7 +778,7 @@ fn close_delivers_chunks_held_behind_a_hole() {
     // On close the hole is a gap inside the body: the response completes.
     assert_eq!(h.summary(), [ex("GET", "/x", 200)]);
     assert_eq!(h.p.counters.reassembly.gaps, 1);
-    assert_eq!(h.p.counters.parser.resyncs, 0);
+    assert_eq!(h.p.counters.parser[HTTP1].resyncs, 0);
 }
 
 #[test]
@@ -816,7 +819,7 @@ fn process_exit_finishes_all_its_connections() {
     for r in &h.records()[1..] {
         assert_eq!(r.exchange.end_ns, 5_000);
     }
-    assert_eq!(h.p.counters.parser.unmatched_requests, 0);
+    assert_eq!(h.p.counters.parser[HTTP1].unmatched_requests, 0);
     let mut forgets = h.kernel.state().forgets.clone();
     forgets.sort_unstable();
     assert_eq!(
@@ -827,7 +830,7 @@ fn process_exit_finishes_all_its_connections() {
     // The other process is unaffected.
     h.send(&other, OUT, 6_000, &ok(200, ""));
     assert_eq!(h.records().len(), 4);
-    assert_eq!(h.records()[3].exchange.path, "/other");
+    assert_eq!(h.records()[3].exchange.http().unwrap().path, "/other");
     // An exit of a process without connections is harmless.
     h.p.handle(&proc_exit(DEAD + 99, 7_000));
     assert_eq!(h.p.connections(), 1);
@@ -871,7 +874,7 @@ fn non_http_connection_is_dropped_and_forgotten() {
     let counters = h.p.counters;
     assert_eq!(counters.data_events, 4);
     assert_eq!(counters.unknown_conn, 0);
-    assert_eq!(counters.parser, Default::default());
+    assert_eq!(counters.parser[HTTP1], Default::default());
     assert_eq!(counters.decode_errors, 0);
     assert!(
         h.kernel.state().lookups.is_empty(),
@@ -889,7 +892,7 @@ fn server_speaks_first_is_not_http() {
     h.send(&c, IN, 1_000, b"\x4a\x00\x00\x00\x0a8.0.36\x00");
     assert_eq!(h.p.connections(), 0);
     assert_eq!(h.kernel.state().forgets, [conn_key(DEAD, 8)]);
-    assert_eq!(h.p.counters.parser, Default::default());
+    assert_eq!(h.p.counters.parser[HTTP1], Default::default());
 }
 
 #[test]
@@ -910,7 +913,7 @@ fn tls_client_hello_is_not_http() {
     );
     assert_eq!(h.p.connections(), 0);
     assert_eq!(h.kernel.state().forgets, [conn_key(DEAD, 5)]);
-    assert_eq!(h.p.counters.parser.resyncs, 0);
+    assert_eq!(h.p.counters.parser[HTTP1].resyncs, 0);
 }
 
 #[test]
@@ -930,7 +933,11 @@ fn garbage_on_a_port_known_to_serve_http_is_a_resync() {
         2_100,
         b"\x00\x01garbage that is not a request\r\n\r\n",
     );
-    assert!(h.p.counters.parser.resyncs >= 1, "{:?}", h.p.counters);
+    assert!(
+        h.p.counters.parser[HTTP1].resyncs >= 1,
+        "{:?}",
+        h.p.counters
+    );
     assert_eq!(h.p.connections(), 1);
     assert!(h.kernel.state().forgets.is_empty());
     // A real request after the garbage is still counted.
@@ -943,7 +950,7 @@ fn garbage_on_a_port_known_to_serve_http_is_a_resync() {
 
     // The same garbage on a port not yet known is decided by the answer:
     // another protocol's answer makes it "not HTTP", counting nothing...
-    let resyncs = h.p.counters.parser.resyncs;
+    let resyncs = h.p.counters.parser[HTTP1].resyncs;
     let other = h.server(3, DEAD, 7, 9090, 3_000);
     h.send(
         &other,
@@ -952,7 +959,7 @@ fn garbage_on_a_port_known_to_serve_http_is_a_resync() {
         b"\x00\x01garbage that is not a request\r\n\r\n",
     );
     h.send(&other, OUT, 3_200, b"\x00\x00\x00\x04nope");
-    assert_eq!(h.p.counters.parser.resyncs, resyncs);
+    assert_eq!(h.p.counters.parser[HTTP1].resyncs, resyncs);
     assert_eq!(h.kernel.state().forgets, [conn_key(DEAD, 7)]);
 
     // ... while an HTTP error answer (nginx's 400) makes it a resync on a
@@ -965,8 +972,8 @@ fn garbage_on_a_port_known_to_serve_http_is_a_resync() {
         4_200,
         b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n",
     );
-    assert_eq!(h.p.counters.parser.resyncs, resyncs + 1);
-    assert_eq!(h.p.counters.parser.unmatched_responses, 1);
+    assert_eq!(h.p.counters.parser[HTTP1].resyncs, resyncs + 1);
+    assert_eq!(h.p.counters.parser[HTTP1].unmatched_responses, 1);
     assert_eq!(h.p.connections(), 2, "b and fresh stay traced");
 }
 
@@ -981,7 +988,7 @@ fn process_exit_forgets_its_known_http_ports() {
     let b = h.server(2, DEAD, 5, 8080, 3_000);
     h.send(&b, IN, 3_100, b"*1\r\n$4\r\nPING\r\n");
     h.send(&b, OUT, 3_200, b"+PONG\r\n");
-    assert_eq!(h.p.counters.parser.resyncs, 0);
+    assert_eq!(h.p.counters.parser[HTTP1].resyncs, 0);
     assert_eq!(h.p.connections(), 0, "not HTTP: dropped");
 }
 
@@ -1012,7 +1019,7 @@ fn upgrade_stops_tracing_the_connection() {
         b"\x81\x85\x37\xfa\x21\x3d\x7f\x9f\x4d\x51\x58",
     );
     assert_eq!(h.p.counters.unknown_conn, 0);
-    assert_eq!(h.p.counters.parser, Default::default());
+    assert_eq!(h.p.counters.parser[HTTP1], Default::default());
     assert_eq!(h.records().len(), 1);
 }
 
@@ -1133,7 +1140,7 @@ fn unknown_connection_the_kernel_traces_is_adopted_mid_stream() {
         &*r.identity.service_name, "unknown",
         "no /proc entry and no comm"
     );
-    assert_eq!(h.p.counters.parser, Default::default());
+    assert_eq!(h.p.counters.parser[HTTP1], Default::default());
 }
 
 #[test]
@@ -1238,7 +1245,7 @@ fn existing_connection_is_adopted_with_a_user_id() {
     let r = &h.records()[0];
     assert_eq!(r.side, Side::Server);
     assert_eq!((r.exchange.start_ns, r.exchange.end_ns), (2_000, 2_500));
-    assert_eq!(h.p.counters.parser, Default::default());
+    assert_eq!(h.p.counters.parser[HTTP1], Default::default());
     assert_eq!(h.p.counters.unknown_conn, 0);
 }
 

@@ -1,6 +1,6 @@
 //! `tracer watch`: one line per request/response pair on stdout, for an
-//! operator debugging one machine. Prints the path without its query string
-//! and never a header value.
+//! operator debugging one machine. Prints the path without its query string,
+//! never a header value, statement text or key (see `describe`).
 
 use std::{
     io::Write,
@@ -10,7 +10,7 @@ use std::{
 
 use crate::{
     pipeline::records::{ip_of, Record, Sink},
-    protocols::Side,
+    protocols::{Call, Side},
 };
 
 /// Which records to print; an empty list lets everything through.
@@ -85,9 +85,10 @@ impl<W: Write> Sink for PrintSink<W> {
             Some(pod) => format!(" pod={}/{}", pod.namespace, pod.name),
             None => String::new(),
         };
+        let (what, target, outcome) = describe(&record.exchange.call);
         let status = match record.exchange.failure {
             Some(failure) => failure.as_str().to_string(),
-            None => record.exchange.status.to_string(),
+            None => outcome,
         };
         // A closed stdout (piped into `head`) is not worth a panic.
         let _ = writeln!(
@@ -99,12 +100,35 @@ impl<W: Write> Sink for PrintSink<W> {
             pod,
             side,
             peer,
-            record.exchange.method,
-            record.exchange.path,
+            what,
+            target,
             status,
             record.duration_s() * 1e3,
         );
         let _ = self.out.flush();
+    }
+}
+
+/// Three words for a call: HTTP `METHOD /path STATUS`; gRPC
+/// `grpc /pkg.Service/Method STATUS`; databases `SYSTEM OPERATION[:table]
+/// ok|ERROR-CODE`.
+fn describe(call: &Call) -> (&str, String, String) {
+    match call {
+        Call::Http(http) => (&http.method, http.path.clone(), http.status.to_string()),
+        Call::Grpc(grpc) => (
+            "grpc",
+            format!("/{}/{}", grpc.service, grpc.method),
+            grpc.status
+                .map_or_else(|| "-".to_string(), |s| s.to_string()),
+        ),
+        Call::Db(db) => (
+            db.system.as_str(),
+            match &db.collection {
+                Some(table) => format!("{}:{table}", db.operation),
+                None => db.operation.clone(),
+            },
+            db.error.clone().unwrap_or_else(|| "ok".to_string()),
+        ),
     }
 }
 
@@ -153,7 +177,7 @@ mod tests {
     use tracer_common::{SockAddr, AF_INET};
 
     use super::*;
-    use crate::protocols::Exchange;
+    use crate::protocols::{Call, Exchange, HttpCall};
 
     fn record(tgid: u32, service: &str, port: u16) -> Record {
         let addr = |p| SockAddr {
@@ -175,9 +199,11 @@ mod tests {
             local: addr(port),
             remote: addr(40000),
             exchange: Exchange {
-                method: "GET".into(),
-                path: "/items/7".into(),
-                status: 200,
+                call: Call::Http(HttpCall {
+                    method: "GET".into(),
+                    path: "/items/7".into(),
+                    status: 200,
+                }),
                 failure: None,
                 start_ns: 1_000_000,
                 end_ns: 3_500_000,

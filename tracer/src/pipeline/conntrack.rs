@@ -21,10 +21,7 @@ use crate::{
     metadata::{procfs::ExistingConn, Identities, PeerService, Slot},
     pipeline::reassembly::{Reassembler, ReassemblyCounters},
     pipeline::records::{ip_of, Record, Sink},
-    protocols::{
-        http1::{ConnState, Http1Conn, Mode},
-        Exchange, ParserCounters, Side,
-    },
+    protocols::{Exchange, Parser, ParserCounters, Protocol, Side, Verdict},
 };
 
 /// The kernel's socket table, as far as the pipeline needs it.
@@ -78,8 +75,15 @@ pub struct Counters {
     /// identity.
     pub pending_full: u64,
     pub reassembly: ReassemblyCounters,
-    pub parser: ParserCounters,
+    /// Per protocol, indexed by [`Protocol::index`].
+    pub parser: ParserTally,
 }
+
+/// Parser counters of every protocol.
+pub type ParserTally = [ParserCounters; PROTOCOLS];
+
+/// Number of registered protocols.
+pub const PROTOCOLS: usize = Protocol::ALL.len();
 
 /// Per-connection state.
 struct Conn {
@@ -93,9 +97,9 @@ struct Conn {
     /// exchange, and again while it is unknown (the caches may still fill).
     peer: Option<(Option<Arc<PeerService>>, u64)>,
     streams: [Reassembler; 2],
-    parser: Http1Conn,
+    parser: Parser,
     last_ns: u64,
-    /// This server port is already recorded as speaking HTTP.
+    /// This server port's protocol is already recorded.
     port_known: bool,
 }
 
@@ -107,8 +111,8 @@ type IdMap<K, V> = HashMap<K, V, FxBuildHasher>;
 /// events already in the ring buffer are dropped quietly, not as unknown.
 const MAX_FORGOTTEN: usize = 4096;
 
-/// Most server ports remembered as HTTP, so that garbage sent to them later
-/// counts as a resync rather than as "not HTTP".
+/// Most server ports whose protocol is remembered, so that garbage sent to
+/// them later counts as a resync rather than as another protocol.
 const MAX_KNOWN_PORTS: usize = 4096;
 
 /// The whole user-space pipeline after the ring buffer.
@@ -119,7 +123,8 @@ pub struct Pipeline<S: Sink> {
     identities: Identities,
     /// Finished exchanges whose process identity is not resolved yet.
     pending: Vec<(Slot, Record)>,
-    known_http: HashSet<(u32, u16)>,
+    /// The protocol each (process, server port) spoke.
+    known_ports: HashMap<(u32, u16), Protocol>,
     kernel: Option<Box<dyn KernelSockets + Send>>,
     forgotten: VecDeque<u64>,
     forgotten_set: HashSet<u64, FxBuildHasher>,
@@ -145,7 +150,7 @@ impl<S: Sink> Pipeline<S> {
             capacity: capacity.max(1),
             identities,
             pending: Vec::new(),
-            known_http: HashSet::new(),
+            known_ports: HashMap::new(),
             kernel,
             forgotten: VecDeque::new(),
             forgotten_set: HashSet::default(),
@@ -220,12 +225,17 @@ impl<S: Sink> Pipeline<S> {
             Side::Server
         };
         let tgid = event.header.tgid;
-        let mode =
-            if side == Side::Server && self.known_http.contains(&(tgid, event.tuple.local.port)) {
-                Mode::KnownHttp
-            } else {
-                Mode::Sniff
-            };
+        let known = match side {
+            Side::Server => self
+                .known_ports
+                .get(&(tgid, event.tuple.local.port))
+                .copied(),
+            Side::Client => None,
+        };
+        let parser = match known {
+            Some(protocol) => Parser::known(protocol, side),
+            None => Parser::detect(side, server_port(side, &event.tuple)),
+        };
         let identity = self.identities.slot(tgid, &event.comm);
         self.insert(
             event.header.conn_id,
@@ -237,9 +247,9 @@ impl<S: Sink> Pipeline<S> {
                 identity,
                 peer: None,
                 streams: [Reassembler::new(0), Reassembler::new(0)],
-                parser: Http1Conn::new(side, mode),
+                parser,
                 last_ns: event.header.ts_ns,
-                port_known: mode == Mode::KnownHttp,
+                port_known: known.is_some(),
             },
         );
     }
@@ -309,14 +319,17 @@ impl<S: Sink> Pipeline<S> {
             &mut counters.reassembly,
             &mut |piece| parser.on_piece(outbound, piece, ts, &mut counters.parser, exchanges),
         );
-        match conn.parser.state() {
-            ConnState::Http if !conn.port_known && conn.side == Side::Server => {
+        match conn.parser.verdict() {
+            Verdict::Speaks if !conn.port_known && conn.side == Side::Server => {
                 conn.port_known = true;
-                if self.known_http.len() < MAX_KNOWN_PORTS {
-                    self.known_http.insert((conn.tgid, conn.tuple.local.port));
+                if let Some(protocol) = conn.parser.protocol() {
+                    if self.known_ports.len() < MAX_KNOWN_PORTS {
+                        self.known_ports
+                            .insert((conn.tgid, conn.tuple.local.port), protocol);
+                    }
                 }
             }
-            ConnState::NotHttp | ConnState::Upgraded => {
+            Verdict::Done => {
                 // Nothing more we can parse here: stop the kernel copying it.
                 if let Some(conn) = self.remove(conn_id) {
                     self.stop_tracing(conn_id, &conn);
@@ -388,7 +401,7 @@ impl<S: Sink> Pipeline<S> {
                     Reassembler::resume_anywhere(),
                     Reassembler::resume_anywhere(),
                 ],
-                parser: Http1Conn::new(side, Mode::MidStream),
+                parser: Parser::mid_stream(side, server_port(side, &info.tuple)),
                 last_ns: event.header.ts_ns,
                 port_known: false,
             },
@@ -430,7 +443,7 @@ impl<S: Sink> Pipeline<S> {
                     identity,
                     peer: None,
                     streams: [Reassembler::new(0), Reassembler::new(0)],
-                    parser: Http1Conn::new(conn.side, Mode::MidStream),
+                    parser: Parser::mid_stream(conn.side, server_port(conn.side, &conn.tuple)),
                     last_ns: 0,
                     port_known: false,
                 },
@@ -454,7 +467,7 @@ impl<S: Sink> Pipeline<S> {
             return;
         };
         // A reused pid is another program: it must learn its ports anew.
-        self.known_http.retain(|&(t, _)| t != tgid);
+        self.known_ports.retain(|&(t, _), _| t != tgid);
         for id in ids {
             if let Some(conn) = self.conns.remove(&id) {
                 self.stop_tracing(id, &conn);
@@ -617,6 +630,14 @@ fn deliver<S: Sink>(
         } else {
             *pending_full += 1;
         }
+    }
+}
+
+/// The port the connection's server listens on.
+fn server_port(side: Side, tuple: &Tuple) -> u16 {
+    match side {
+        Side::Server => tuple.local.port,
+        Side::Client => tuple.remote.port,
     }
 }
 

@@ -27,7 +27,10 @@ use std::collections::VecDeque;
 use httparse::{Header, ParserConfig, Status};
 use std::mem::MaybeUninit;
 
-use super::{Exchange, Failure, ParserCounters, Piece, Side};
+use super::{
+    detect::Detection, Call, ConnParser, Exchange, Failure, HttpCall, ParserCounters, Piece, Side,
+    Spec, Start, Verdict,
+};
 
 /// Largest header section we buffer; anything longer is treated as garbage.
 const MAX_HEAD: usize = 16 * 1024;
@@ -362,6 +365,64 @@ fn starts_message(dir: Dir, bytes: &[u8]) -> bool {
     }
 }
 
+impl Spec for Http1Conn {
+    const NAME: &'static str = "http1";
+
+    fn start(side: Side, start: Start) -> Self {
+        match start {
+            // Detected from a request start; a port known to serve HTTP
+            // uses `Mode::KnownHttp` (see `Parser::known`).
+            Start::Fresh => Self::new(side, Mode::Sniff),
+            Start::MidStream => Self::new(side, Mode::MidStream),
+        }
+    }
+
+    fn detect(from_client: bool, bytes: &[u8]) -> Detection {
+        if !from_client {
+            Detection::No
+        } else if looks_like_request(bytes) {
+            Detection::Yes
+        } else if could_start(Dir::Req, bytes) {
+            Detection::NeedMore
+        } else {
+            Detection::No
+        }
+    }
+
+    fn traced_on(_: Side) -> bool {
+        true
+    }
+}
+
+impl ConnParser for Http1Conn {
+    fn on_piece(
+        &mut self,
+        outbound: bool,
+        piece: Piece<'_>,
+        ts_ns: u64,
+        counters: &mut ParserCounters,
+        out: &mut Vec<Exchange>,
+    ) {
+        Http1Conn::on_piece(self, outbound, piece, ts_ns, counters, out);
+    }
+
+    fn on_close(&mut self, ts_ns: u64, counters: &mut ParserCounters, out: &mut Vec<Exchange>) {
+        Http1Conn::on_close(self, ts_ns, counters, out);
+    }
+
+    fn expire(&mut self, now_ns: u64, timeout_ns: u64, out: &mut Vec<Exchange>) {
+        Http1Conn::expire(self, now_ns, timeout_ns, out);
+    }
+
+    fn verdict(&self) -> Verdict {
+        match self.state {
+            ConnState::Unknown => Verdict::Unknown,
+            ConnState::Http => Verdict::Speaks,
+            ConnState::NotHttp | ConnState::Upgraded => Verdict::Done,
+        }
+    }
+}
+
 impl Http1Conn {
     /// A connection where the traced process is `side`; allocates nothing.
     pub fn new(side: Side, mode: Mode) -> Self {
@@ -460,9 +521,7 @@ impl Http1Conn {
             if !request.timed_out {
                 request.timed_out = true;
                 out.push(Exchange {
-                    method: request.method.clone(),
-                    path: request.path.clone(),
-                    status: 0,
+                    call: http_call(request.method.clone(), request.path.clone(), 0),
                     failure: Some(Failure::Timeout),
                     start_ns: request.start_ns,
                     end_ns: now_ns,
@@ -1172,9 +1231,7 @@ impl Chunk {
 fn emit(answer: Answer, end_ns: u64, out: &mut Vec<Exchange>) {
     if let Some(request) = answer.request.filter(|r| !r.timed_out) {
         out.push(Exchange {
-            method: request.method,
-            path: request.path,
-            status: answer.status,
+            call: http_call(request.method, request.path, answer.status),
             failure: None,
             start_ns: request.start_ns,
             end_ns,
@@ -1182,13 +1239,19 @@ fn emit(answer: Answer, end_ns: u64, out: &mut Vec<Exchange>) {
     }
 }
 
+fn http_call(method: String, path: String, status: u16) -> Call {
+    Call::Http(HttpCall {
+        method,
+        path,
+        status,
+    })
+}
+
 /// A request that will get no response.
 fn fail(request: Waiting, failure: Failure, end_ns: u64, out: &mut Vec<Exchange>) {
     if !request.timed_out {
         out.push(Exchange {
-            method: request.method,
-            path: request.path,
-            status: 0,
+            call: http_call(request.method, request.path, 0),
             failure: Some(failure),
             start_ns: request.start_ns,
             end_ns,
@@ -1463,7 +1526,13 @@ mod tests {
         fn got(&self) -> Vec<(&str, &str, u16)> {
             self.out
                 .iter()
-                .map(|e| (e.method.as_str(), e.path.as_str(), e.status))
+                .map(|e| {
+                    (
+                        e.http().unwrap().method.as_str(),
+                        e.http().unwrap().path.as_str(),
+                        e.http().unwrap().status,
+                    )
+                })
                 .collect()
         }
 
@@ -2047,7 +2116,11 @@ mod tests {
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].failure, Some(Failure::Timeout));
         assert_eq!(
-            (out[0].method.as_str(), out[0].path.as_str(), out[0].status),
+            (
+                out[0].http().unwrap().method.as_str(),
+                out[0].http().unwrap().path.as_str(),
+                out[0].http().unwrap().status
+            ),
             ("GET", "/slow", 0)
         );
         // Reported once.
@@ -2065,7 +2138,7 @@ mod tests {
         t.conn.expire(u64::MAX / 2 + 2, 5_000_000_000, &mut out);
         assert_eq!(out.len(), 2);
         t.close();
-        assert!(t.out.iter().all(|e| e.path != "/never"));
+        assert!(t.out.iter().all(|e| e.http().unwrap().path != "/never"));
     }
 
     #[test]
@@ -2309,7 +2382,7 @@ mod tests {
             conn.on_close(ts + 1, &mut c, &mut out);
             for e in &out {
                 assert!(e.start_ns <= e.end_ns, "seed {seed}: {e:?}");
-                assert!(!e.path.contains('?'));
+                assert!(!e.http().unwrap().path.contains('?'));
             }
         }
     }

@@ -1,7 +1,7 @@
 //! Every Prometheus metric the daemon exports, in OpenMetrics text.
 //!
-//! Input: finished HTTP exchanges (as [`HttpObservation`], see [`http`] for
-//! the histograms, their labels and budgets), loss and anomaly counts from
+//! Input: finished exchanges (as [`Observation`], see [`calls`] for the
+//! HTTP, gRPC and database histograms, their labels and budgets), loss and anomaly counts from
 //! the ingest, conntrack, reassembly and protocol stages, the kernel's loss
 //! counters read from the eBPF `STATS` map, and the metadata stage's
 //! Kubernetes counters. Output: the text `server` returns on `GET /metrics`
@@ -13,7 +13,7 @@
 //! Internal metrics (prefix `tracer_`) count what the pipeline saw and lost;
 //! see the HELP texts in [`Metrics::with_limits`].
 
-pub mod http;
+pub mod calls;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -22,9 +22,10 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::{Registry, Unit};
 use thiserror::Error;
 
-pub use http::{HttpMetrics, HttpObservation, Limits, DURATION_BUCKETS, OVERFLOW};
+pub use calls::{CallMetrics, Limits, Observation, DURATION_BUCKETS, OVERFLOW};
 
 use crate::metadata::KubeStats;
+use crate::protocols::{ParserCounters, Protocol};
 
 /// Kernel stat whose value goes to `tracer_truncated_events_total` rather than
 /// `tracer_kernel_drops_total` (a truncated chunk is not a lost event).
@@ -104,7 +105,7 @@ struct UnmatchedLabel {
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
-    pub http: HttpMetrics,
+    pub calls: CallMetrics,
     events: [Counter; 4],
     event_bytes: Counter,
     kernel_drops: Family<CauseLabel, Counter>,
@@ -112,6 +113,7 @@ pub struct Metrics {
     user_drops: Family<CauseLabel, Counter>,
     resyncs: Family<ProtocolLabel, Counter>,
     unmatched: Family<UnmatchedLabel, Counter>,
+    partial: Family<ProtocolLabel, Counter>,
     gaps: Counter,
     gap_bytes: Counter,
     connections: Gauge,
@@ -133,7 +135,7 @@ impl Metrics {
     /// `tracer_kubernetes_*` family.
     pub fn with_limits(limits: Limits, kubernetes: bool) -> Self {
         let mut registry = Registry::default();
-        let http = HttpMetrics::register(&mut registry, limits);
+        let calls = CallMetrics::register(&mut registry, limits);
 
         let events_family = Family::<KindLabel, Counter>::default();
         registry.register(
@@ -195,6 +197,23 @@ impl Metrics {
             unmatched.clone(),
         );
 
+        let partial = Family::<ProtocolLabel, Counter>::default();
+        registry.register(
+            "tracer_partial_exchanges",
+            "Exchanges reported with fields that could not be decoded (an HTTP/2 connection \
+             picked up mid-stream refers to header tables built before), by protocol",
+            partial.clone(),
+        );
+        // Every protocol's counters exist from the start, at zero.
+        for protocol in Protocol::ALL {
+            let protocol = protocol.as_str();
+            let _ = resyncs.get_or_create(&ProtocolLabel { protocol });
+            let _ = partial.get_or_create(&ProtocolLabel { protocol });
+            for kind in ["request", "response"] {
+                let _ = unmatched.get_or_create(&UnmatchedLabel { protocol, kind });
+            }
+        }
+
         let gaps = Counter::default();
         registry.register(
             "tracer_stream_gaps",
@@ -245,7 +264,7 @@ impl Metrics {
 
         Self {
             registry,
-            http,
+            calls,
             events,
             event_bytes,
             kernel_drops,
@@ -253,6 +272,7 @@ impl Metrics {
             user_drops,
             resyncs,
             unmatched,
+            partial,
             gaps,
             gap_bytes,
             connections,
@@ -264,9 +284,9 @@ impl Metrics {
         }
     }
 
-    /// Records one HTTP exchange (see [`HttpMetrics::observe`]).
-    pub fn observe_http(&self, obs: &HttpObservation<'_>) {
-        self.http.observe(obs);
+    /// Records one exchange (see [`CallMetrics::observe`]).
+    pub fn observe(&self, obs: &Observation<'_>) {
+        self.calls.observe(obs);
     }
 
     /// Adds processes the metadata stage could not take at once.
@@ -334,30 +354,23 @@ impl Metrics {
             .inc_by(n);
     }
 
-    /// Adds a parser's anomaly counts (usually a `protocols::ParserCounters`
-    /// delta) for `protocol`.
-    pub fn count_parser(
-        &self,
-        protocol: &'static str,
-        resyncs: u64,
-        unmatched_requests: u64,
-        unmatched_responses: u64,
-    ) {
+    /// Adds a parser's anomaly counts (a `ParserCounters` delta) for
+    /// `protocol`.
+    pub fn count_parser(&self, protocol: &'static str, delta: &ParserCounters) {
         self.resyncs
             .get_or_create(&ProtocolLabel { protocol })
-            .inc_by(resyncs);
-        self.unmatched
-            .get_or_create(&UnmatchedLabel {
-                protocol,
-                kind: "request",
-            })
-            .inc_by(unmatched_requests);
-        self.unmatched
-            .get_or_create(&UnmatchedLabel {
-                protocol,
-                kind: "response",
-            })
-            .inc_by(unmatched_responses);
+            .inc_by(delta.resyncs);
+        self.partial
+            .get_or_create(&ProtocolLabel { protocol })
+            .inc_by(delta.partial);
+        for (kind, n) in [
+            ("request", delta.unmatched_requests),
+            ("response", delta.unmatched_responses),
+        ] {
+            self.unmatched
+                .get_or_create(&UnmatchedLabel { protocol, kind })
+                .inc_by(n);
+        }
     }
 
     /// Adds stream gaps (count and total bytes) found by reassembly.
@@ -526,7 +539,15 @@ mod tests {
         m.count_event_bytes(7);
         m.count_user_drop("conn_evicted", 2);
         m.count_user_drop("brand_new_cause", 1);
-        m.count_parser("http1", 1, 2, 3);
+        m.count_parser(
+            "http1",
+            &ParserCounters {
+                resyncs: 1,
+                unmatched_requests: 2,
+                unmatched_responses: 3,
+                partial: 0,
+            },
+        );
         m.count_gaps(4, 4096);
         m.set_connections(17);
         m.count_evictions(5);

@@ -1,16 +1,26 @@
-//! The HTTP RED histograms: label sets built from a process's identity, the
-//! cardinality budgets, a cache that makes a repeated observation cheap, and
-//! the removal of a deleted pod's series.
+//! The RED histograms of application calls (HTTP, gRPC, databases): label
+//! sets built from a process's identity and the call, the cardinality
+//! budgets, a cache that makes a repeated observation cheap, and the removal
+//! of a deleted pod's series.
 //!
-//! Input: [`HttpObservation`]s (a finished exchange with the identity the
-//! metadata stage resolved). Output: two histogram families registered in the
-//! daemon's registry:
+//! Input: [`Observation`]s (a finished exchange with the identity the
+//! metadata stage resolved). Output: five histogram families registered in
+//! the daemon's registry:
 //!
 //! - `http_server_request_duration_seconds`: the traced process served the
-//!   request;
+//!   request (HTTP/1.x and HTTP/2 alike);
 //! - `http_client_request_duration_seconds`: it sent the request; adds
 //!   `server_address`, `server_port` and, when the peer is a Service or pod
-//!   the cluster knows, `server_service_name` and `server_service_namespace`.
+//!   the cluster knows, `server_service_name` and `server_service_namespace`;
+//! - `rpc_server_duration_seconds` and `rpc_client_duration_seconds`: gRPC
+//!   calls (never also counted as HTTP), with `rpc_system="grpc"`,
+//!   `rpc_service`, `rpc_method`, `rpc_grpc_status_code` (empty without a
+//!   status) and `error_type` (a failure only); the client one with the
+//!   peer labels;
+//! - `db_client_operation_duration_seconds`: database operations, with
+//!   `db_system_name`, `db_operation_name`, `db_collection_name` (empty
+//!   unless a simple statement names one table), `error_type` (the
+//!   server's error code, or a failure) and the peer labels.
 //!
 //! Identity labels come first: `service_name`, then for a process in a pod
 //! `service_namespace`, `k8s_namespace_name`, `k8s_pod_name`,
@@ -28,7 +38,8 @@
 //! [`route::OVERFLOW_ROUTE`]) and counting it in
 //! `tracer_label_overflow_total{label}`: identities (label sets of
 //! `service_name` and the k8s labels), routes per service, status codes per
-//! service, and peers per service.
+//! service, peers per service, gRPC methods per service, database
+//! operations, collections and error codes per service.
 
 use std::collections::{HashMap, HashSet};
 use std::hash::BuildHasher;
@@ -46,7 +57,7 @@ use rustc_hash::FxBuildHasher;
 
 use crate::export::route::{self, KeyBudget, RouteBudget};
 use crate::metadata::{Identity, PeerService};
-use crate::protocols::{Failure, Side};
+use crate::protocols::{Call, DbCall, Failure, GrpcCall, HttpCall, Side};
 
 /// OpenTelemetry's default explicit bucket boundaries for durations, seconds.
 pub const DURATION_BUCKETS: [f64; 14] = [
@@ -83,27 +94,51 @@ const CACHE_SLOTS: usize = 4096;
 /// would let one request pin that much memory per slot.
 const MAX_CACHED_LEN: usize = 256;
 
-/// Label names of `tracer_label_overflow_total`.
-pub const OVERFLOW_LABELS: [&str; 4] = [
+/// Distinct gRPC (service, method) pairs per service.
+pub const MAX_RPC_METHODS_PER_SERVICE: usize = 256;
+
+/// Distinct database operation names per service (SQL verbs are a short
+/// list; Redis has a few hundred commands, of which a client uses a few).
+pub const MAX_DB_OPERATIONS_PER_SERVICE: usize = 64;
+
+/// Distinct database error codes per service.
+pub const MAX_DB_ERRORS_PER_SERVICE: usize = 32;
+
+/// Label names of `tracer_label_overflow_total`, by [`Budget`].
+pub const OVERFLOW_LABELS: [&str; 8] = [
     "service_name",
     "http_route",
     "http_response_status_code",
     "server_address",
+    "rpc_method",
+    "db_operation_name",
+    "db_collection_name",
+    "error_type",
 ];
 
-/// One finished HTTP exchange, as the metrics see it.
+/// Which budget folded a label value (index into [`OVERFLOW_LABELS`]).
 #[derive(Debug, Clone, Copy)]
-pub struct HttpObservation<'a> {
+enum Budget {
+    Identity,
+    Route,
+    Status,
+    Peer,
+    RpcMethod,
+    DbOperation,
+    DbCollection,
+    DbError,
+}
+
+/// One finished exchange, as the metrics see it.
+#[derive(Debug, Clone, Copy)]
+pub struct Observation<'a> {
     /// Which end the traced process was: picks the server or client histogram.
     pub side: Side,
     pub identity: &'a Arc<Identity>,
-    /// As sent on the wire; normalised here.
-    pub method: &'a str,
-    /// 0 when there was no response (`failure` says why).
-    pub status: u16,
+    /// What was called: HTTP method, status and raw path (templated here),
+    /// a gRPC method and status, or a database operation.
+    pub call: &'a Call,
     pub failure: Option<Failure>,
-    /// Raw request path (query removed); templated here.
-    pub path: &'a str,
     /// Negative or non-finite values are recorded as 0.
     pub duration_s: f64,
     /// The remote end; used for the client histogram only.
@@ -243,18 +278,81 @@ struct ClientLabels {
 impl EncodeLabelSet for ClientLabels {
     fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
         EncodeLabelSet::encode(&self.common, encoder)?;
-        let (address, port) = match self.peer {
-            Peer::Unknown => (String::new(), String::new()),
-            Peer::Known(ip, port) => (ip.to_string(), port.to_string()),
-            Peer::Overflow => (OVERFLOW.to_string(), OVERFLOW.to_string()),
-        };
-        ("server_address", address.as_str()).encode(encoder.encode_label())?;
-        ("server_port", port.as_str()).encode(encoder.encode_label())?;
-        if let Some(callee) = &self.callee {
-            ("server_service_name", &*callee.name).encode(encoder.encode_label())?;
-            ("server_service_namespace", &*callee.namespace).encode(encoder.encode_label())?;
+        encode_peer(encoder, self.peer, self.callee.as_ref())
+    }
+}
+
+/// `rpc_*_duration_seconds` labels.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct RpcLabels {
+    who: Arc<Who>,
+    service: Arc<str>,
+    method: Arc<str>,
+    status: GrpcStatus,
+    error_type: ErrorType,
+    /// Client side only.
+    peer: Option<(Peer, Option<Arc<PeerService>>)>,
+}
+
+/// `rpc_grpc_status_code`: 0..=16 as defined by gRPC, else folded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum GrpcStatus {
+    None,
+    Code(u32),
+    Overflow,
+}
+
+/// Highest status code gRPC defines (`UNAUTHENTICATED`).
+const MAX_GRPC_STATUS: u32 = 16;
+
+impl EncodeLabelValue for GrpcStatus {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        use std::fmt::Write as _;
+        match self {
+            Self::None => Ok(()),
+            Self::Code(code) => write!(encoder, "{code}"),
+            Self::Overflow => encoder.write_str(OVERFLOW),
+        }
+    }
+}
+
+impl EncodeLabelSet for RpcLabels {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        self.who.encode(encoder)?;
+        ("rpc_system", "grpc").encode(encoder.encode_label())?;
+        ("rpc_service", &*self.service).encode(encoder.encode_label())?;
+        ("rpc_method", &*self.method).encode(encoder.encode_label())?;
+        ("rpc_grpc_status_code", self.status).encode(encoder.encode_label())?;
+        ("error_type", self.error_type).encode(encoder.encode_label())?;
+        if let Some((peer, callee)) = &self.peer {
+            encode_peer(encoder, *peer, callee.as_ref())?;
         }
         Ok(())
+    }
+}
+
+/// `db_client_operation_duration_seconds` labels.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct DbLabels {
+    who: Arc<Who>,
+    system: &'static str,
+    operation: Arc<str>,
+    collection: Option<Arc<str>>,
+    /// The server's error code, a failure, or empty.
+    error_type: Arc<str>,
+    peer: Peer,
+    callee: Option<Arc<PeerService>>,
+}
+
+impl EncodeLabelSet for DbLabels {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        self.who.encode(encoder)?;
+        ("db_system_name", self.system).encode(encoder.encode_label())?;
+        ("db_operation_name", &*self.operation).encode(encoder.encode_label())?;
+        let collection = self.collection.as_deref().unwrap_or("");
+        ("db_collection_name", collection).encode(encoder.encode_label())?;
+        ("error_type", &*self.error_type).encode(encoder.encode_label())?;
+        encode_peer(encoder, self.peer, self.callee.as_ref())
     }
 }
 
@@ -263,6 +361,9 @@ impl EncodeLabelSet for ClientLabels {
 enum Series {
     Server(ServerLabels),
     Client(ClientLabels),
+    RpcServer(RpcLabels),
+    RpcClient(RpcLabels),
+    Db(DbLabels),
 }
 
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
@@ -271,16 +372,18 @@ fn duration_histogram() -> Histogram {
     Histogram::new(DURATION_BUCKETS)
 }
 
+fn family<L: Clone + Eq + std::hash::Hash>() -> HistogramFamily<L> {
+    HistogramFamily::new_with_constructor(duration_histogram)
+}
+
 /// A resolved observation: the histogram series its labels map to. Stores
 /// the raw inputs so a hit is a comparison, not a templating + label lookup.
 #[derive(Debug)]
 struct CacheEntry {
     side: Side,
     identity: Arc<Identity>,
-    method: Box<str>,
-    status: u16,
+    call: Call,
     failure: Option<Failure>,
-    path: Box<str>,
     peer: Option<(IpAddr, u16)>,
     callee: Option<Arc<PeerService>>,
     histogram: Histogram,
@@ -289,9 +392,8 @@ struct CacheEntry {
 }
 
 impl CacheEntry {
-    fn matches(&self, obs: &HttpObservation<'_>, peer: Option<(IpAddr, u16)>) -> bool {
+    fn matches(&self, obs: &Observation<'_>, peer: Option<(IpAddr, u16)>) -> bool {
         self.side == obs.side
-            && self.status == obs.status
             && self.failure == obs.failure
             && self.peer == peer
             && Arc::ptr_eq(&self.identity, obs.identity)
@@ -300,8 +402,7 @@ impl CacheEntry {
                 (Some(a), Some(b)) => Arc::ptr_eq(a, b),
                 _ => false,
             }
-            && *self.path == *obs.path
-            && *self.method == *obs.method
+            && self.call == *obs.call
     }
 }
 
@@ -314,6 +415,12 @@ struct State {
     routes: RouteBudget,
     statuses: KeyBudget<u16>,
     peers: KeyBudget<(IpAddr, u16)>,
+    rpc_methods: KeyBudget<(Arc<str>, Arc<str>)>,
+    db_operations: KeyBudget<Arc<str>>,
+    db_collections: KeyBudget<Arc<str>>,
+    db_errors: KeyBudget<Arc<str>>,
+    /// `_other`, shared by every folded value.
+    overflow_value: Arc<str>,
     /// Series of each pod, so they can be dropped when it is deleted.
     by_pod: HashMap<Arc<str>, HashSet<Series>>,
     /// Direct-mapped: a colliding observation replaces the slot, so the cache
@@ -321,12 +428,15 @@ struct State {
     cache: Vec<Option<CacheEntry>>,
 }
 
-/// The two HTTP histogram families and their budgets.
+/// The histogram families and their budgets.
 #[derive(Debug)]
-pub struct HttpMetrics {
+pub struct CallMetrics {
     server: HistogramFamily<ServerLabels>,
     client: HistogramFamily<ClientLabels>,
-    overflow: [Counter; 4],
+    rpc_server: HistogramFamily<RpcLabels>,
+    rpc_client: HistogramFamily<RpcLabels>,
+    db_client: HistogramFamily<DbLabels>,
+    overflow: [Counter; OVERFLOW_LABELS.len()],
     series_removed: Counter,
     state: Mutex<State>,
 }
@@ -336,6 +446,7 @@ pub struct HttpMetrics {
 pub struct Limits {
     pub max_identities: usize,
     pub max_services: usize,
+    /// HTTP routes, and database collections, per service.
     pub max_routes_per_service: usize,
     pub max_peers_per_service: usize,
 }
@@ -352,10 +463,10 @@ impl Limits {
     }
 }
 
-impl HttpMetrics {
+impl CallMetrics {
     /// Registers the families in `registry`.
     pub fn register(registry: &mut Registry, limits: Limits) -> Self {
-        let server = HistogramFamily::<ServerLabels>::new_with_constructor(duration_histogram);
+        let server: HistogramFamily<ServerLabels> = family();
         registry.register_with_unit(
             "http_server_request_duration",
             "Duration of HTTP requests served by traced processes, from the first request byte \
@@ -363,13 +474,37 @@ impl HttpMetrics {
             Unit::Seconds,
             server.clone(),
         );
-        let client = HistogramFamily::<ClientLabels>::new_with_constructor(duration_histogram);
+        let client: HistogramFamily<ClientLabels> = family();
         registry.register_with_unit(
             "http_client_request_duration",
             "Duration of HTTP requests sent by traced processes, from the first request byte to \
              the end of the response (or to the timeout or close that ended the wait)",
             Unit::Seconds,
             client.clone(),
+        );
+        let rpc_server: HistogramFamily<RpcLabels> = family();
+        registry.register_with_unit(
+            "rpc_server_duration",
+            "Duration of gRPC calls served by traced processes, from the request headers to the \
+             end of the response stream",
+            Unit::Seconds,
+            rpc_server.clone(),
+        );
+        let rpc_client: HistogramFamily<RpcLabels> = family();
+        registry.register_with_unit(
+            "rpc_client_duration",
+            "Duration of gRPC calls made by traced processes, from the request headers to the \
+             end of the response stream",
+            Unit::Seconds,
+            rpc_client.clone(),
+        );
+        let db_client: HistogramFamily<DbLabels> = family();
+        registry.register_with_unit(
+            "db_client_operation_duration",
+            "Duration of database operations (PostgreSQL, MySQL, Redis) made by traced \
+             processes, from the request's first byte to the end of the server's answer",
+            Unit::Seconds,
+            db_client.clone(),
         );
         let overflow_family = Family::<[(&'static str, &'static str); 1], Counter>::default();
         registry.register(
@@ -383,22 +518,31 @@ impl HttpMetrics {
         let series_removed = Counter::default();
         registry.register(
             "tracer_series_removed",
-            "HTTP series dropped because their pod was deleted (after the grace period)",
+            "Series dropped because their pod was deleted (after the grace period)",
             series_removed.clone(),
         );
+        let services = limits.max_services;
         let state = State {
             max_identities: limits.max_identities,
             whos: HashMap::new(),
             overflow_who: Arc::new(Who::overflow()),
-            routes: RouteBudget::new(limits.max_routes_per_service, limits.max_services),
-            statuses: KeyBudget::new(MAX_STATUS_CODES_PER_SERVICE, limits.max_services),
-            peers: KeyBudget::new(limits.max_peers_per_service, limits.max_services),
+            routes: RouteBudget::new(limits.max_routes_per_service, services),
+            statuses: KeyBudget::new(MAX_STATUS_CODES_PER_SERVICE, services),
+            peers: KeyBudget::new(limits.max_peers_per_service, services),
+            rpc_methods: KeyBudget::new(MAX_RPC_METHODS_PER_SERVICE, services),
+            db_operations: KeyBudget::new(MAX_DB_OPERATIONS_PER_SERVICE, services),
+            db_collections: KeyBudget::new(limits.max_routes_per_service, services),
+            db_errors: KeyBudget::new(MAX_DB_ERRORS_PER_SERVICE, services),
+            overflow_value: Arc::from(OVERFLOW),
             by_pod: HashMap::new(),
             cache: (0..CACHE_SLOTS).map(|_| None).collect(),
         };
         Self {
             server,
             client,
+            rpc_server,
+            rpc_client,
+            db_client,
             overflow,
             series_removed,
             state: Mutex::new(state),
@@ -406,15 +550,15 @@ impl HttpMetrics {
     }
 
     /// Records one exchange: applies the budgets and observes the duration.
-    /// A repeated (side, identity, method, status, path, peer) is served
-    /// from the cache without allocating.
-    pub fn observe(&self, obs: &HttpObservation<'_>) {
+    /// A repeated (side, identity, call, failure, peer) is served from the
+    /// cache without allocating.
+    pub fn observe(&self, obs: &Observation<'_>) {
         let duration = if obs.duration_s.is_finite() && obs.duration_s > 0.0 {
             obs.duration_s
         } else {
             0.0
         };
-        // The server histogram has no peer labels: ignoring the peer there
+        // The server histograms have no peer labels: ignoring the peer there
         // lets all clients of one route share a cache entry.
         let (peer, callee) = match obs.side {
             Side::Client => (
@@ -423,29 +567,26 @@ impl HttpMetrics {
             ),
             Side::Server => (None, None),
         };
-        let obs = HttpObservation {
+        let obs = Observation {
             peer_service: callee,
             ..*obs
         };
 
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        let slot =
-            (obs.path.len() <= MAX_CACHED_LEN && obs.method.len() <= MAX_CACHED_LEN).then(|| {
-                // Fast and unkeyed: a collision only costs a cache miss,
-                // never a lookup chain, so hostile paths slow nothing down.
-                let hash = FxBuildHasher.hash_one((
-                    obs.side,
-                    Arc::as_ptr(obs.identity),
-                    obs.method,
-                    obs.status,
-                    obs.failure,
-                    obs.path,
-                    peer,
-                    callee.map(Arc::as_ptr),
-                ));
-                // The remainder is below CACHE_SLOTS, so it fits any usize.
-                (hash % CACHE_SLOTS as u64) as usize
-            });
+        let slot = (call_len(obs.call) <= MAX_CACHED_LEN).then(|| {
+            // Fast and unkeyed: a collision only costs a cache miss, never a
+            // lookup chain, so hostile paths slow nothing down.
+            let hash = FxBuildHasher.hash_one((
+                obs.side,
+                Arc::as_ptr(obs.identity),
+                obs.call,
+                obs.failure,
+                peer,
+                callee.map(Arc::as_ptr),
+            ));
+            // The remainder is below CACHE_SLOTS, so it fits any usize.
+            (hash % CACHE_SLOTS as u64) as usize
+        });
 
         if let Some(Some(entry)) = slot.and_then(|s| state.cache.get(s)) {
             if entry.matches(&obs, peer) {
@@ -457,7 +598,9 @@ impl HttpMetrics {
             }
         }
 
-        let (histogram, folded) = self.resolve(&mut state, &obs, peer);
+        let Some((histogram, folded)) = self.resolve(&mut state, &obs, peer) else {
+            return;
+        };
         histogram.observe(duration);
         for counter in &folded {
             counter.inc();
@@ -466,10 +609,8 @@ impl HttpMetrics {
             *cached = Some(CacheEntry {
                 side: obs.side,
                 identity: obs.identity.clone(),
-                method: obs.method.into(),
-                status: obs.status,
+                call: obs.call.clone(),
                 failure: obs.failure,
-                path: obs.path.into(),
                 peer,
                 callee: callee.cloned(),
                 histogram,
@@ -478,13 +619,14 @@ impl HttpMetrics {
         }
     }
 
-    /// The slow path: computes the label set and finds (or creates) its series.
+    /// The slow path: computes the label set and finds (or creates) its
+    /// series; None for a call no family takes (a database server side).
     fn resolve(
         &self,
         state: &mut State,
-        obs: &HttpObservation<'_>,
+        obs: &Observation<'_>,
         peer: Option<(IpAddr, u16)>,
-    ) -> (Histogram, Vec<Counter>) {
+    ) -> Option<(Histogram, Vec<Counter>)> {
         let mut folded = Vec::new();
         let who = match state.whos.get(obs.identity) {
             Some(who) => who.clone(),
@@ -494,68 +636,22 @@ impl HttpMetrics {
                 who
             }
             None => {
-                folded.push(self.overflow[0].clone());
+                folded.push(self.overflowed(Budget::Identity));
                 state.overflow_who.clone()
             }
         };
         let service = who.service().to_owned();
-        let admitted = state.routes.admit(&service, route::template(obs.path));
-        if admitted.overflowed {
-            folded.push(self.overflow[1].clone());
-        }
-        let status = match obs.status {
-            0 => StatusLabel::None,
-            code => match state.statuses.admit(&service, &code, || code) {
-                Some(_) => StatusLabel::Code(code),
-                None => {
-                    folded.push(self.overflow[2].clone());
-                    StatusLabel::Overflow
-                }
-            },
-        };
-        let error_threshold = match obs.side {
-            Side::Server => 500,
-            Side::Client => 400,
-        };
-        let error_type = match obs.failure {
-            Some(failure) => ErrorType::Failure(failure),
-            None if obs.status >= error_threshold => ErrorType::Status(status),
-            None => ErrorType::None,
-        };
-        let common = ServerLabels {
-            who: who.clone(),
-            method: normalize_method(obs.method),
-            status,
-            route: admitted.route,
-            error_type,
-        };
-        let (histogram, series) = match obs.side {
-            Side::Server => (
-                self.server.get_or_create_owned(&common),
-                Series::Server(common),
-            ),
-            Side::Client => {
-                let peer = match peer {
-                    None => Peer::Unknown,
-                    Some(p) => {
-                        if state.peers.admit(&service, &p, || p).is_some() {
-                            Peer::Known(p.0, p.1)
-                        } else {
-                            folded.push(self.overflow[3].clone());
-                            Peer::Overflow
-                        }
-                    }
-                };
-                let labels = ClientLabels {
-                    common,
-                    peer,
-                    callee: obs.peer_service.cloned(),
-                };
-                (
-                    self.client.get_or_create_owned(&labels),
-                    Series::Client(labels),
-                )
+        let (histogram, series) = match obs.call {
+            Call::Http(call) => {
+                self.http_series(state, obs, call, who.clone(), &service, peer, &mut folded)
             }
+            Call::Grpc(call) => {
+                self.rpc_series(state, obs, call, who.clone(), &service, peer, &mut folded)
+            }
+            Call::Db(call) if obs.side == Side::Client => {
+                self.db_series(state, obs, call, who.clone(), &service, peer, &mut folded)
+            }
+            Call::Db(_) => return None,
         };
         if let Some(pod) = &obs.identity.pod {
             if !Arc::ptr_eq(&who, &state.overflow_who) {
@@ -566,7 +662,193 @@ impl HttpMetrics {
                     .insert(series);
             }
         }
-        (histogram, folded)
+        Some((histogram, folded))
+    }
+
+    fn overflowed(&self, budget: Budget) -> Counter {
+        self.overflow[budget as usize].clone()
+    }
+
+    #[expect(clippy::too_many_arguments, reason = "the parts of one observation")]
+    fn http_series(
+        &self,
+        state: &mut State,
+        obs: &Observation<'_>,
+        call: &HttpCall,
+        who: Arc<Who>,
+        service: &str,
+        peer: Option<(IpAddr, u16)>,
+        folded: &mut Vec<Counter>,
+    ) -> (Histogram, Series) {
+        let admitted = state.routes.admit(service, route::template(&call.path));
+        if admitted.overflowed {
+            folded.push(self.overflowed(Budget::Route));
+        }
+        let status = match call.status {
+            0 => StatusLabel::None,
+            code => match state.statuses.admit(service, &code, || code) {
+                Some(_) => StatusLabel::Code(code),
+                None => {
+                    folded.push(self.overflowed(Budget::Status));
+                    StatusLabel::Overflow
+                }
+            },
+        };
+        let error_threshold = match obs.side {
+            Side::Server => 500,
+            Side::Client => 400,
+        };
+        let error_type = match obs.failure {
+            Some(failure) => ErrorType::Failure(failure),
+            None if call.status >= error_threshold => ErrorType::Status(status),
+            None => ErrorType::None,
+        };
+        let common = ServerLabels {
+            who,
+            method: normalize_method(&call.method),
+            status,
+            route: admitted.route,
+            error_type,
+        };
+        match obs.side {
+            Side::Server => (
+                self.server.get_or_create_owned(&common),
+                Series::Server(common),
+            ),
+            Side::Client => {
+                let labels = ClientLabels {
+                    common,
+                    peer: self.peer_label(state, service, peer, folded),
+                    callee: obs.peer_service.cloned(),
+                };
+                (
+                    self.client.get_or_create_owned(&labels),
+                    Series::Client(labels),
+                )
+            }
+        }
+    }
+
+    #[expect(clippy::too_many_arguments, reason = "the parts of one observation")]
+    fn rpc_series(
+        &self,
+        state: &mut State,
+        obs: &Observation<'_>,
+        call: &GrpcCall,
+        who: Arc<Who>,
+        service: &str,
+        peer: Option<(IpAddr, u16)>,
+        folded: &mut Vec<Counter>,
+    ) -> (Histogram, Series) {
+        // The slow path: allocating the key here costs nothing per request.
+        let key: (Arc<str>, Arc<str>) = (Arc::from(&*call.service), Arc::from(&*call.method));
+        let admitted = state
+            .rpc_methods
+            .admit(service, &key, || key.clone())
+            .cloned();
+        let (rpc_service, rpc_method) = admitted.unwrap_or_else(|| {
+            folded.push(self.overflowed(Budget::RpcMethod));
+            (state.overflow_value.clone(), state.overflow_value.clone())
+        });
+        let status = match call.status {
+            None => GrpcStatus::None,
+            Some(code) if code <= MAX_GRPC_STATUS => GrpcStatus::Code(code),
+            Some(_) => GrpcStatus::Overflow,
+        };
+        let error_type = obs.failure.map_or(ErrorType::None, ErrorType::Failure);
+        let mut labels = RpcLabels {
+            who,
+            service: rpc_service,
+            method: rpc_method,
+            status,
+            error_type,
+            peer: None,
+        };
+        match obs.side {
+            Side::Server => (
+                self.rpc_server.get_or_create_owned(&labels),
+                Series::RpcServer(labels),
+            ),
+            Side::Client => {
+                let peer = self.peer_label(state, service, peer, folded);
+                labels.peer = Some((peer, obs.peer_service.cloned()));
+                (
+                    self.rpc_client.get_or_create_owned(&labels),
+                    Series::RpcClient(labels),
+                )
+            }
+        }
+    }
+
+    #[expect(clippy::too_many_arguments, reason = "the parts of one observation")]
+    fn db_series(
+        &self,
+        state: &mut State,
+        obs: &Observation<'_>,
+        call: &DbCall,
+        who: Arc<Who>,
+        service: &str,
+        peer: Option<(IpAddr, u16)>,
+        folded: &mut Vec<Counter>,
+    ) -> (Histogram, Series) {
+        let overflow = state.overflow_value.clone();
+        let mut admit = |budget: &mut KeyBudget<Arc<str>>, which: Budget, value: &str| {
+            budget
+                .admit(service, value, || Arc::from(value))
+                .cloned()
+                .unwrap_or_else(|| {
+                    folded.push(self.overflowed(which));
+                    overflow.clone()
+                })
+        };
+        let operation = admit(
+            &mut state.db_operations,
+            Budget::DbOperation,
+            &call.operation,
+        );
+        let collection = call
+            .collection
+            .as_deref()
+            .map(|c| admit(&mut state.db_collections, Budget::DbCollection, c));
+        let error_type = match (obs.failure, &call.error) {
+            (Some(failure), _) => Arc::from(failure.as_str()),
+            (None, Some(code)) => admit(&mut state.db_errors, Budget::DbError, code),
+            (None, None) => Arc::from(""),
+        };
+        let labels = DbLabels {
+            who,
+            system: call.system.as_str(),
+            operation,
+            collection,
+            error_type,
+            peer: self.peer_label(state, service, peer, folded),
+            callee: obs.peer_service.cloned(),
+        };
+        (
+            self.db_client.get_or_create_owned(&labels),
+            Series::Db(labels),
+        )
+    }
+
+    /// `server_address`/`server_port` within the service's peer budget.
+    fn peer_label(
+        &self,
+        state: &mut State,
+        service: &str,
+        peer: Option<(IpAddr, u16)>,
+        folded: &mut Vec<Counter>,
+    ) -> Peer {
+        match peer {
+            None => Peer::Unknown,
+            Some(p) => {
+                if state.peers.admit(service, &p, || p).is_some() {
+                    Peer::Known(p.0, p.1)
+                } else {
+                    folded.push(self.overflowed(Budget::Peer));
+                    Peer::Overflow
+                }
+            }
+        }
     }
 
     /// Drops every series of a deleted pod and frees its identity budget.
@@ -586,12 +868,48 @@ impl HttpMetrics {
             let gone = match s {
                 Series::Server(labels) => self.server.remove(labels),
                 Series::Client(labels) => self.client.remove(labels),
+                Series::RpcServer(labels) => self.rpc_server.remove(labels),
+                Series::RpcClient(labels) => self.rpc_client.remove(labels),
+                Series::Db(labels) => self.db_client.remove(labels),
             };
             removed += usize::from(gone);
         }
         self.series_removed.inc_by(removed as u64);
         removed
     }
+}
+
+/// Longest string of a call, for the cache's length cap.
+fn call_len(call: &Call) -> usize {
+    match call {
+        Call::Http(c) => c.path.len().max(c.method.len()),
+        Call::Grpc(c) => c.service.len().max(c.method.len()),
+        Call::Db(c) => c
+            .operation
+            .len()
+            .max(c.collection.as_ref().map_or(0, String::len))
+            .max(c.error.as_ref().map_or(0, String::len)),
+    }
+}
+
+/// `server_address`, `server_port` and the callee's Service labels.
+fn encode_peer(
+    encoder: &mut LabelSetEncoder,
+    peer: Peer,
+    callee: Option<&Arc<PeerService>>,
+) -> Result<(), std::fmt::Error> {
+    let (address, port) = match peer {
+        Peer::Unknown => (String::new(), String::new()),
+        Peer::Known(ip, port) => (ip.to_string(), port.to_string()),
+        Peer::Overflow => (OVERFLOW.to_string(), OVERFLOW.to_string()),
+    };
+    ("server_address", address.as_str()).encode(encoder.encode_label())?;
+    ("server_port", port.as_str()).encode(encoder.encode_label())?;
+    if let Some(callee) = callee {
+        ("server_service_name", &*callee.name).encode(encoder.encode_label())?;
+        ("server_service_namespace", &*callee.namespace).encode(encoder.encode_label())?;
+    }
+    Ok(())
 }
 
 /// OpenTelemetry's method normalisation: known methods as is, else `_OTHER`.
@@ -625,14 +943,21 @@ mod tests {
     static SHOP: std::sync::LazyLock<Arc<Identity>> =
         std::sync::LazyLock::new(|| process("shop").clone());
 
-    fn obs<'a>(side: Side, method: &'a str, status: u16, path: &'a str) -> HttpObservation<'a> {
-        HttpObservation {
+    /// A call that lives for the test run, so observations can borrow it.
+    fn leak(call: Call) -> &'static Call {
+        Box::leak(Box::new(call))
+    }
+
+    fn obs(side: Side, method: &str, status: u16, path: &str) -> Observation<'static> {
+        Observation {
             side,
             identity: &SHOP,
-            method,
-            status,
+            call: leak(Call::Http(HttpCall {
+                method: method.to_owned(),
+                path: path.to_owned(),
+                status,
+            })),
             failure: None,
-            path,
             duration_s: 0.02,
             peer: Some((IpAddr::V4(Ipv4Addr::new(10, 0, 0, 7)), 8080)),
             peer_service: None,
@@ -642,7 +967,7 @@ mod tests {
     #[test]
     fn server_histogram_names_labels_and_buckets() {
         let m = Metrics::new(100);
-        m.observe_http(&obs(Side::Server, "GET", 200, "/users/123"));
+        m.observe(&obs(Side::Server, "GET", 200, "/users/123"));
         let text = encoded(&m);
         assert!(text.contains("# TYPE http_server_request_duration_seconds histogram"));
         assert!(text.contains("# UNIT http_server_request_duration_seconds seconds"));
@@ -674,7 +999,7 @@ mod tests {
     #[test]
     fn client_histogram_has_peer_labels() {
         let m = Metrics::new(100);
-        m.observe_http(&obs(Side::Client, "POST", 201, "/orders"));
+        m.observe(&obs(Side::Client, "POST", 201, "/orders"));
         let text = encoded(&m);
         let series = r#"http_client_request_duration_seconds_count{service_name="shop",http_request_method="POST",http_response_status_code="201",http_route="/orders",error_type="",server_address="10.0.0.7",server_port="8080"}"#;
         assert_eq!(sample(&text, series), Some(1.0), "{text}");
@@ -692,7 +1017,7 @@ mod tests {
             (Side::Client, 404),
             (Side::Client, 502),
         ] {
-            m.observe_http(&obs(side, "GET", status, "/x"));
+            m.observe(&obs(side, "GET", status, "/x"));
         }
         let text = encoded(&m);
         let has = |hist: &str, status: u16, err: &str| {
@@ -722,7 +1047,7 @@ mod tests {
         assert_eq!(normalize_method(""), "_OTHER");
 
         let m = Metrics::new(100);
-        m.observe_http(&obs(Side::Server, "BREW", 200, "/pot"));
+        m.observe(&obs(Side::Server, "BREW", 200, "/pot"));
         assert!(encoded(&m).contains(r#"http_request_method="_OTHER""#));
     }
 
@@ -730,7 +1055,7 @@ mod tests {
     fn route_overflow_folds_and_counts() {
         let m = Metrics::new(2);
         for path in ["/a", "/b", "/c", "/d", "/c", "/a"] {
-            m.observe_http(&obs(Side::Server, "GET", 200, path));
+            m.observe(&obs(Side::Server, "GET", 200, path));
         }
         let text = encoded(&m);
         let count = |route: &str| {
@@ -764,7 +1089,7 @@ mod tests {
         for port in [80, 81, 82] {
             let mut o = obs(Side::Client, "GET", 200, "/");
             o.peer = Some((IpAddr::V4(Ipv4Addr::LOCALHOST), port));
-            m.observe_http(&o);
+            m.observe(&o);
         }
         let text = encoded(&m);
         assert!(text.contains(r#"server_address="127.0.0.1",server_port="80""#));
@@ -780,7 +1105,7 @@ mod tests {
         let m = Metrics::new(10);
         let mut o = obs(Side::Client, "GET", 200, "/");
         o.peer = None;
-        m.observe_http(&o);
+        m.observe(&o);
         assert!(encoded(&m).contains(r#"server_address="",server_port="""#));
     }
 
@@ -789,7 +1114,7 @@ mod tests {
         let m = Metrics::new(10);
         let mut o = obs(Side::Client, "GET", 200, "/");
         o.peer = Some((IpAddr::V6(Ipv4Addr::new(10, 1, 2, 3).to_ipv6_mapped()), 443));
-        m.observe_http(&o);
+        m.observe(&o);
         assert!(encoded(&m).contains(r#"server_address="10.1.2.3",server_port="443""#));
     }
 
@@ -803,9 +1128,9 @@ mod tests {
             false,
         );
         let mut o = obs(Side::Server, "GET", 200, "/a");
-        m.observe_http(&o);
+        m.observe(&o);
         o.identity = process("late");
-        m.observe_http(&o);
+        m.observe(&o);
         let text = encoded(&m);
         // Past the service budget, every budgeted label folds.
         assert!(text.contains(r#"service_name="late",http_request_method="GET",http_response_status_code="_other",http_route="/**""#), "{text}");
@@ -823,9 +1148,9 @@ mod tests {
         for _ in 0..3 {
             for i in 0..(CACHE_SLOTS + 100) {
                 let path = format!("/users/{i}");
-                m.observe_http(&obs(Side::Server, "GET", 200, &path));
+                m.observe(&obs(Side::Server, "GET", 200, &path));
             }
-            m.observe_http(&obs(Side::Server, "GET", 200, "/users"));
+            m.observe(&obs(Side::Server, "GET", 200, "/users"));
         }
         let text = encoded(&m);
         let count = |route: &str| {
@@ -846,7 +1171,7 @@ mod tests {
         for d in [f64::NAN, -1.0, f64::INFINITY] {
             let mut o = obs(Side::Server, "GET", 200, "/");
             o.duration_s = d;
-            m.observe_http(&o);
+            m.observe(&o);
         }
         let text = encoded(&m);
         assert!(text.contains(
@@ -886,10 +1211,10 @@ mod tests {
         });
         let mut o = obs(Side::Server, "GET", 200, "/a");
         o.identity = &web;
-        m.observe_http(&o);
+        m.observe(&o);
         o.side = Side::Client;
         o.peer_service = Some(&callee);
-        m.observe_http(&o);
+        m.observe(&o);
         let text = encoded(&m);
         let who = r#"service_name="web",service_namespace="shop",k8s_namespace_name="shop",k8s_pod_name="web-1",k8s_container_name="app",k8s_node_name="node-a",k8s_owner_name="web",k8s_deployment_name="web""#;
         let server = format!(
@@ -904,7 +1229,7 @@ mod tests {
         let bare = in_pod("debug", None);
         let mut o = obs(Side::Server, "GET", 200, "/b");
         o.identity = &bare;
-        m.observe_http(&o);
+        m.observe(&o);
         let text = encoded(&m);
         assert!(text.contains(r#"k8s_pod_name="debug",k8s_container_name="app",k8s_node_name="node-a",k8s_owner_name="debug",http_request_method"#), "{text}");
     }
@@ -918,7 +1243,7 @@ mod tests {
         ] {
             let mut o = obs(side, "GET", 0, "/slow");
             o.failure = Some(failure);
-            m.observe_http(&o);
+            m.observe(&o);
         }
         let text = encoded(&m);
         assert!(text.contains(r#"http_server_request_duration_seconds_count{service_name="shop",http_request_method="GET",http_response_status_code="",http_route="/slow",error_type="timeout"} 1"#), "{text}");
@@ -938,12 +1263,12 @@ mod tests {
         for path in ["/x", "/y"] {
             let mut o = obs(Side::Server, "GET", 200, path);
             o.identity = &a;
-            m.observe_http(&o);
+            m.observe(&o);
         }
         // Past the identity budget, b folds into _other.
         let mut o = obs(Side::Server, "GET", 200, "/x");
         o.identity = &b;
-        m.observe_http(&o);
+        m.observe(&o);
         let text = encoded(&m);
         assert!(
             text.contains(r#"{service_name="_other",http_request_method="GET""#),
@@ -956,13 +1281,13 @@ mod tests {
             ),
             Some(1.0)
         );
-        assert_eq!(m.http.forget_pod("uid-a"), 2);
-        assert_eq!(m.http.forget_pod("uid-a"), 0);
+        assert_eq!(m.calls.forget_pod("uid-a"), 2);
+        assert_eq!(m.calls.forget_pod("uid-a"), 0);
         let text = encoded(&m);
         assert!(!text.contains(r#"k8s_pod_name="a""#), "{text}");
         assert_eq!(sample(&text, "tracer_series_removed_total"), Some(2.0));
         // The freed slot goes to b now.
-        m.observe_http(&o);
+        m.observe(&o);
         assert!(encoded(&m).contains(r#"k8s_pod_name="b""#));
     }
 
@@ -970,7 +1295,7 @@ mod tests {
     fn status_codes_are_budgeted_per_service() {
         let m = Metrics::new(10);
         for code in 100..(100 + MAX_STATUS_CODES_PER_SERVICE as u16 + 3) {
-            m.observe_http(&obs(Side::Server, "GET", code, "/s"));
+            m.observe(&obs(Side::Server, "GET", code, "/s"));
         }
         let text = encoded(&m);
         assert!(
