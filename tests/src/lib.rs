@@ -11,6 +11,7 @@
 //! - [`openmetrics`]: a small OpenMetrics text parser and label queries;
 //! - [`accesslog`]: the access-log format nginx and the Python peer share;
 //! - [`peers`]: nginx and the Python `http.server` peer (`peers/http_server.py`);
+//! - [`databases`]: Redis, PostgreSQL and MariaDB with their own statistics;
 //! - [`kube`]: the Kubernetes API server stand-in (`peers/kube_apiserver.py`),
 //!   its control API and builders of realistic objects;
 //! - [`cgroups`]: kubelet-style pod cgroups for real processes;
@@ -25,6 +26,7 @@
 
 pub mod accesslog;
 pub mod cgroups;
+pub mod databases;
 pub mod kube;
 pub mod net;
 pub mod openmetrics;

@@ -115,6 +115,20 @@ impl Scrape {
         sum as u64
     }
 
+    /// [`Scrape::count`] grouped by the value of `label`.
+    pub fn count_by(
+        &self,
+        name: &str,
+        filter: &[(&str, &str)],
+        label: &str,
+    ) -> std::collections::BTreeMap<String, u64> {
+        let mut counts = std::collections::BTreeMap::new();
+        for sample in self.series(name, filter) {
+            *counts.entry(sample.label(label).to_string()).or_default() += sample.value as u64;
+        }
+        counts
+    }
+
     /// Every line whose metric name starts with `prefix` and whose labels
     /// match `filter`, for failure messages.
     pub fn lines(&self, prefix: &str, filter: &[(&str, &str)]) -> String {

@@ -5,7 +5,11 @@
 use aya_ebpf::helpers::{
     bpf_ktime_get_ns, bpf_probe_read_user, generated::bpf_probe_read_user as raw_read_user,
 };
-use core::{ffi::c_void, mem::size_of};
+use core::{
+    ffi::c_void,
+    intrinsics::{atomic_xadd, AtomicOrdering},
+    mem::size_of,
+};
 use tracer_common::{conn_key, kind, stat, DataEvent, EventHeader, MAX_CAPTURE};
 
 use crate::{
@@ -70,13 +74,17 @@ pub fn on_data_exit(ret: i64, direction: u8, buffer: Buffer) {
     }
     let dir = (direction & 1) as usize;
     let len = ret as u64;
-    // SAFETY: pointer into a live map value. Concurrent writers in the same
-    // direction of one socket are rare; a race skews positions, which the
-    // daemon's reassembly sees as a gap or an overlap and counts.
+    // SAFETY: pointer into a live map value, aligned (u64 fields of a
+    // repr(C) struct). Threads writing one socket at once (multiplexing
+    // HTTP/2 and gRPC clients) each get a range of their own: the
+    // fetch-and-add never hands out a position twice.
+    // The target has no compare-and-swap, so `AtomicU64::fetch_add` does
+    // not exist for it; the intrinsic lowers to BPF's atomic fetch-add. Not
+    // Relaxed: LLVM 22 lowers a relaxed one to the plain `lock +=`, whose
+    // register then still holds the addend, not the old value.
     let (conn_id, pos) = unsafe {
-        let pos = (*info).pos[dir];
-        (*info).pos[dir] = pos + len;
-        ((*info).conn_id, pos)
+        let cell = core::ptr::addr_of_mut!((*info).pos[dir]);
+        ((*info).conn_id, atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(cell, len))
     };
 
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {

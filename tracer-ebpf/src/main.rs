@@ -23,6 +23,8 @@
 //! (`probes/syscalls_kprobe.rs`). The daemon picks one at load time.
 #![no_std]
 #![no_main]
+#![feature(core_intrinsics)]
+#![allow(internal_features, reason = "atomic_xadd: the BPF target has no AtomicU64::fetch_add")]
 
 mod capture;
 mod conn;

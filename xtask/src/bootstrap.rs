@@ -1,6 +1,7 @@
 //! Installs what is missing, and only that, saying what it installs: the
 //! compiler and linker that build the kernel programs, and the real peers
-//! (nginx, wrk, curl, Prometheus) the end-to-end suite drives. Everything
+//! (nginx, wrk, curl, Prometheus, Redis, PostgreSQL, MariaDB, h2load, gRPC)
+//! the end-to-end suite drives. Everything
 //! comes from Debian's packages or crates.io, the only registries here.
 
 use std::{path::PathBuf, process::Command, sync::Once};
@@ -11,14 +12,26 @@ use anyhow::{bail, Context, Result};
 /// library sources, so `-Z build-std=core` works for bpfel-unknown-none.
 const DEBIAN_BPF_RUSTC: [&str; 2] = ["rustc-web", "rust-web-src"];
 
-/// The peers the tests and benchmarks run, by the command each provides.
-const PEERS: [(&str, &str); 6] = [
+/// The peers the tests and benchmarks run, by the command (or, for an
+/// absolute path, the file) each provides.
+const PEERS: [(&str, &str); 14] = [
     ("nginx", "nginx-light"),
     ("wrk", "wrk"),
     ("curl", "curl"),
     ("prometheus", "prometheus"),
     ("python3", "python3"),
     ("ip", "iproute2"),
+    ("redis-server", "redis-server"),
+    ("redis-benchmark", "redis-tools"),
+    ("/usr/lib/postgresql/15/bin/postgres", "postgresql-15"),
+    ("pgbench", "postgresql-client-15"),
+    ("mariadbd", "mariadb-server"),
+    ("mysqlslap", "mariadb-client"),
+    ("h2load", "nghttp2-client"),
+    (
+        "/usr/lib/python3/dist-packages/grpc/__init__.py",
+        "python3-grpcio",
+    ),
 ];
 
 pub fn bpf_toolchain() -> Result<()> {
@@ -70,7 +83,10 @@ pub fn bpf_toolchain() -> Result<()> {
 pub fn test_peers() -> Result<()> {
     let missing: Vec<&str> = PEERS
         .iter()
-        .filter(|(cmd, _)| !on_path(cmd))
+        .filter(|(cmd, _)| match cmd.strip_prefix('/') {
+            Some(_) => !PathBuf::from(cmd).exists(),
+            None => !on_path(cmd),
+        })
         .map(|(_, pkg)| *pkg)
         .collect();
     if !missing.is_empty() {
