@@ -1310,4 +1310,138 @@ mod tests {
             Some(3.0)
         );
     }
+
+    fn db(operation: &str, collection: Option<&str>, error: Option<&str>) -> Observation<'static> {
+        Observation {
+            call: leak(Call::Db(DbCall {
+                system: crate::protocols::DbSystem::Postgres,
+                operation: operation.to_owned(),
+                collection: collection.map(str::to_owned),
+                error: error.map(str::to_owned),
+            })),
+            ..obs(Side::Client, "", 0, "")
+        }
+    }
+
+    fn grpc(side: Side, method: &str, status: Option<u32>) -> Observation<'static> {
+        Observation {
+            call: leak(Call::Grpc(GrpcCall {
+                service: "shop.Cart".to_owned(),
+                method: method.to_owned(),
+                status,
+            })),
+            ..obs(side, "", 0, "")
+        }
+    }
+
+    #[test]
+    fn database_operations_have_their_own_family_and_labels() {
+        let m = Metrics::new(10);
+        m.observe(&db("SELECT", Some("accounts"), None));
+        m.observe(&db("SELECT", Some("accounts"), None));
+        m.observe(&db("INSERT", None, Some("23505")));
+        let mut timed_out = db("UPDATE", Some("accounts"), None);
+        timed_out.failure = Some(Failure::Timeout);
+        m.observe(&timed_out);
+        let text = encoded(&m);
+        let series = |op: &str, table: &str, err: &str| {
+            format!(
+                "db_client_operation_duration_seconds_count{{service_name=\"shop\",\
+                 db_system_name=\"postgresql\",db_operation_name=\"{op}\",\
+                 db_collection_name=\"{table}\",error_type=\"{err}\",\
+                 server_address=\"10.0.0.7\",server_port=\"8080\"}}"
+            )
+        };
+        assert_eq!(
+            sample(&text, &series("SELECT", "accounts", "")),
+            Some(2.0),
+            "{text}"
+        );
+        assert_eq!(
+            sample(&text, &series("INSERT", "", "23505")),
+            Some(1.0),
+            "{text}"
+        );
+        assert_eq!(
+            sample(&text, &series("UPDATE", "accounts", "timeout")),
+            Some(1.0),
+            "{text}"
+        );
+        assert!(
+            !text.contains("http_client_request_duration_seconds_count{"),
+            "{text}"
+        );
+        // A database server's own side is not a family of its own.
+        let mut server_side = db("SELECT", None, None);
+        server_side.side = Side::Server;
+        m.observe(&server_side);
+        assert_eq!(
+            encoded(&m)
+                .matches("db_client_operation_duration_seconds_count{")
+                .count(),
+            3
+        );
+    }
+
+    #[test]
+    fn database_labels_are_budgeted() {
+        let m = Metrics::new(2);
+        for table in ["a", "b", "c", "d"] {
+            m.observe(&db("SELECT", Some(table), None));
+        }
+        for n in 0..MAX_DB_OPERATIONS_PER_SERVICE + 1 {
+            m.observe(&db(&format!("OP{n}"), None, None));
+        }
+        let text = encoded(&m);
+        let overflow = |label: &str| {
+            sample(
+                &text,
+                &format!("tracer_label_overflow_total{{label=\"{label}\"}}"),
+            )
+        };
+        assert_eq!(overflow("db_collection_name"), Some(2.0), "{text}");
+        // SELECT and 65 more: two past the 64.
+        assert_eq!(overflow("db_operation_name"), Some(2.0), "{text}");
+        assert!(text.contains(r#"db_collection_name="_other""#));
+    }
+
+    #[test]
+    fn grpc_calls_are_rpc_series_not_http() {
+        let m = Metrics::new(10);
+        m.observe(&grpc(Side::Server, "Add", Some(0)));
+        m.observe(&grpc(Side::Server, "Add", Some(5)));
+        m.observe(&grpc(Side::Client, "Add", None));
+        m.observe(&grpc(Side::Server, "Add", Some(99)));
+        let text = encoded(&m);
+        let server = |status: &str| {
+            format!(
+                "rpc_server_duration_seconds_count{{service_name=\"shop\",rpc_system=\"grpc\",\
+                 rpc_service=\"shop.Cart\",rpc_method=\"Add\",rpc_grpc_status_code=\"{status}\",\
+                 error_type=\"\"}}"
+            )
+        };
+        assert_eq!(sample(&text, &server("0")), Some(1.0), "{text}");
+        assert_eq!(sample(&text, &server("5")), Some(1.0), "{text}");
+        assert_eq!(sample(&text, &server("_other")), Some(1.0), "{text}");
+        let client = "rpc_client_duration_seconds_count{service_name=\"shop\",rpc_system=\"grpc\",\
+                      rpc_service=\"shop.Cart\",rpc_method=\"Add\",rpc_grpc_status_code=\"\",\
+                      error_type=\"\",server_address=\"10.0.0.7\",server_port=\"8080\"}";
+        assert_eq!(sample(&text, client), Some(1.0), "{text}");
+        assert!(
+            !text.contains("http_server_request_duration_seconds_count{"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn forgetting_a_pod_drops_its_rpc_and_db_series_too() {
+        let m = Metrics::new(10);
+        let a = in_pod("a", None);
+        for mut o in [grpc(Side::Server, "Add", Some(0)), db("GET", None, None)] {
+            o.identity = &a;
+            m.observe(&o);
+        }
+        assert_eq!(m.calls.forget_pod("uid-a"), 2);
+        assert!(!encoded(&m).contains(r#"k8s_pod_name="a""#));
+    }
 }
