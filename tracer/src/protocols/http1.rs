@@ -116,6 +116,9 @@ pub struct Http1Conn {
     /// sent to an HTTP server, or another protocol. Nothing is parsed until
     /// the server's answer tells which (see `on_junk_first`).
     junk_first: bool,
+    /// The request a 101 switched to HTTP/2 with (`Upgrade: h2c`), until
+    /// the dispatcher hands it over.
+    h2c: Option<Box<Waiting>>,
 }
 
 /// One direction's framing state.
@@ -222,6 +225,9 @@ enum RequestKind {
     Connect,
     /// Carries `Upgrade`: a 101 answer switches protocols.
     Upgrade,
+    /// `Upgrade: h2c`: a 101 answer switches to HTTP/2, whose stream 1
+    /// carries this request's real response.
+    UpgradeH2c,
 }
 
 #[derive(Debug)]
@@ -269,6 +275,8 @@ struct RequestHead {
     path: String,
     body: Body,
     upgrade: bool,
+    /// `Upgrade` offers `h2c` (the value is looked at for that token only).
+    h2c: bool,
 }
 
 struct ResponseHead {
@@ -443,6 +451,7 @@ impl Http1Conn {
             count_from_ns,
             seek_pieces: 0,
             junk_first: false,
+            h2c: None,
         }
     }
 
@@ -528,6 +537,15 @@ impl Http1Conn {
                 });
             }
         }
+    }
+
+    /// After `Upgrade: h2c` was accepted: the upgraded request's method,
+    /// path and start, whose response HTTP/2's stream 1 carries.
+    pub fn take_h2c_upgrade(&mut self) -> Option<(String, String, u64)> {
+        self.h2c
+            .take()
+            .filter(|w| !w.timed_out)
+            .map(|w| (w.method, w.path, w.start_ns))
     }
 
     /// What this connection turned out to be.
@@ -821,6 +839,7 @@ impl Http1Conn {
         let kind = match head.method.as_str() {
             "HEAD" => RequestKind::Head,
             "CONNECT" => RequestKind::Connect,
+            _ if head.h2c => RequestKind::UpgradeH2c,
             _ if head.upgrade => RequestKind::Upgrade,
             _ => RequestKind::Plain,
         };
@@ -837,7 +856,10 @@ impl Http1Conn {
             kind,
             timed_out: false,
         });
-        self.req.upgrading = matches!(kind, RequestKind::Connect | RequestKind::Upgrade);
+        self.req.upgrading = matches!(
+            kind,
+            RequestKind::Connect | RequestKind::Upgrade | RequestKind::UpgradeH2c
+        );
         self.req.phase = match head.body {
             Body::None | Body::Length(0) => self.req.after_message(),
             Body::Length(n) => Phase::Body(n),
@@ -870,14 +892,23 @@ impl Http1Conn {
         let request = self.pair(self.resp.start_ns, c);
         let kind = request.as_ref().map(|w| w.kind);
         let answer = Answer { request, status };
+        if status == 101 && kind == Some(RequestKind::UpgradeH2c) {
+            // Not answered yet: HTTP/2's stream 1 carries the response.
+            self.h2c = answer.request.map(Box::new);
+            self.state = ConnState::Upgraded;
+            self.stop();
+            return;
+        }
         if status == 101 || (kind == Some(RequestKind::Connect) && (200..300).contains(&status)) {
             emit(answer, ts, out);
             self.state = ConnState::Upgraded;
             self.stop();
             return;
         }
-        if matches!(kind, Some(RequestKind::Connect | RequestKind::Upgrade))
-            && self.req.phase == Phase::AwaitUpgrade
+        if matches!(
+            kind,
+            Some(RequestKind::Connect | RequestKind::Upgrade | RequestKind::UpgradeH2c)
+        ) && self.req.phase == Phase::AwaitUpgrade
         {
             // Refused: the client goes on speaking HTTP/1.
             self.req.phase = Phase::Idle;
@@ -1307,10 +1338,17 @@ fn parse_request(bytes: &[u8]) -> HeadResult<RequestHead> {
                     let method = req.method.unwrap_or_default().to_owned();
                     let path = request_path(req.path.unwrap_or_default());
                     let body = body(req.headers, false);
-                    let upgrade = req
-                        .headers
-                        .iter()
-                        .any(|h| h.name.eq_ignore_ascii_case("upgrade"));
+                    let upgrades = || {
+                        req.headers
+                            .iter()
+                            .filter(|h| h.name.eq_ignore_ascii_case("upgrade"))
+                    };
+                    let upgrade = upgrades().next().is_some();
+                    let h2c = upgrades().any(|h| {
+                        h.value
+                            .split(|&b| b == b',')
+                            .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"h2c"))
+                    });
                     Status::Complete((
                         n,
                         RequestHead {
@@ -1318,6 +1356,7 @@ fn parse_request(bytes: &[u8]) -> HeadResult<RequestHead> {
                             path,
                             body,
                             upgrade,
+                            h2c,
                         },
                     ))
                 }
@@ -1848,6 +1887,20 @@ mod tests {
         t.resp(OK_EMPTY);
         assert_eq!(t.got(), vec![("GET", "/u", 200), ("GET", "/v", 200)]);
         assert_eq!(t.conn.state(), ConnState::Http);
+    }
+
+    #[test]
+    fn accepted_h2c_upgrade_is_handed_over_unreported() {
+        let mut t = Conn::server();
+        t.req(
+            b"GET /u?q=1 HTTP/1.1\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n\r\n",
+        );
+        t.resp(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\n\r\n");
+        assert_eq!(t.conn.state(), ConnState::Upgraded);
+        assert!(t.got().is_empty(), "stream 1 of HTTP/2 reports it");
+        let (method, path, _) = t.conn.take_h2c_upgrade().expect("the upgraded request");
+        assert_eq!((method.as_str(), path.as_str()), ("GET", "/u"));
+        assert_eq!(t.conn.take_h2c_upgrade(), None);
     }
 
     #[test]
