@@ -7,6 +7,7 @@
 use super::{
     detect::{Decision, Detection, Detector},
     http1::{Http1Conn, Mode},
+    postgres::PgConn,
     ConnParser, Exchange, ParserCounters, Piece, Side, Start, Verdict,
 };
 
@@ -96,6 +97,7 @@ macro_rules! registry {
 
 registry! {
     Http1 => Http1Conn,
+    Postgres => PgConn,
 }
 
 impl Protocol {

@@ -12,6 +12,7 @@
 pub mod detect;
 pub mod dispatch;
 pub mod http1;
+pub mod postgres;
 pub mod sql;
 
 pub use dispatch::{Parser, Protocol, Spec};

@@ -31,6 +31,7 @@ pub struct Summary {
 
 /// Verbs reported as they are; any other first word is `_OTHER`.
 pub const VERBS: &[&str] = &[
+    "ABORT",
     "ALTER",
     "ANALYZE",
     "BEGIN",
