@@ -37,7 +37,7 @@ pub enum Buffer {
 const MSG_PEEK: u64 = 2;
 
 /// Vectored I/O segments walked per syscall; the rest is a counted gap.
-const MAX_SEGMENTS: u32 = 8;
+const MAX_SEGMENTS: u32 = 32;
 
 #[repr(C)]
 #[derive(Clone, Copy)]

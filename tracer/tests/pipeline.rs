@@ -856,19 +856,19 @@ fn late_events_after_process_exit_are_dropped_quietly() {
 // ---------------------------------------------------------------------------
 
 #[test]
-fn non_http_connection_is_dropped_and_forgotten() {
+fn unknown_protocol_is_dropped_and_forgotten() {
     let mut h = Harness::new();
-    let c = h.server(1, DEAD, 5, 6379, 100);
-    h.send(&c, IN, 1_000, b"*1\r\n$4\r\nPING\r\n");
+    let c = h.server(1, DEAD, 5, 11211, 100);
+    h.send(&c, IN, 1_000, b"\x80\x00\x00\x05");
     // Undecided until the server answers: junk to an HTTP server would get
     // an HTTP error back.
     assert_eq!(h.p.connections(), 1);
-    h.send(&c, OUT, 1_100, b"+PONG\r\n");
+    h.send(&c, OUT, 1_100, b"\x81\x00\x00\x00");
     assert_eq!(h.p.connections(), 0);
     assert_eq!(h.kernel.state().forgets, [conn_key(DEAD, 5)]);
     // Events already in the ring buffer for it are ignored quietly.
-    h.send(&c, IN, 1_200, b"*1\r\n$4\r\nPING\r\n");
-    h.send(&c, OUT, 1_300, b"+PONG\r\n");
+    h.send(&c, IN, 1_200, b"\x80\x00\x00\x05");
+    h.send(&c, OUT, 1_300, b"\x81\x00\x00\x00");
     h.close(&c, 2_000);
     assert!(h.records().is_empty());
     let counters = h.p.counters;
@@ -885,14 +885,29 @@ fn non_http_connection_is_dropped_and_forgotten() {
 }
 
 #[test]
-fn server_speaks_first_is_not_http() {
-    // A client whose peer talks first (MySQL greeting, SMTP banner).
+fn server_speaks_first_in_no_known_protocol_is_given_up() {
+    // A client whose peer talks first (an SMTP banner).
     let mut h = Harness::new();
     let c = h.client(3, DEAD, 8, 100);
-    h.send(&c, IN, 1_000, b"\x4a\x00\x00\x00\x0a8.0.36\x00");
+    h.send(&c, IN, 1_000, b"220 mail.example.com ESMTP\r\n");
     assert_eq!(h.p.connections(), 0);
     assert_eq!(h.kernel.state().forgets, [conn_key(DEAD, 8)]);
     assert_eq!(h.p.counters.parser[HTTP1], Default::default());
+}
+
+#[test]
+fn database_server_side_is_given_up_at_once_and_its_client_side_kept() {
+    // Databases are measured from their clients: the server's own side of
+    // a Redis connection is recognised and dropped on its first bytes.
+    let mut h = Harness::new();
+    let server = h.server(1, DEAD, 5, 6379, 100);
+    h.send(&server, IN, 1_000, b"*1\r\n$4\r\nPING\r\n");
+    assert_eq!(h.p.connections(), 0);
+    assert_eq!(h.kernel.state().forgets, [conn_key(DEAD, 5)]);
+    // A MySQL client is kept from the server's greeting on.
+    let client = h.client(3, DEAD, 8, 101);
+    h.send(&client, IN, 1_100, b"\x4a\x00\x00\x00\x0a8.0.36\x00");
+    assert_eq!(h.p.connections(), 1);
 }
 
 #[test]

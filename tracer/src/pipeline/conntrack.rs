@@ -234,7 +234,7 @@ impl<S: Sink> Pipeline<S> {
         };
         let parser = match known {
             Some(protocol) => Parser::known(protocol, side),
-            None => Parser::detect(side, server_port(side, &event.tuple)),
+            None => Parser::detect(side),
         };
         let identity = self.identities.slot(tgid, &event.comm);
         self.insert(
@@ -401,7 +401,7 @@ impl<S: Sink> Pipeline<S> {
                     Reassembler::resume_anywhere(),
                     Reassembler::resume_anywhere(),
                 ],
-                parser: Parser::mid_stream(side, server_port(side, &info.tuple)),
+                parser: Parser::mid_stream(side),
                 last_ns: event.header.ts_ns,
                 port_known: false,
             },
@@ -443,7 +443,7 @@ impl<S: Sink> Pipeline<S> {
                     identity,
                     peer: None,
                     streams: [Reassembler::new(0), Reassembler::new(0)],
-                    parser: Parser::mid_stream(conn.side, server_port(conn.side, &conn.tuple)),
+                    parser: Parser::mid_stream(conn.side),
                     last_ns: 0,
                     port_known: false,
                 },
@@ -630,14 +630,6 @@ fn deliver<S: Sink>(
         } else {
             *pending_full += 1;
         }
-    }
-}
-
-/// The port the connection's server listens on.
-fn server_port(side: Side, tuple: &Tuple) -> u16 {
-    match side {
-        Side::Server => tuple.local.port,
-        Side::Client => tuple.remote.port,
     }
 }
 

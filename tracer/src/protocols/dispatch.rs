@@ -3,11 +3,18 @@
 //! (how it is recognised, which side is measured, how a parser starts) and
 //! [`ConnParser`], plus one line in the `registry!` call below; the order
 //! of that list is the order in which `detect` asks.
+//!
+//! A connection found mid-stream is not detected from its first bytes
+//! (they are anywhere in a message): every candidate parser reads it until
+//! one recognises a message.
 
 use super::{
     detect::{Decision, Detection, Detector},
-    http1::{Http1Conn, Mode},
+    http1::{H2cHandover, Http1Conn, Mode},
+    http2::Http2Conn,
+    mysql::MysqlConn,
     postgres::PgConn,
+    redis::RedisConn,
     ConnParser, Exchange, ParserCounters, Piece, Side, Start, Verdict,
 };
 
@@ -15,10 +22,6 @@ use super::{
 pub trait Spec: ConnParser + Sized {
     /// The `protocol` label of the pipeline's counters.
     const NAME: &'static str;
-
-    /// Server ports that suggest this protocol for a connection found
-    /// mid-stream: a hint that orders the guesses, never a rule.
-    const PORT_HINTS: &'static [u16] = &[];
 
     /// A parser for one connection; allocates nothing until bytes arrive.
     fn start(side: Side, start: Start) -> Self;
@@ -66,11 +69,6 @@ macro_rules! registry {
                 }
             }
 
-            fn port_hints(self) -> &'static [u16] {
-                match self {
-                    $(Self::$variant => <$parser as Spec>::PORT_HINTS),+
-                }
-            }
         }
 
         /// One protocol's parser.
@@ -97,7 +95,10 @@ macro_rules! registry {
 
 registry! {
     Http1 => Http1Conn,
+    Http2 => Http2Conn,
     Postgres => PgConn,
+    Mysql => MysqlConn,
+    Redis => RedisConn,
 }
 
 impl Protocol {
@@ -113,11 +114,6 @@ impl Protocol {
 pub struct Parser {
     side: Side,
     state: State,
-    /// Protocols still to try if the current mid-stream guess gives up
-    /// before it recognises a message; next guess last.
-    guesses: Vec<Protocol>,
-    /// The current parser recognised a message.
-    spoke: bool,
 }
 
 #[derive(Debug)]
@@ -126,20 +122,34 @@ pub struct Parser {
     reason = "most connections are parsing: boxing would cost an allocation each"
 )]
 enum State {
-    Detecting(Detector, u16),
+    Detecting(Detector),
+    /// Found mid-stream: every candidate parser reads the bytes until one
+    /// recognises a message (see `Parser::mid_stream`).
+    Guessing(Vec<Candidate>),
     Parsing(Protocol, Chosen),
     Done,
 }
 
+/// A mid-stream guess with what it made of the bytes so far, kept apart
+/// until it wins.
+#[derive(Debug)]
+struct Candidate {
+    protocol: Protocol,
+    parser: Chosen,
+    exchanges: Vec<Exchange>,
+    counters: ParserCounters,
+}
+
+/// Exchanges a mid-stream guess may hold before it wins: none in
+/// practice, since a guess that found a whole exchange has spoken.
+const MAX_GUESS_EXCHANGES: usize = 64;
+
 impl Parser {
-    /// A new connection whose server listens on `server_port`: the
-    /// protocol is inferred from its first bytes.
-    pub fn detect(side: Side, server_port: u16) -> Self {
+    /// A new connection: the protocol is inferred from its first bytes.
+    pub fn detect(side: Side) -> Self {
         Self {
             side,
-            state: State::Detecting(Detector::new(side), server_port),
-            guesses: Vec::new(),
-            spoke: false,
+            state: State::Detecting(Detector::new(side)),
         }
     }
 
@@ -155,22 +165,29 @@ impl Parser {
         Self {
             side,
             state: State::Parsing(protocol, chosen),
-            guesses: Vec::new(),
-            spoke: false,
         }
     }
 
-    /// A connection found already open: each protocol in turn seeks a
-    /// message boundary, those the server port suggests first.
-    pub fn mid_stream(side: Side, server_port: u16) -> Self {
-        let mut parser = Self {
+    /// A connection found already open, at an unknown position: every
+    /// protocol measured on this side seeks a message boundary in the same
+    /// bytes, and the first to recognise a message takes the connection.
+    /// The others' output is discarded, so a wrong guess costs only CPU,
+    /// and only until the right one speaks. Ports play no part.
+    pub fn mid_stream(side: Side) -> Self {
+        let candidates: Vec<Candidate> = Protocol::ALL
+            .iter()
+            .filter(|p| p.traced_on(side))
+            .map(|&protocol| Candidate {
+                protocol,
+                parser: Chosen::of(protocol, side, Start::MidStream),
+                exchanges: Vec::new(),
+                counters: ParserCounters::default(),
+            })
+            .collect();
+        Self {
             side,
-            state: State::Done,
-            guesses: guesses(side, server_port),
-            spoke: false,
-        };
-        parser.next_guess();
-        parser
+            state: State::Guessing(candidates),
+        }
     }
 
     /// The protocol being parsed, once known.
@@ -191,8 +208,7 @@ impl Parser {
         counters: &mut [ParserCounters],
         out: &mut Vec<Exchange>,
     ) {
-        if let State::Detecting(detector, server_port) = &mut self.state {
-            let server_port = *server_port;
+        if let State::Detecting(detector) = &mut self.state {
             let held = match detector.on_piece(outbound, piece, ts_ns) {
                 Decision::Hold => return,
                 Decision::GiveUp => {
@@ -200,7 +216,7 @@ impl Parser {
                     return;
                 }
                 Decision::MidStream => {
-                    *self = Self::mid_stream(self.side, server_port);
+                    *self = Self::mid_stream(self.side);
                     Vec::new()
                 }
                 Decision::Fresh(protocol) => {
@@ -231,27 +247,54 @@ impl Parser {
         counters: &mut [ParserCounters],
         out: &mut Vec<Exchange>,
     ) {
+        if let State::Guessing(candidates) = &mut self.state {
+            self.state = guess(
+                std::mem::take(candidates),
+                outbound,
+                piece,
+                ts_ns,
+                counters,
+                out,
+            );
+            return;
+        }
         let State::Parsing(protocol, chosen) = &mut self.state else {
             return;
         };
         let parser = chosen.get();
         parser.on_piece(outbound, piece, ts_ns, &mut counters[protocol.index()], out);
-        match parser.verdict() {
-            Verdict::Speaks => self.spoke = true,
-            Verdict::Done if !self.spoke => self.next_guess(),
-            _ => {}
+        if parser.verdict() != Verdict::Done {
+            return;
+        }
+        if let Chosen::Http1(http1) = chosen {
+            if let Some(handover) = http1.take_h2c_upgrade() {
+                self.upgrade_to_http2(handover, counters, out);
+            }
         }
     }
 
-    /// The current guess gave up before recognising anything: the next
-    /// one takes the connection from here (or nothing does).
-    fn next_guess(&mut self) {
-        self.state = match self.guesses.pop() {
-            Some(protocol) => {
-                State::Parsing(protocol, Chosen::of(protocol, self.side, Start::MidStream))
+    /// `Upgrade: h2c` was accepted: HTTP/2 answers the upgraded request on
+    /// stream 1, starting with the bytes that followed the 101.
+    fn upgrade_to_http2(
+        &mut self,
+        handover: H2cHandover,
+        counters: &mut [ParserCounters],
+        out: &mut Vec<Exchange>,
+    ) {
+        let http2 = match handover.request {
+            Some((method, path, start_ns)) => {
+                Http2Conn::upgraded(self.side, method, path, start_ns)
             }
-            None => State::Done,
+            // Reported as timed out already: its late answer is not.
+            None => Http2Conn::new(self.side, Start::Fresh),
         };
+        self.state = State::Parsing(Protocol::Http2, Chosen::Http2(http2));
+        if !handover.rest.is_empty() {
+            // The 101 came from the server: the traced server wrote it.
+            let outbound = self.side == Side::Server;
+            let rest = Piece::Data(&handover.rest);
+            self.feed(outbound, rest, handover.rest_ts, counters, out);
+        }
     }
 
     /// See [`ConnParser::on_close`].
@@ -279,23 +322,46 @@ impl Parser {
     /// take its bytes.
     pub fn verdict(&mut self) -> Verdict {
         match &mut self.state {
-            State::Detecting(..) => Verdict::Unknown,
+            State::Detecting(_) | State::Guessing(_) => Verdict::Unknown,
             State::Parsing(_, chosen) => chosen.get().verdict(),
             State::Done => Verdict::Done,
         }
     }
 }
 
-/// Mid-stream guesses for a server port, to be popped: the protocols whose
-/// hints name the port first, then the rest in registry order; only those
-/// measured on this side.
-fn guesses(side: Side, server_port: u16) -> Vec<Protocol> {
-    let (mut hinted, rest): (Vec<Protocol>, Vec<Protocol>) = Protocol::ALL
-        .iter()
-        .copied()
-        .filter(|p| p.traced_on(side))
-        .partition(|p| p.port_hints().contains(&server_port));
-    hinted.extend(rest);
-    hinted.reverse();
-    hinted
+/// Feeds one piece to every mid-stream candidate: the first to speak wins
+/// (its exchanges and counts become real), those that give up drop out.
+fn guess(
+    mut candidates: Vec<Candidate>,
+    outbound: bool,
+    piece: Piece<'_>,
+    ts_ns: u64,
+    counters: &mut [ParserCounters],
+    out: &mut Vec<Exchange>,
+) -> State {
+    for candidate in &mut candidates {
+        let parser = candidate.parser.get();
+        parser.on_piece(
+            outbound,
+            piece,
+            ts_ns,
+            &mut candidate.counters,
+            &mut candidate.exchanges,
+        );
+        candidate.exchanges.truncate(MAX_GUESS_EXCHANGES);
+    }
+    candidates.retain_mut(|c| c.parser.get().verdict() != Verdict::Done);
+    let winner = candidates
+        .iter_mut()
+        .position(|c| c.parser.get().verdict() == Verdict::Speaks);
+    match winner {
+        Some(at) => {
+            let won = candidates.swap_remove(at);
+            out.extend(won.exchanges);
+            counters[won.protocol.index()].add(&won.counters);
+            State::Parsing(won.protocol, won.parser)
+        }
+        None if candidates.is_empty() => State::Done,
+        None => State::Guessing(candidates),
+    }
 }

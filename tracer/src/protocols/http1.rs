@@ -118,7 +118,28 @@ pub struct Http1Conn {
     junk_first: bool,
     /// The request a 101 switched to HTTP/2 with (`Upgrade: h2c`), until
     /// the dispatcher hands it over.
-    h2c: Option<Box<Waiting>>,
+    h2c: Option<Box<H2cUpgrade>>,
+}
+
+/// What HTTP/2 takes over after `Upgrade: h2c`.
+#[derive(Debug, PartialEq, Eq)]
+pub struct H2cHandover {
+    /// Method, path and start of the upgraded request; None if it was
+    /// already reported as timed out.
+    pub request: Option<(String, String, u64)>,
+    /// Response bytes after the 101, and their piece's timestamp.
+    pub rest: Vec<u8>,
+    pub rest_ts: u64,
+}
+
+/// An accepted `Upgrade: h2c`, for the dispatcher to hand to HTTP/2.
+#[derive(Debug)]
+struct H2cUpgrade {
+    request: Waiting,
+    /// Response bytes after the 101's header in the same piece (the
+    /// server's first HTTP/2 frames), at most `MAX_HEAD`.
+    rest: Vec<u8>,
+    rest_ts: u64,
 }
 
 /// One direction's framing state.
@@ -539,13 +560,21 @@ impl Http1Conn {
         }
     }
 
-    /// After `Upgrade: h2c` was accepted: the upgraded request's method,
-    /// path and start, whose response HTTP/2's stream 1 carries.
-    pub fn take_h2c_upgrade(&mut self) -> Option<(String, String, u64)> {
-        self.h2c
-            .take()
-            .filter(|w| !w.timed_out)
-            .map(|w| (w.method, w.path, w.start_ns))
+    /// After `Upgrade: h2c` was accepted: the upgraded request, whose
+    /// response HTTP/2's stream 1 carries, and the response bytes that
+    /// followed the 101 in its piece.
+    pub fn take_h2c_upgrade(&mut self) -> Option<H2cHandover> {
+        let upgrade = self.h2c.take()?;
+        let request = upgrade.request;
+        Some(H2cHandover {
+            request: (!request.timed_out).then_some((
+                request.method,
+                request.path,
+                request.start_ns,
+            )),
+            rest: upgrade.rest,
+            rest_ts: upgrade.rest_ts,
+        })
     }
 
     /// What this connection turned out to be.
@@ -599,6 +628,11 @@ impl Http1Conn {
             // Never spin on input the state machine cannot place.
             let used = if stuck { rest.len() } else { used };
             rest = rest.get(used..).unwrap_or_default();
+        }
+        if let Some(upgrade) = self.h2c.as_mut() {
+            if dir == Dir::Resp && upgrade.rest.is_empty() && rest.len() <= MAX_HEAD {
+                upgrade.rest = rest.to_vec();
+            }
         }
     }
 
@@ -894,7 +928,13 @@ impl Http1Conn {
         let answer = Answer { request, status };
         if status == 101 && kind == Some(RequestKind::UpgradeH2c) {
             // Not answered yet: HTTP/2's stream 1 carries the response.
-            self.h2c = answer.request.map(Box::new);
+            self.h2c = answer.request.map(|request| {
+                Box::new(H2cUpgrade {
+                    request,
+                    rest: Vec::new(),
+                    rest_ts: ts,
+                })
+            });
             self.state = ConnState::Upgraded;
             self.stop();
             return;
@@ -1898,8 +1938,10 @@ mod tests {
         t.resp(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\n\r\n");
         assert_eq!(t.conn.state(), ConnState::Upgraded);
         assert!(t.got().is_empty(), "stream 1 of HTTP/2 reports it");
-        let (method, path, _) = t.conn.take_h2c_upgrade().expect("the upgraded request");
+        let handover = t.conn.take_h2c_upgrade().expect("the upgraded request");
+        let (method, path, _) = handover.request.expect("not timed out");
         assert_eq!((method.as_str(), path.as_str()), ("GET", "/u"));
+        assert!(handover.rest.is_empty());
         assert_eq!(t.conn.take_h2c_upgrade(), None);
     }
 

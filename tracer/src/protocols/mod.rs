@@ -11,8 +11,12 @@
 
 pub mod detect;
 pub mod dispatch;
+pub mod hpack;
 pub mod http1;
+pub mod http2;
+pub mod mysql;
 pub mod postgres;
+pub mod redis;
 pub mod sql;
 
 pub use dispatch::{Parser, Protocol, Spec};

@@ -1398,7 +1398,6 @@ impl PgConn {
 
 impl Spec for PgConn {
     const NAME: &'static str = "postgresql";
-    const PORT_HINTS: &'static [u16] = &[5432];
 
     fn start(side: Side, start: Start) -> Self {
         Self::new(side, start)

@@ -346,7 +346,8 @@ impl<'a> Tokens<'a> {
         loop {
             match (self.peek_at(0), self.peek_at(1)) {
                 (None, _) => return false,
-                (Some(b), _) if b.is_ascii_whitespace() => self.at += 1,
+                // mysqlslap ends its statements with a NUL.
+                (Some(b), _) if b.is_ascii_whitespace() || b == 0 => self.at += 1,
                 (Some(b'-'), Some(b'-'))
                     if self.dialect == Dialect::Postgres
                         || self.peek_at(2).is_none_or(|c| c.is_ascii_whitespace()) =>
@@ -557,6 +558,7 @@ mod tests {
             ("SELECT", some("t"))
         );
         assert_eq!(pg("SELECT a FROM t x ORDER BY a, b"), ("SELECT", some("t")));
+        assert_eq!(my("SELECT intcol1 FROM t1\0"), ("SELECT", some("t1")));
     }
 
     #[test]
