@@ -8,8 +8,11 @@
 use core::mem::size_of;
 
 /// Hard upper bound on the bytes captured from one syscall. The runtime limit
-/// (`CAPTURE_LIMIT` global, set at load time) may be lower, never higher.
-pub const MAX_CAPTURE: usize = 8192;
+/// (`CAPTURE_LIMIT` global, set at load time) may be lower, never higher;
+/// connections whose protocol pipelines many messages per syscall are
+/// raised to it (the `CAPTURES` map). 16 KiB: what libpq, hiredis and the
+/// MySQL client read or write at once.
+pub const MAX_CAPTURE: usize = 16384;
 /// Default runtime capture limit in bytes.
 pub const DEFAULT_CAPTURE: u32 = 4096;
 /// Ring buffers the kernel side spreads its events over: CPU `c` writes to
@@ -168,7 +171,36 @@ pub struct ConnInfo {
     pub tuple: Tuple,
     /// One of [`role`].
     pub role: u8,
-    pub _pad: [u8; 7],
+    /// Nonzero once the connection's first bytes showed a protocol that
+    /// pipelines many messages per syscall ([`pipelines`]): it is captured
+    /// up to `MAX_CAPTURE` from then on. Written by the kernel side only.
+    pub pipelined: u8,
+    pub _pad: [u8; 6],
+}
+
+/// Bytes [`pipelines`] looks at.
+pub const SNIFF_LEN: usize = 8;
+
+/// Whether a direction's first bytes start a protocol that puts many
+/// messages in one read or write (a Redis pipeline, PostgreSQL or MySQL
+/// results, HTTP/2 frames). For those a truncation loses whole messages,
+/// not just a body, so the kernel side captures them up to `MAX_CAPTURE`.
+/// The daemon's protocol detection decides what is parsed; this only sizes
+/// the capture, so a false positive costs copying, never a wrong count.
+pub fn pipelines(first: &[u8; SNIFF_LEN]) -> bool {
+    let be32 =
+        |at: usize| u32::from_be_bytes([first[at], first[at + 1], first[at + 2], first[at + 3]]);
+    // RESP: an array of bulk strings, `*<count>\r\n`.
+    let resp = first[0] == b'*' && first[1].is_ascii_digit();
+    // PostgreSQL start-up: a length, then protocol 3.x or the SSL/GSS
+    // encryption requests.
+    let postgres =
+        be32(0) < 10_000 && (be32(4) >> 16 == 3 || matches!(be32(4), 80_877_103 | 80_877_104));
+    // HTTP/2 client preface.
+    let http2 = first == b"PRI * HT";
+    // MySQL greeting: a short first packet, sequence 0, protocol 10.
+    let mysql = first[2] == 0 && first[3] == 0 && first[4] == 10;
+    resp || postgres || http2 || mysql
 }
 
 /// Key of the socket table: a process's file descriptor.
@@ -226,6 +258,29 @@ mod tests {
         let id = kernel_conn_id(u32::MAX, u64::MAX);
         assert_eq!(id & USER_CONN_ID_BIT, 0);
         assert_ne!(kernel_conn_id(0, 1), kernel_conn_id(1, 1));
+    }
+
+    #[test]
+    fn pipelining_protocols_are_told_from_http1_and_tls() {
+        let yes: [&[u8; SNIFF_LEN]; 5] = [
+            b"*3\r\n$3\r\n",
+            b"\0\0\0\x54\0\x03\0\0",
+            b"\0\0\0\x08\x04\xd2\x16\x2f",
+            b"PRI * HT",
+            b"\x4a\0\0\0\x0a8.0",
+        ];
+        for first in yes {
+            assert!(pipelines(first), "{first:?}");
+        }
+        let no: [&[u8; SNIFF_LEN]; 4] = [
+            b"GET / HT",
+            b"HTTP/1.1",
+            b"\x16\x03\x01\x02\0\x01\0\x01",
+            b"POST /x ",
+        ];
+        for first in no {
+            assert!(!pipelines(first), "{first:?}");
+        }
     }
 
     #[test]

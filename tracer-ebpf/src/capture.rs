@@ -3,19 +3,21 @@
 //! up to the capture limit into the ring buffer.
 
 use aya_ebpf::helpers::{
-    bpf_ktime_get_ns, bpf_probe_read_user, generated::bpf_probe_read_user as raw_read_user,
+    bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_user, generated::bpf_probe_read_user as raw_read_user,
 };
 use core::{
     ffi::c_void,
     intrinsics::{atomic_xadd, AtomicOrdering},
     mem::size_of,
 };
-use tracer_common::{conn_key, kind, stat, DataEvent, EventHeader, MAX_CAPTURE};
+use tracer_common::{
+    conn_key, kind, pipelines, stat, DataEvent, EventHeader, MAX_CAPTURE, SNIFF_LEN,
+};
 
 use crate::{
     capture_limit,
     maps::{count, output, DataScratch, SCRATCH, SOCKETS},
-    regs::Caller,
+    regs::{Caller, SyscallArgs},
 };
 
 /// Where the syscall's payload lives in user memory.
@@ -37,7 +39,7 @@ pub enum Buffer {
 const MSG_PEEK: u64 = 2;
 
 /// Vectored I/O segments walked per syscall; the rest is a counted gap.
-const MAX_SEGMENTS: u32 = 32;
+const MAX_SEGMENTS: u32 = 64;
 
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -87,13 +89,32 @@ pub fn on_data_exit(ret: i64, direction: u8, buffer: Buffer) {
         ((*info).conn_id, atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(cell, len))
     };
 
-    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+    // SAFETY: no arguments.
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    let Some(scratch) = SCRATCH.get_ptr_mut(cpu) else {
         count(stat::READ_FAILED);
         return;
     };
-    // SAFETY: per-CPU scratch, exclusively ours until this program returns.
+    // SAFETY: this CPU's slot, exclusively ours until this program returns
+    // (programs run with migration disabled and do not nest on a CPU).
     let scratch: &mut DataScratch = unsafe { &mut *scratch };
-    let limit = (capture_limit() as u64).min(MAX_CAPTURE as u64);
+    // SAFETY: pointer into a live map value; only the kernel side writes
+    // this byte, and a racing first write of another thread sets the same.
+    let mut pipelined = unsafe { (*info).pipelined } != 0;
+    if !pipelined
+        && pos == 0
+        && len >= SNIFF_LEN as u64
+        && sniff(&buffer, &args).is_some_and(|first| pipelines(&first))
+    {
+        pipelined = true;
+        // SAFETY: as above.
+        unsafe { (*info).pipelined = 1 };
+    }
+    // Branch-free: one verifier path for both limits (two paths put the
+    // vectored copy loop over the verifier's 1M-instruction budget on
+    // Linux 6.18).
+    let default = (capture_limit() as u64).min(MAX_CAPTURE as u64);
+    let limit = default + (MAX_CAPTURE as u64 - default) * u64::from(pipelined);
     let want = len.min(limit) as usize;
     let captured = match buffer {
         Buffer::Flat | Buffer::FlatWithFlags => copy_flat(scratch, args.arg1(), want),
@@ -135,19 +156,43 @@ pub fn on_data_exit(ret: i64, direction: u8, buffer: Buffer) {
     );
 }
 
+/// The first `SNIFF_LEN` bytes the syscall moved, if it moved that many
+/// in its first buffer segment (a chunk that short decides nothing).
+fn sniff(buffer: &Buffer, args: &SyscallArgs) -> Option<[u8; SNIFF_LEN]> {
+    let first = match buffer {
+        Buffer::Flat | Buffer::FlatWithFlags => args.arg1(),
+        Buffer::Vector => first_segment(args.arg1())?,
+        Buffer::Message => {
+            // SAFETY: bpf_probe_read_user checks the address and fails cleanly.
+            let iov = unsafe { bpf_probe_read_user((args.arg1() + 16) as *const u64) }.ok()?;
+            first_segment(iov)?
+        }
+        Buffer::None => return None,
+    };
+    // SAFETY: as above.
+    unsafe { bpf_probe_read_user(first as *const [u8; SNIFF_LEN]) }.ok()
+}
+
+/// The base address of the first segment of an iovec array.
+fn first_segment(iov: u64) -> Option<u64> {
+    // SAFETY: bpf_probe_read_user checks the address and fails cleanly.
+    let seg = unsafe { bpf_probe_read_user(iov as *const IoVec) }.ok()?;
+    (seg.len >= SNIFF_LEN as u64).then_some(seg.base)
+}
+
 /// Copies `len` (at most `MAX_CAPTURE`) bytes from user address `src` to
 /// `scratch.data[offset..]`; returns the bytes copied.
 #[inline(always)]
 fn copy_at(scratch: &mut DataScratch, offset: usize, src: u64, len: usize) -> usize {
-    // Without this clamp Linux 6.18's verifier rejects the vectored copies
-    // ("R2 min value is negative, either use unsigned or 'var &= const'"):
-    // it cannot bound a segment's length read from user memory.
-    let len = if len > MAX_CAPTURE { MAX_CAPTURE } else { len };
-    if len == 0 {
-        return 0;
-    }
-    // SAFETY: offset < MAX_CAPTURE and len <= MAX_CAPTURE, so the copy stays
-    // inside `data` (2 * MAX_CAPTURE bytes); the helper checks `src`.
+    // Callers keep `offset` below MAX_CAPTURE and `len` at most MAX_CAPTURE;
+    // the masks let the verifier see that without a branch per copy (each
+    // branch multiplies the states it explores over the segment loop), and
+    // `data` is sized for the masked extremes.
+    let offset = offset & (MAX_CAPTURE - 1);
+    let len = len & (2 * MAX_CAPTURE - 1);
+    // SAFETY: offset < MAX_CAPTURE and len < 2 * MAX_CAPTURE, so the copy
+    // stays inside `data` (3 * MAX_CAPTURE bytes); the helper checks `src`
+    // and accepts a zero length.
     let ret = unsafe {
         raw_read_user(
             scratch.data.as_mut_ptr().add(offset) as *mut c_void,

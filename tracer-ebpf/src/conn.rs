@@ -158,7 +158,8 @@ pub fn on_accept_exit(ret: i64) {
         pos: [0; 2],
         tuple,
         role: role::SERVER,
-        _pad: [0; 7],
+        pipelined: 0,
+        _pad: [0; 6],
     };
     if register(conn_key(tgid, fd), &info) {
         emit(kind::OPEN, pid_tgid, fd as i32, &info, comm());
@@ -290,7 +291,8 @@ fn on_syn_sent(change: &StateChange) {
         pos: [0; 2],
         tuple: change.tuple,
         role: role::CLIENT,
-        _pad: [0; 7],
+        pipelined: 0,
+        _pad: [0; 6],
     };
     if !register(key, &info) {
         return;

@@ -133,19 +133,21 @@ pub static CONN_SEQ: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 pub static CONN_SCRATCH: PerCpuArray<tracer_common::ConnEvent> =
     PerCpuArray::with_max_entries(1, 0);
 
-/// Per-CPU staging area for one data event: too large for the 512-byte stack.
-/// Per-CPU values are capped at 32 KiB by the kernel, which caps MAX_CAPTURE.
-/// The payload area is twice `MAX_CAPTURE`: vectored I/O copies segment after
-/// segment, and the verifier bounds the offset (below `MAX_CAPTURE`) and the
-/// length (at most `MAX_CAPTURE`) separately, so it can prove a copy in
-/// bounds only if their sum fits.
+/// Staging area for one data event, one slot per CPU (indexed by CPU id;
+/// the loader sizes it to the possible CPUs): too large for the 512-byte
+/// stack, and too large for a per-CPU map, whose values the kernel caps at
+/// 32 KiB. The payload area is three times `MAX_CAPTURE`: vectored I/O
+/// copies segment after segment, and `capture::copy_at` bounds the offset
+/// (below `MAX_CAPTURE`) and the length (below twice that) by masks, so the
+/// verifier can prove a copy in bounds only if their sum fits. A program runs with
+/// migration disabled, so its CPU's slot is its own while it runs.
 #[map]
-pub static SCRATCH: PerCpuArray<DataScratch> = PerCpuArray::with_max_entries(1, 0);
+pub static SCRATCH: Array<DataScratch> = Array::with_max_entries(1, 0);
 
 #[repr(C)]
 pub struct DataScratch {
     pub event: DataEvent,
-    pub data: [u8; 2 * MAX_CAPTURE],
+    pub data: [u8; 3 * MAX_CAPTURE],
 }
 
 #[repr(C)]

@@ -131,7 +131,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let Kernel {
         ebpf,
         events,
-        sockets,
+        control,
         stats,
         ..
     } = kernel;
@@ -163,7 +163,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let mut pipeline = Pipeline::new(
         config.max_connections,
         identities,
-        Some(Box::new(sockets)),
+        Some(Box::new(control)),
         MetricsSink(metrics.clone()),
     );
     if !args.hooks_only {
@@ -234,7 +234,7 @@ pub async fn watch(args: WatchArgs) -> Result<()> {
     let Kernel {
         ebpf,
         events,
-        sockets,
+        control,
         ..
     } = kernel;
     let filter = Filter {
@@ -252,7 +252,7 @@ pub async fn watch(args: WatchArgs) -> Result<()> {
     let mut pipeline = Pipeline::new(
         config.max_connections,
         stage.identities,
-        Some(Box::new(sockets)),
+        Some(Box::new(control)),
         sink,
     );
     adopt_existing(&mut pipeline);

@@ -44,7 +44,9 @@ pub struct CaptureArgs {
     #[arg(long, env = "TRACER_ATTACH", value_enum, default_value = "auto")]
     pub attach: AttachMode,
 
-    /// Bytes captured per read or write (1 to 8192); the rest of a longer chunk is skipped and counted.
+    /// Bytes captured per read or write (1 to 16384); the rest of a longer chunk is skipped and
+    /// counted. HTTP/2, PostgreSQL, MySQL and Redis connections are raised to 16384 once
+    /// recognised.
     #[arg(long, env = "TRACER_CAPTURE_BYTES", default_value_t = tracer_common::DEFAULT_CAPTURE)]
     pub capture_bytes: u32,
 

@@ -137,8 +137,8 @@ mod tests {
     fn bad_values_name_their_flag() {
         let e = parse(&["--capture-bytes", "0"]).unwrap_err();
         assert!(e.to_string().starts_with("--capture-bytes 0"));
-        let e = parse(&["--capture-bytes", "9000"]).unwrap_err();
-        assert_eq!(e, ConfigError::CaptureBytes(9000));
+        let e = parse(&["--capture-bytes", "16385"]).unwrap_err();
+        assert_eq!(e, ConfigError::CaptureBytes(16385));
         let e = parse(&["--ring-buffer-mib", "3"]).unwrap_err();
         assert!(e.to_string().contains("--ring-buffer-mib"));
         let e = parse(&["--service-name", "nginx"]).unwrap_err();

@@ -1109,7 +1109,8 @@ fn kernel_entry(h: &Harness, tgid: u32, fd: u32, conn_id: u64, conn_role: u8, t:
             pos: [0; 2],
             tuple: t,
             role: conn_role,
-            _pad: [0; 7],
+            pipelined: 0,
+            _pad: [0; 6],
         },
     );
 }

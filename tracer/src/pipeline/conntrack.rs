@@ -36,24 +36,6 @@ pub trait KernelSockets {
     fn lookup(&self, key: u64) -> Option<ConnInfo>;
 }
 
-impl KernelSockets for aya::maps::HashMap<aya::maps::MapData, u64, ConnInfo> {
-    fn forget(&mut self, key: u64, conn_id: u64) {
-        // Already gone (closed meanwhile) is fine.
-        if self.get(&key, 0).is_ok_and(|info| info.conn_id == conn_id) {
-            let _ = self.remove(&key);
-        }
-    }
-
-    fn adopt(&mut self, key: u64, info: &ConnInfo) -> bool {
-        const BPF_NOEXIST: u64 = 1;
-        self.insert(key, *info, BPF_NOEXIST).is_ok()
-    }
-
-    fn lookup(&self, key: u64) -> Option<ConnInfo> {
-        self.get(&key, 0).ok()
-    }
-}
-
 /// Counts the pipeline keeps; the daemon turns them into metrics.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Counters {
@@ -424,7 +406,8 @@ impl<S: Sink> Pipeline<S> {
                     Side::Server => role::SERVER,
                     Side::Client => role::CLIENT,
                 },
-                _pad: [0; 7],
+                pipelined: 0,
+                _pad: [0; 6],
             };
             let key = conn_key(conn.tgid, conn.fd);
             if let Some(kernel) = self.kernel.as_mut() {

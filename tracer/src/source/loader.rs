@@ -13,6 +13,7 @@ use aya::{
 use tracer_common::{stat, ConnInfo, MAX_RINGS};
 
 use crate::error::StartError;
+use crate::pipeline::conntrack::KernelSockets;
 
 /// The kernel programs, built by build.rs from tracer-ebpf.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer.bpf.o"));
@@ -239,8 +240,37 @@ pub struct Kernel {
     pub mode: AttachMode,
     /// The event rings in use, in CPU order (`cpu % rings.len()`).
     pub events: Vec<MapData>,
-    pub sockets: HashMap<MapData, u64, ConnInfo>,
+    /// What the pipeline may change in the kernel's tables.
+    pub control: KernelControl,
     pub stats: PerCpuArray<MapData, u64>,
+}
+
+/// The one channel through which the pipeline steers the kernel side: the
+/// socket table (stop tracing a connection, adopt one found open).
+pub struct KernelControl {
+    sockets: HashMap<MapData, u64, ConnInfo>,
+}
+
+impl KernelSockets for KernelControl {
+    fn forget(&mut self, key: u64, conn_id: u64) {
+        // Already gone (closed meanwhile) is fine.
+        if self
+            .sockets
+            .get(&key, 0)
+            .is_ok_and(|info| info.conn_id == conn_id)
+        {
+            let _ = self.sockets.remove(&key);
+        }
+    }
+
+    fn adopt(&mut self, key: u64, info: &ConnInfo) -> bool {
+        const BPF_NOEXIST: u64 = 1;
+        self.sockets.insert(key, *info, BPF_NOEXIST).is_ok()
+    }
+
+    fn lookup(&self, key: u64) -> Option<ConnInfo> {
+        self.sockets.get(&key, 0).ok()
+    }
 }
 
 /// The kernel side's event rings, `EVENTS_0` to `EVENTS_15`.
@@ -337,7 +367,8 @@ pub fn load(opts: &LoadOptions) -> Result<Kernel, StartError> {
         .override_global("HOOKS_ONLY", &hooks_only, true)
         .override_global("RING_COUNT", &rings.count, true)
         .override_global("WAKEUP_BYTES", &rings.wakeup_bytes, true)
-        .map_max_entries("SOCKETS", opts.max_connections);
+        .map_max_entries("SOCKETS", opts.max_connections)
+        .map_max_entries("SCRATCH", possible_cpus());
     for (i, name) in RING_NAMES.iter().enumerate() {
         let used = i < rings.count as usize;
         loader.map_max_entries(name, if used { rings.bytes } else { PAGE });
@@ -373,7 +404,7 @@ pub fn load(opts: &LoadOptions) -> Result<Kernel, StartError> {
         ebpf,
         mode,
         events,
-        sockets,
+        control: KernelControl { sockets },
         stats,
     })
 }

@@ -1,0 +1,113 @@
+//! MySQL protocol, client side, against a real MariaDB: mysqlslap's
+//! generated load (mixed reads and writes, updates, key lookups) over TCP,
+//! and the mariadb client running a statement that fails.
+//!
+//! Ground truth: the server's own `SHOW GLOBAL STATUS` counters (`Com_*`,
+//! read over the Unix socket, which the tracer does not see), before and
+//! after. Each statement the clients sent is one
+//! `db_client_operation_duration_seconds` observation with
+//! `db_system_name="mysql"` and its verb as `db_operation_name`; per verb
+//! the counts must equal the server's, whatever the statement's outcome
+//! (the server counts a statement that then fails, too). The failing one is
+//! checked against the script: exactly one error 1146.
+
+use std::collections::BTreeMap;
+use std::process::Command;
+
+use tracer_e2e::databases::{run_ok, Mariadb};
+use tracer_e2e::{privileged, require_tool, wait_until, TestDir, Tracer};
+
+const DB_COUNT: &str = "db_client_operation_duration_seconds_count";
+
+/// The tracer's verb for each `Com_*` counter the workload moves.
+const VERBS: [(&str, &str); 9] = [
+    ("Com_select", "SELECT"),
+    ("Com_insert", "INSERT"),
+    ("Com_update", "UPDATE"),
+    ("Com_delete", "DELETE"),
+    ("Com_create_db", "CREATE"),
+    ("Com_create_table", "CREATE"),
+    ("Com_drop_db", "DROP"),
+    ("Com_drop_table", "DROP"),
+    ("Com_change_db", "USE"),
+];
+
+fn by_verb(after: &BTreeMap<String, u64>, before: &BTreeMap<String, u64>) -> BTreeMap<String, u64> {
+    let mut want = BTreeMap::new();
+    for (counter, verb) in VERBS {
+        let n =
+            after.get(counter).copied().unwrap_or(0) - before.get(counter).copied().unwrap_or(0);
+        if n > 0 {
+            *want.entry(verb.to_string()).or_default() += n;
+        }
+    }
+    want
+}
+
+#[test]
+fn mysqlslap_and_mariadb_counted_exactly_against_com_counters() {
+    if !privileged("mysqlslap_and_mariadb_counted_exactly_against_com_counters") {
+        return;
+    }
+    let dir = TestDir::new("mysql");
+    let tracer = Tracer::start(&dir, &[]);
+    let db = Mariadb::start(&dir);
+    let port = db.port().to_string();
+    let before = db.com_status();
+    for load in ["mixed", "update", "key"] {
+        run_ok(
+            Command::new(require_tool("mysqlslap"))
+                .args(["--host=127.0.0.1", "--protocol=tcp", "--user=root"])
+                .arg(format!("--port={port}"))
+                .args([
+                    "--concurrency=2",
+                    "--iterations=1",
+                    "--number-of-queries=200",
+                ])
+                .args([
+                    "--auto-generate-sql",
+                    "--auto-generate-sql-add-autoincrement",
+                ])
+                .args(["--number-int-cols=2", "--number-char-cols=2"])
+                .arg(format!("--auto-generate-sql-load-type={load}")),
+        );
+    }
+    let out = Command::new(require_tool("mariadb"))
+        .args(["--host=127.0.0.1", "--protocol=tcp", "--user=root"])
+        .arg(format!("--port={port}"))
+        .args(["-e", "SELECT * FROM mysql.missing_table"])
+        .output()
+        .expect("run mariadb");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("1146"),
+        "the statement did not fail with 1146"
+    );
+    let want = by_verb(&db.com_status(), &before);
+    assert!(want.get("INSERT").copied().unwrap_or(0) > 100, "{want:?}");
+
+    let filter = [("db_system_name", "mysql")];
+    let got = wait_until(tracer_e2e::wait::METRICS_TIMEOUT, || {
+        let got = tracer
+            .scrape()
+            .count_by(DB_COUNT, &filter, "db_operation_name");
+        (got == want).then_some(got)
+    });
+    let scrape = tracer.scrape();
+    assert!(
+        got.is_some(),
+        "tracer counts per statement verb differ from the Com_* counters:\nserver: {want:?}\n\
+         tracer: {:?}\n{}",
+        scrape.count_by(DB_COUNT, &filter, "db_operation_name"),
+        scrape.lines("tracer_", &[("protocol", "mysql")]),
+    );
+    let errors = scrape.count_by(DB_COUNT, &filter, "error_type");
+    assert_eq!(errors.get("1146"), Some(&1), "{errors:?}");
+    assert_eq!(
+        errors.len(),
+        2,
+        "only the one error besides the successes: {errors:?}"
+    );
+    for name in ["tracer_parser_resyncs_total", "tracer_unmatched_total"] {
+        assert_eq!(scrape.count(name, &[("protocol", "mysql")]), 0, "{name}");
+    }
+}
