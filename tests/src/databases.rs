@@ -11,22 +11,9 @@ use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use crate::net::{accepts, free_port};
+use crate::net::free_port;
+use crate::peers::wait_listening;
 use crate::process::{Guard, TestDir};
-use crate::wait::{wait_until, START_TIMEOUT};
-
-fn wait_listening(guard: &mut Guard, addr: SocketAddr) {
-    let ok = wait_until(START_TIMEOUT, || {
-        guard.assert_running();
-        accepts(addr).then_some(())
-    });
-    assert!(
-        ok.is_some(),
-        "{} did not listen on {addr} within {START_TIMEOUT:?}; stderr:\n{}",
-        guard.name(),
-        guard.stderr()
-    );
-}
 
 /// Runs `cmd`, panicking with its output if it fails.
 pub fn run_ok(cmd: &mut Command) -> Output {

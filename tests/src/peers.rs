@@ -27,7 +27,7 @@ pub trait Peer {
 }
 
 /// Waits until `addr` accepts connections, failing if the process exits.
-fn wait_listening(guard: &mut Guard, addr: SocketAddr) {
+pub(crate) fn wait_listening(guard: &mut Guard, addr: SocketAddr) {
     let ok = wait_until(START_TIMEOUT, || {
         guard.assert_running();
         accepts(addr).then_some(())

@@ -15,6 +15,9 @@
 //! 3. Memory: the full tracer's resident memory while 10,000 idle keep-alive
 //!    connections to nginx are open.
 //!
+//! With `--metadata` and `--protocols`, the parts in `bench_metadata.rs` and
+//! `bench_protocols.rs` too.
+//!
 //! Output: progress on stderr; a markdown report (machine, command, tables,
 //! targets with pass/miss) on stdout and, with `--out`, to a file. Timings
 //! are reported against their targets and never fail the run; a part that
@@ -36,6 +39,8 @@ use anyhow::{anyhow, bail, Context, Result};
 
 #[path = "bench_metadata.rs"]
 mod metadata;
+#[path = "bench_protocols.rs"]
+mod protocols;
 
 /// Options of `cargo xtask bench`.
 #[derive(Debug, Clone, clap::Args)]
@@ -67,6 +72,8 @@ pub struct BenchArgs {
     pub tracer_args: Vec<String>,
     #[command(flatten)]
     pub metadata: metadata::MetadataArgs,
+    #[command(flatten)]
+    pub protocols: protocols::ProtocolArgs,
 }
 
 /// The tracer binary and the extra arguments every `tracer run` gets.
@@ -143,6 +150,10 @@ pub fn run(root: &Path, tracer: &Path, args: &BenchArgs) -> Result<()> {
     }
     if args.metadata.metadata {
         report.metadata = Some(metadata::run(root, &bin, &dir, args).map_err(|e| format!("{e:#}")));
+    }
+    if args.protocols.protocols {
+        report.protocols =
+            Some(protocols::run(root, &bin, &dir, args).map_err(|e| format!("{e:#}")));
     }
     report.elapsed = started.elapsed();
     let text = report.markdown(args);
@@ -420,13 +431,30 @@ fn replay(root: &Path, tracer: &Path, dir: &WorkDir) -> Result<Replay> {
         "replay: recording {RECORD_SECONDS} s of nginx under wrk ({RECORD_LOAD_SECONDS} s of load)"
     ));
     let mut nginx = Nginx::start(dir, "record")?;
-    let file = dir.path.join("recording.bin");
+    let port = nginx.port;
+    let (recorded, file) = record(tracer, dir, "recording", || {
+        run_wrk(dir, "record", port, RECORD_LOAD_SECONDS).map(|_| ())
+    })?;
+    nginx.stop_and_count()?;
+    replay_file(root, recorded, &file)
+}
+
+/// Runs `load` while `tracer record` writes every ring-buffer record to
+/// `<dir>/<name>.bin` for `RECORD_SECONDS`; the number of records and the
+/// file. `load` must finish within `RECORD_SECONDS`.
+fn record(
+    tracer: &Path,
+    dir: &WorkDir,
+    name: &str,
+    load: impl FnOnce() -> Result<()>,
+) -> Result<(u64, PathBuf)> {
+    let file = dir.path.join(format!("{name}.bin"));
     let mut cmd = Command::new(tracer);
     cmd.arg("record")
         .arg("--output")
         .arg(&file)
         .args(["--seconds", &RECORD_SECONDS.to_string()]);
-    let mut rec = Proc::spawn("tracer-record", &mut cmd, &dir.path)?;
+    let mut rec = Proc::spawn(&format!("tracer-record-{name}"), &mut cmd, &dir.path)?;
     // `tracer record` logs "recording" once its hooks are attached; the load
     // must start after that, and end before its timer does.
     wait_for(
@@ -439,14 +467,13 @@ fn replay(root: &Path, tracer: &Path, dir: &WorkDir) -> Result<Replay> {
                 .contains("recording"))
         },
     )?;
-    run_wrk(dir, "record", nginx.port, RECORD_LOAD_SECONDS)?;
+    load()?;
     let status = rec
         .wait_timeout(Duration::from_secs(RECORD_SECONDS + 30))?
         .ok_or_else(|| anyhow!("tracer record did not stop after --seconds {RECORD_SECONDS}"))?;
     if !status.success() {
         bail!("tracer record failed ({status}):\n{}", rec.stderr_tail());
     }
-    nginx.stop_and_count()?;
     let stdout = fs::read_to_string(&rec.stdout).unwrap_or_default();
     let recorded = stdout
         .split_whitespace()
@@ -454,15 +481,19 @@ fn replay(root: &Path, tracer: &Path, dir: &WorkDir) -> Result<Replay> {
         .nth(1)
         .and_then(|n| n.parse().ok())
         .unwrap_or(0);
-    let file_bytes = fs::metadata(&file)
+    Ok((recorded, file))
+}
+
+/// The pipeline benchmark (`tracer/benches/pipeline.rs`) on a recording.
+fn replay_file(root: &Path, recorded: u64, file: &Path) -> Result<Replay> {
+    let file_bytes = fs::metadata(file)
         .with_context(|| format!("tracer record wrote no {}", file.display()))?
         .len();
-
     say("replay: cargo bench -p tracer --bench pipeline");
     let out = Command::new(crate::cargo_bin())
         .current_dir(root)
         .args(["bench", "-p", "tracer", "--bench", "pipeline"])
-        .env("TRACER_RECORDING", &file)
+        .env("TRACER_RECORDING", file)
         .stderr(Stdio::inherit())
         .output()
         .context("running cargo bench -p tracer --bench pipeline")?;
@@ -1331,6 +1362,7 @@ struct Report {
     replay: Option<Result<Replay, String>>,
     memory: Option<Result<Memory, String>>,
     metadata: Option<Result<metadata::Metadata, String>>,
+    protocols: Option<Result<protocols::Protocols, String>>,
     elapsed: Duration,
 }
 
@@ -1356,6 +1388,15 @@ impl Report {
         if let Some(m) = &self.metadata {
             if m.as_ref().map_or(true, metadata::Metadata::incomplete) {
                 failed.push("metadata");
+            }
+        }
+        if let Some(p) = &self.protocols {
+            let incomplete = p.as_ref().map_or(true, |p| {
+                p.replays.iter().any(|r| r.replay.is_err())
+                    || p.overheads.iter().any(Result::is_err)
+            });
+            if incomplete {
+                failed.push("protocols");
             }
         }
         failed
@@ -1413,6 +1454,18 @@ impl Report {
             );
             match replay {
                 Ok(r) => replay_table(m, r),
+                Err(e) => {
+                    let _ = writeln!(m, "Could not run: {e}\n");
+                }
+            }
+        }
+        if let Some(p) = &self.protocols {
+            let _ = writeln!(m, "### Protocols (`--protocols`)\n");
+            match p {
+                Ok(p) => {
+                    let http1 = self.replay.as_ref().and_then(|r| r.as_ref().ok());
+                    protocols::section(m, p, http1);
+                }
                 Err(e) => {
                     let _ = writeln!(m, "Could not run: {e}\n");
                 }
