@@ -96,7 +96,7 @@ pub fn run(root: &Path, bin: &TracerBin, dir: &WorkDir, args: &BenchArgs) -> Res
 /// `RECORD_LOAD_SECONDS`.
 const WORKLOADS: [(&str, &str); 6] = [
     ("http2", "h2load -c 4 -m 16 -D 3 http://127.0.0.1:PORT/h2"),
-    ("grpc", "grpc_peer.py call --unary 2000 (one channel)"),
+    ("grpc", "grpc_peer.py call --unary 4000 (one channel)"),
     ("postgresql", "pgbench -c 2 -T 3 -M prepared"),
     (
         "mysql",
@@ -121,7 +121,7 @@ fn replay_workload(
     let seconds = RECORD_LOAD_SECONDS.to_string();
     let (recorded, file) = match protocol {
         "http2" => {
-            let (nginx, port) = nginx_h2(test_dir);
+            let (nginx, port) = nginx_h2(test_dir, "        access_log off;\n");
             let url = format!("http://127.0.0.1:{port}/h2");
             let out = record(tracer, dir, &slug, || {
                 ok(Command::new("h2load")
@@ -206,13 +206,15 @@ fn replay_workload(
     replay_file(root, recorded, &file)
 }
 
-/// nginx with an `http2` (prior knowledge) listener on a port of its own;
-/// `/h2` answers 200 "ok".
-fn nginx_h2(dir: &TestDir) -> (Nginx, u16) {
+/// nginx with an `http2` (prior knowledge) listener on a port of its own,
+/// where `/h2` answers 200 "ok". nginx ends an HTTP/2 connection after
+/// `keepalive_requests` (1000) requests and h2load does not reconnect:
+/// lifted so a run is not cut short.
+fn nginx_h2(dir: &TestDir, extra: &str) -> (Nginx, u16) {
     let port = free_port();
     let nginx = Nginx::start(
         dir,
-        &format!("        listen 127.0.0.1:{port} http2;\n        access_log off;\n"),
+        &format!("        listen 127.0.0.1:{port} http2;\n        keepalive_requests 100000000;\n{extra}"),
     );
     (nginx, port)
 }
@@ -251,11 +253,7 @@ fn h2load_overhead(
     test_dir: &TestDir,
     rounds: u64,
 ) -> Result<Overhead> {
-    let port = free_port();
-    let nginx = Nginx::start(
-        test_dir,
-        &format!("        listen 127.0.0.1:{port} http2;\n"),
-    );
+    let (nginx, port) = nginx_h2(test_dir, "");
     let url = format!("http://127.0.0.1:{port}/h2bench");
     let command = format!("h2load -c 4 -m 16 -n {H2LOAD_REQUESTS} http://127.0.0.1:PORT/h2bench");
     let mut overhead = Overhead {
@@ -434,6 +432,19 @@ fn replay_row(m: &mut String, protocol: &str, workload: &str, r: &Replay) {
     );
 }
 
+/// counted/served to four places, and never rounded to 1.0000 unless equal.
+fn ratio(counted: u64, served: u64) -> String {
+    if counted == served {
+        "1.0000".into()
+    } else {
+        format!(
+            "{:.4} (off by {})",
+            counted as f64 / served.max(1) as f64,
+            counted.abs_diff(served)
+        )
+    }
+}
+
 fn overhead_table(m: &mut String, o: &Overhead) {
     let _ = writeln!(
         m,
@@ -450,12 +461,12 @@ fn overhead_table(m: &mut String, o: &Overhead) {
     {
         let _ = writeln!(
             m,
-            "| {} | {} | {} | {:.2} | {counted} | {served} | {:.4} |",
+            "| {} | {} | {} | {:.2} | {counted} | {served} | {} |",
             i + 1,
             fmt_int(*off),
             fmt_int(*on),
             on / off,
-            *counted as f64 / (*served).max(1) as f64,
+            ratio(*counted, *served),
         );
     }
     if let (Some(off), Some(on)) = (median(o.off_rps.clone()), median(o.on_rps.clone())) {
