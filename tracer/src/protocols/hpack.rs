@@ -293,6 +293,13 @@ impl Decoder {
         };
         scratch.clear();
         let keep = name.map_or(0, Name::keep);
+        if !insert && keep == 0 && name.is_some() {
+            // Nothing to keep and no table entry to size: the value's
+            // decoded length is never needed, so it is not decoded (most
+            // response headers: date, server, content-length).
+            input.skip_string()?;
+            return Ok(());
+        }
         let value_len = input.string(keep, scratch)?;
         let field = name.map_or(Field::Unknown, |name| Field::new(name, scratch));
         headers.take(&field);
@@ -435,6 +442,13 @@ impl Input<'_> {
             }
         }
         Err(Undecodable)
+    }
+
+    /// Steps over a string literal without decoding it.
+    fn skip_string(&mut self) -> Result<(), Undecodable> {
+        let len = self.integer(7)?;
+        self.0 = self.0.get(len..).ok_or(Undecodable)?;
+        Ok(())
     }
 
     /// A string literal (RFC 7541 section 5.2): appends up to `keep` decoded
