@@ -1250,7 +1250,14 @@ impl Book {
             lost_after: None,
             lost_requests: None,
             refused_above: None,
-            max_frame: [None; 2],
+            // Seen from its start, a connection keeps the default until a
+            // SETTINGS frame we read raises it; found mid-stream, the size
+            // in force is unknown and any length is taken.
+            max_frame: if mid_stream {
+                [None; 2]
+            } else {
+                [Some(DEFAULT_MAX_FRAME); 2]
+            },
         }
     }
 
