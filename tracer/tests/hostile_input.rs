@@ -278,3 +278,32 @@ fn http2_frame_length_beyond_the_maximum_is_a_resync() {
     });
     assert!(grown < MAX_GROWTH, "grew {grown} bytes");
 }
+
+#[test]
+fn postgres_stream_that_turns_into_noise_resyncs_and_counts_the_queries_beside_it() {
+    let mut c = postgres_ready();
+    c.req(&pg_query("SELECT 1"));
+    c.resp(PG_SELECT_DONE);
+    c.req(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    c.req(&pg_query("SELECT 1"));
+    c.resp(PG_SELECT_DONE);
+    assert_eq!(c.calls(), ["SELECT", "SELECT"]);
+    assert_eq!(c.counters(Protocol::Postgres).resyncs, 1);
+}
+
+#[test]
+fn http2_stream_that_turns_into_noise_resyncs_and_counts_the_streams_beside_it() {
+    let mut c = Client::new();
+    let mut req = PREFACE.to_vec();
+    req.extend(frame(SETTINGS, 0, 0, &[]));
+    req.extend(frame(HEADERS, END_STREAM_AND_HEADERS, 1, GET_ROOT));
+    c.req(&req);
+    let mut resp = frame(SETTINGS, 0, 0, &[]);
+    resp.extend(frame(HEADERS, END_STREAM_AND_HEADERS, 1, &[0x88]));
+    c.resp(&resp);
+    c.req(&[0xff; 40]);
+    c.req(&frame(HEADERS, END_STREAM_AND_HEADERS, 3, GET_ROOT));
+    c.resp(&frame(HEADERS, END_STREAM_AND_HEADERS, 3, &[0x88]));
+    assert_eq!(c.calls(), ["GET 200", "GET 200"]);
+    assert_eq!(c.counters(Protocol::Http2).resyncs, 1);
+}
