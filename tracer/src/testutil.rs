@@ -1,5 +1,7 @@
 //! Test helpers shared by unit tests of several modules.
 
+use crate::protocols::{ConnParser, Exchange, ParserCounters, Piece, Side};
+
 /// Small deterministic generator (xorshift64): tests need no `rand` crate
 /// and every failure reproduces from its seed.
 pub struct XorShift(pub u64);
@@ -20,6 +22,61 @@ impl XorShift {
     /// `below` for lengths and indices.
     pub fn below_usize(&mut self, n: usize) -> usize {
         self.below(n as u64) as usize
+    }
+}
+
+/// One parser under test, fed piece by piece with a clock that ticks 10
+/// per piece; what it reports lands in `out` and `c`.
+pub struct Driver<P> {
+    pub conn: P,
+    pub side: Side,
+    pub c: ParserCounters,
+    pub out: Vec<Exchange>,
+    pub ts: u64,
+}
+
+impl<P: ConnParser> Driver<P> {
+    /// Drives `conn`, whose traced process is `side`.
+    pub fn with(conn: P, side: Side) -> Self {
+        Self {
+            conn,
+            side,
+            c: ParserCounters::default(),
+            out: Vec::new(),
+            ts: 0,
+        }
+    }
+
+    /// One piece in the request (`request_dir`) or response direction;
+    /// returns its tick.
+    pub fn feed(&mut self, request_dir: bool, piece: Piece<'_>) -> u64 {
+        self.ts += 10;
+        let outbound = request_dir == (self.side == Side::Client);
+        self.conn
+            .on_piece(outbound, piece, self.ts, &mut self.c, &mut self.out);
+        self.ts
+    }
+
+    pub fn req(&mut self, bytes: &[u8]) -> u64 {
+        self.feed(true, Piece::Data(bytes))
+    }
+
+    pub fn resp(&mut self, bytes: &[u8]) -> u64 {
+        self.feed(false, Piece::Data(bytes))
+    }
+
+    pub fn req_gap(&mut self, n: u64) -> u64 {
+        self.feed(true, Piece::Gap(n))
+    }
+
+    pub fn resp_gap(&mut self, n: u64) -> u64 {
+        self.feed(false, Piece::Gap(n))
+    }
+
+    pub fn close(&mut self) -> u64 {
+        self.ts += 10;
+        self.conn.on_close(self.ts, &mut self.c, &mut self.out);
+        self.ts
     }
 }
 

@@ -1548,57 +1548,15 @@ mod tests {
     use super::*;
 
     /// One connection under test, with a clock that ticks per piece.
-    struct Conn {
-        conn: Http1Conn,
-        side: Side,
-        c: ParserCounters,
-        out: Vec<Exchange>,
-        ts: u64,
-    }
+    type Conn = crate::testutil::Driver<Http1Conn>;
 
     impl Conn {
         fn new(side: Side, mode: Mode) -> Self {
-            Self {
-                conn: Http1Conn::new(side, mode),
-                side,
-                c: ParserCounters::default(),
-                out: Vec::new(),
-                ts: 0,
-            }
+            Self::with(Http1Conn::new(side, mode), side)
         }
 
         fn server() -> Self {
             Self::new(Side::Server, Mode::KnownHttp)
-        }
-
-        fn feed(&mut self, request_dir: bool, piece: Piece<'_>) -> u64 {
-            self.ts += 10;
-            let outbound = request_dir == (self.side == Side::Client);
-            self.conn
-                .on_piece(outbound, piece, self.ts, &mut self.c, &mut self.out);
-            self.ts
-        }
-
-        fn req(&mut self, bytes: &[u8]) -> u64 {
-            self.feed(true, Piece::Data(bytes))
-        }
-
-        fn resp(&mut self, bytes: &[u8]) -> u64 {
-            self.feed(false, Piece::Data(bytes))
-        }
-
-        fn req_gap(&mut self, n: u64) -> u64 {
-            self.feed(true, Piece::Gap(n))
-        }
-
-        fn resp_gap(&mut self, n: u64) -> u64 {
-            self.feed(false, Piece::Gap(n))
-        }
-
-        fn close(&mut self) -> u64 {
-            self.ts += 10;
-            self.conn.on_close(self.ts, &mut self.c, &mut self.out);
-            self.ts
         }
 
         /// (method, path, status) of the exchanges so far.

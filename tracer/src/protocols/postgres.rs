@@ -2022,23 +2022,13 @@ mod tests {
     }
 
     /// One connection under test, with a clock that ticks per piece.
-    struct Conn {
-        conn: PgConn,
-        c: ParserCounters,
-        out: Vec<Exchange>,
-        ts: u64,
-    }
+    type Conn = crate::testutil::Driver<PgConn>;
 
     type Got = (String, Option<String>, Option<String>);
 
     impl Conn {
         fn new(start: Start) -> Self {
-            Self {
-                conn: PgConn::new(Side::Client, start),
-                c: ParserCounters::default(),
-                out: Vec::new(),
-                ts: 0,
-            }
+            Self::with(PgConn::new(Side::Client, start), Side::Client)
         }
 
         /// A fresh connection past its start-up.
@@ -2048,35 +2038,6 @@ mod tests {
             t.resp(&welcome());
             assert_eq!(t.conn.verdict(), Verdict::Speaks);
             t
-        }
-
-        fn feed(&mut self, request: bool, piece: Piece<'_>) -> u64 {
-            self.ts += 10;
-            self.conn
-                .on_piece(request, piece, self.ts, &mut self.c, &mut self.out);
-            self.ts
-        }
-
-        fn req(&mut self, bytes: &[u8]) -> u64 {
-            self.feed(true, Piece::Data(bytes))
-        }
-
-        fn resp(&mut self, bytes: &[u8]) -> u64 {
-            self.feed(false, Piece::Data(bytes))
-        }
-
-        fn req_gap(&mut self, n: u64) -> u64 {
-            self.feed(true, Piece::Gap(n))
-        }
-
-        fn resp_gap(&mut self, n: u64) -> u64 {
-            self.feed(false, Piece::Gap(n))
-        }
-
-        fn close(&mut self) -> u64 {
-            self.ts += 10;
-            self.conn.on_close(self.ts, &mut self.c, &mut self.out);
-            self.ts
         }
 
         fn got(&self) -> Vec<Got> {
