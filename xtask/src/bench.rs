@@ -1787,7 +1787,7 @@ fn replay_table(m: &mut String, r: &Replay) {
     );
     let _ = writeln!(m, "| figure | value |\n| --- | ---: |");
     let rows = [
-        ("events replayed", "records"),
+        ("events replayed", "kept"),
         (
             "exchanges (requests, client and server side) produced",
             "exchanges",

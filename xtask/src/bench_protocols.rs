@@ -387,7 +387,9 @@ pub fn section(m: &mut String, p: &Protocols, http1: Option<&Replay>) {
         "Replay per protocol: `tracer record` while the workload ran, then \
          `cargo bench -p tracer --bench pipeline` on the recording (median of 5 passes by CPU \
          time). The recording holds every traced connection of the machine, the servers' own \
-         sides included (a database server's side is recognised and dropped).\n"
+         sides included. A database server's side is recognised and the kernel told to stop \
+         tracing it; the replay leaves out what the kernel then no longer sends (records: \
+         recorded, and replayed).\n"
     );
     let _ = writeln!(
         m,
@@ -432,8 +434,9 @@ fn replay_row(m: &mut String, protocol: &str, workload: &str, r: &Replay) {
         .map_or_else(|_| "?".into(), fmt_int);
     let _ = writeln!(
         m,
-        "| {protocol} | `{workload}` | {} | {} | {per_core} | {} |",
+        "| {protocol} | `{workload}` | {} ({}) | {} | {per_core} | {} |",
         r.recorded,
+        r.get("kept"),
         r.get("exchanges"),
         r.get("us_per_exchange"),
     );
