@@ -1,6 +1,8 @@
 //! MySQL protocol, client side, against a real MariaDB: mysqlslap's
 //! generated load (mixed reads and writes, updates, key lookups) over TCP,
-//! and the mariadb client running a statement that fails.
+//! and the mariadb client running a statement that fails; then prepared
+//! statements over the binary protocol (Perl's DBD::MariaDB with
+//! server-side prepares, `tests/peers/mysql_prepared.pl`).
 //!
 //! Ground truth: the server's own `SHOW GLOBAL STATUS` counters (`Com_*`,
 //! read over the Unix socket, which the tracer does not see), before and
@@ -19,8 +21,11 @@ use tracer_e2e::{privileged, require_tool, wait_until, TestDir, Tracer};
 
 const DB_COUNT: &str = "db_client_operation_duration_seconds_count";
 
-/// The tracer's verb for each `Com_*` counter the workload moves.
-const VERBS: [(&str, &str); 9] = [
+/// The tracer's verb for each `Com_*` counter the workloads move. An
+/// executed prepared statement counts under its statement's verb on both
+/// sides (`Com_stmt_execute` is their sum); `COM_STMT_CLOSE` has no reply, so
+/// it is no operation.
+const VERBS: [(&str, &str); 12] = [
     ("Com_select", "SELECT"),
     ("Com_insert", "INSERT"),
     ("Com_update", "UPDATE"),
@@ -30,6 +35,9 @@ const VERBS: [(&str, &str); 9] = [
     ("Com_drop_db", "DROP"),
     ("Com_drop_table", "DROP"),
     ("Com_change_db", "USE"),
+    ("Com_set_option", "SET"),
+    ("Com_stmt_prepare", "PREPARE"),
+    ("Com_stmt_reset", "STMT_RESET"),
 ];
 
 fn by_verb(after: &BTreeMap<String, u64>, before: &BTreeMap<String, u64>) -> BTreeMap<String, u64> {
@@ -108,6 +116,84 @@ fn mysqlslap_and_mariadb_counted_exactly_against_com_counters() {
         "only the one error besides the successes: {errors:?}"
     );
     for name in ["tracer_parser_resyncs_total", "tracer_unmatched_total"] {
+        assert_eq!(scrape.count(name, &[("protocol", "mysql")]), 0, "{name}");
+    }
+}
+
+#[test]
+fn prepared_statements_counted_exactly_against_com_counters() {
+    if !privileged("prepared_statements_counted_exactly_against_com_counters") {
+        return;
+    }
+    let dir = TestDir::new("mysql-prepared");
+    let tracer = Tracer::start(&dir, &[]);
+    let db = Mariadb::start(&dir);
+    let before = db.com_status();
+    let out = run_ok(
+        Command::new(require_tool("perl"))
+            .arg(tracer_e2e::peers_dir().join("mysql_prepared.pl"))
+            .args([&db.port().to_string(), "300"]),
+    );
+    let tally: BTreeMap<String, u64> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let (name, n) = l.rsplit_once(' ')?;
+            Some((name.to_string(), n.parse().ok()?))
+        })
+        .collect();
+    let after = db.com_status();
+    let want = by_verb(&after, &before);
+    // The client's own tally and the server's agree on what ran.
+    for verb in ["INSERT", "SELECT", "UPDATE", "DELETE"] {
+        assert_eq!(
+            want.get(verb),
+            tally.get(verb),
+            "{verb}: {want:?} {tally:?}"
+        );
+    }
+    assert_eq!(tally.get("error 1062"), Some(&1), "{tally:?}");
+    // Every statement of the script, its CREATE and DROP too, went through
+    // COM_STMT_EXECUTE.
+    let executed = after["Com_stmt_execute"] - before.get("Com_stmt_execute").unwrap_or(&0);
+    let statements: u64 = want
+        .iter()
+        .filter(|(verb, _)| !["PREPARE", "SET", "STMT_RESET"].contains(&verb.as_str()))
+        .map(|(_, n)| n)
+        .sum();
+    assert_eq!(
+        executed, statements,
+        "not all over the binary protocol: {want:?}"
+    );
+
+    let filter = [("db_system_name", "mysql")];
+    let got = wait_until(tracer_e2e::wait::METRICS_TIMEOUT, || {
+        let got = tracer
+            .scrape()
+            .count_by(DB_COUNT, &filter, "db_operation_name");
+        (got == want).then_some(got)
+    });
+    let scrape = tracer.scrape();
+    assert!(
+        got.is_some(),
+        "tracer counts per statement verb differ from the Com_* counters:\nserver: {want:?}\n\
+         tracer: {:?}\n{}",
+        scrape.count_by(DB_COUNT, &filter, "db_operation_name"),
+        scrape.lines("tracer_", &[("protocol", "mysql")]),
+    );
+    let errors = scrape.count_by(DB_COUNT, &filter, "error_type");
+    assert_eq!(errors.get("1062"), Some(&1), "{errors:?}");
+    assert_eq!(errors.len(), 2, "only the duplicate key failed: {errors:?}");
+    let tables = scrape.count_by(DB_COUNT, &filter, "db_collection_name");
+    assert_eq!(
+        tables.get("prepared.kv").copied(),
+        Some(want["INSERT"] + want["SELECT"] + want["UPDATE"] + want["DELETE"] + 4),
+        "every execution of the four statements (and their prepares) names the table: {tables:?}"
+    );
+    for name in [
+        "tracer_parser_resyncs_total",
+        "tracer_unmatched_total",
+        "tracer_partial_exchanges_total",
+    ] {
         assert_eq!(scrape.count(name, &[("protocol", "mysql")]), 0, "{name}");
     }
 }

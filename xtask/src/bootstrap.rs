@@ -14,7 +14,7 @@ const DEBIAN_BPF_RUSTC: [&str; 2] = ["rustc-web", "rust-web-src"];
 
 /// The peers the tests and benchmarks run, by the command (or, for an
 /// absolute path, the file) each provides.
-const PEERS: [(&str, &str); 14] = [
+const PEERS: [(&str, &str); 15] = [
     ("nginx", "nginx-light"),
     ("wrk", "wrk"),
     ("curl", "curl"),
@@ -31,6 +31,10 @@ const PEERS: [(&str, &str); 14] = [
     (
         "/usr/lib/python3/dist-packages/grpc/__init__.py",
         "python3-grpcio",
+    ),
+    (
+        "/usr/lib/x86_64-linux-gnu/perl5/5.36/DBD/MariaDB.pm",
+        "libdbd-mariadb-perl",
     ),
 ];
 
