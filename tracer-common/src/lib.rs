@@ -172,8 +172,9 @@ pub struct ConnInfo {
     /// One of [`role`].
     pub role: u8,
     /// Nonzero once the connection's first bytes showed a protocol that
-    /// pipelines many messages per syscall ([`pipelines`]): it is captured
-    /// up to `MAX_CAPTURE` from then on. Written by the kernel side only.
+    /// pipelines many messages per syscall ([`pipelines`]), or it switched
+    /// protocols ([`switches_protocols`]): it is captured up to
+    /// `MAX_CAPTURE` from then on. Written by the kernel side only.
     pub pipelined: u8,
     pub _pad: [u8; 6],
 }
@@ -201,6 +202,18 @@ pub fn pipelines(first: &[u8; SNIFF_LEN]) -> bool {
     // MySQL greeting: a short first packet, sequence 0, protocol 10.
     let mysql = first[2] == 0 && first[3] == 0 && first[4] == 10;
     resp || postgres || http2 || mysql
+}
+
+/// The status line of an HTTP/1.1 protocol switch.
+pub const SWITCHING: &[u8; 12] = b"HTTP/1.1 101";
+
+/// Whether a chunk starts with an HTTP/1.1 `101 Switching Protocols`
+/// answer: after it the connection speaks another protocol (HTTP/2 from
+/// `Upgrade: h2c`, or WebSocket), whose frames are captured like
+/// [`pipelines`]' from the next syscall on. A WebSocket costs copying only:
+/// the daemon stops tracing what it does not parse.
+pub fn switches_protocols(first: &[u8]) -> bool {
+    first.starts_with(SWITCHING)
 }
 
 /// Key of the socket table: a process's file descriptor.
@@ -280,6 +293,19 @@ mod tests {
         ];
         for first in no {
             assert!(!pipelines(first), "{first:?}");
+        }
+    }
+
+    #[test]
+    fn only_a_switch_switches() {
+        assert!(switches_protocols(b"HTTP/1.1 101 Switching Protocols\r\n"));
+        for other in [
+            &b"HTTP/1.1 100 Continue\r\n"[..],
+            b"HTTP/1.1 200 OK\r\n",
+            b"HTTP/1.0 101 x",
+            b"HTTP/1.1 10",
+        ] {
+            assert!(!switches_protocols(other), "{other:?}");
         }
     }
 

@@ -3,7 +3,8 @@
 //! up to the capture limit into the ring buffer.
 
 use aya_ebpf::helpers::{
-    bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_user, generated::bpf_probe_read_user as raw_read_user,
+    bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_user,
+    generated::bpf_probe_read_user as raw_read_user,
 };
 use core::{
     ffi::c_void,
@@ -11,7 +12,8 @@ use core::{
     mem::size_of,
 };
 use tracer_common::{
-    conn_key, kind, pipelines, stat, DataEvent, EventHeader, MAX_CAPTURE, SNIFF_LEN,
+    conn_key, kind, pipelines, stat, switches_protocols, DataEvent, EventHeader, MAX_CAPTURE,
+    SNIFF_LEN, SWITCHING,
 };
 
 use crate::{
@@ -86,7 +88,10 @@ pub fn on_data_exit(ret: i64, direction: u8, buffer: Buffer) {
     // register then still holds the addend, not the old value.
     let (conn_id, pos) = unsafe {
         let cell = core::ptr::addr_of_mut!((*info).pos[dir]);
-        ((*info).conn_id, atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(cell, len))
+        (
+            (*info).conn_id,
+            atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(cell, len),
+        )
     };
 
     // SAFETY: no arguments.
@@ -114,14 +119,31 @@ pub fn on_data_exit(ret: i64, direction: u8, buffer: Buffer) {
     // vectored copy loop over the verifier's 1M-instruction budget on
     // Linux 6.18).
     let default = (capture_limit() as u64).min(MAX_CAPTURE as u64);
-    let limit = default + (MAX_CAPTURE as u64 - default) * u64::from(pipelined);
+    let mut limit = default + (MAX_CAPTURE as u64 - default) * u64::from(pipelined);
     let want = len.min(limit) as usize;
-    let captured = match buffer {
+    let mut captured = match buffer {
         Buffer::Flat | Buffer::FlatWithFlags => copy_flat(scratch, args.arg1(), want),
         Buffer::Vector => copy_vector(scratch, args.arg1(), args.arg2(), want),
         Buffer::Message => copy_message(scratch, args.arg1(), want),
         Buffer::None => 0,
     };
+    // After an HTTP/1.1 upgrade the connection speaks frames (h2c) in both
+    // directions. The chunk holding the switch may carry the first frames
+    // too (a client reading the 101 and the server's first frames at once):
+    // a flat buffer is captured on to the larger limit now, a vectored one
+    // from the next syscall.
+    if !pipelined
+        && captured >= SWITCHING.len()
+        && switches_protocols(&scratch.data[..SWITCHING.len()])
+    {
+        // SAFETY: as above.
+        unsafe { (*info).pipelined = 1 };
+        if matches!(buffer, Buffer::Flat | Buffer::FlatWithFlags) {
+            limit = MAX_CAPTURE as u64;
+            let more = (len.min(limit) as usize).saturating_sub(captured);
+            captured += copy_at(scratch, captured, args.arg1() + captured as u64, more);
+        }
+    }
     // Only the capture limit truncates; failed copies and iovec overflow
     // have counters of their own.
     if len > limit && !matches!(buffer, Buffer::None) {

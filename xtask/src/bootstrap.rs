@@ -14,7 +14,7 @@ const DEBIAN_BPF_RUSTC: [&str; 2] = ["rustc-web", "rust-web-src"];
 
 /// The peers the tests and benchmarks run, by the command (or, for an
 /// absolute path, the file) each provides.
-const PEERS: [(&str, &str); 15] = [
+const PEERS: [(&str, &str); 17] = [
     ("nginx", "nginx-light"),
     ("wrk", "wrk"),
     ("curl", "curl"),
@@ -28,9 +28,15 @@ const PEERS: [(&str, &str); 15] = [
     ("mariadbd", "mariadb-server"),
     ("mysqlslap", "mariadb-client"),
     ("h2load", "nghttp2-client"),
+    // Binaries and modules only: no service started on port 80.
+    ("/usr/sbin/apache2", "apache2-bin"),
     (
         "/usr/lib/python3/dist-packages/grpc/__init__.py",
         "python3-grpcio",
+    ),
+    (
+        "/usr/lib/python3/dist-packages/h2/__init__.py",
+        "python3-h2",
     ),
     (
         "/usr/lib/x86_64-linux-gnu/perl5/5.36/DBD/MariaDB.pm",
