@@ -1,5 +1,6 @@
 //! PostgreSQL, client side: pgbench's TPC-B-like script over TCP in the
-//! simple, extended and prepared query modes, and a psql script with
+//! simple, extended and prepared query modes, a pgbench script in pipeline
+//! mode (three statements sent before one Sync), and a psql script with
 //! multi-statement queries, a COPY and an error, traced against a real
 //! PostgreSQL 15.
 //!
@@ -88,6 +89,26 @@ fn pgbench_and_psql_counted_exactly_against_pg_stat_statements() {
         transactions += processed(&String::from_utf8_lossy(&out.stdout));
     }
     assert_eq!(transactions, 3 * 2 * 150);
+    let pipeline = dir.write(
+        "pipeline.sql",
+        "\\set aid random(1, 100000)\n\
+         \\set delta random(-5000, 5000)\n\
+         \\startpipeline\n\
+         UPDATE pgbench_accounts SET abalance = abalance + :delta WHERE aid = :aid;\n\
+         SELECT abalance FROM pgbench_accounts WHERE aid = :aid;\n\
+         INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) \
+         VALUES (1, 1, :aid, :delta, CURRENT_TIMESTAMP);\n\
+         \\endpipeline\n",
+    );
+    let out = run_ok(
+        Command::new(require_tool("pgbench"))
+            .args(&tcp)
+            .args(["-n", "-c", "2", "-t", "100", "-M", "prepared", "-f"])
+            .arg(&pipeline)
+            .env("PGDATABASE", "postgres"),
+    );
+    let pipelined = processed(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(pipelined, 2 * 100);
     let script = dir.write(
         "script.sql",
         "CREATE TABLE items (id int, name text);\n\
@@ -134,7 +155,7 @@ fn pgbench_and_psql_counted_exactly_against_pg_stat_statements() {
     let tables = scrape.count_by(DB_COUNT, &ok, "db_collection_name");
     assert_eq!(
         tables.get("pgbench_history"),
-        Some(&(3 * 2 * 150)),
+        Some(&(3 * 2 * 150 + pipelined)),
         "{tables:?}"
     );
     for name in ["tracer_parser_resyncs_total", "tracer_unmatched_total"] {
