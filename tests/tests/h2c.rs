@@ -105,11 +105,11 @@ fn h2c_upgrades_to_apache_counted_exactly_on_both_sides() {
     let www = dir.join("www");
     std::fs::create_dir_all(www.join("h2c")).expect("mkdir www");
     std::fs::write(www.join("h2c/small.txt"), "hello\n").expect("write");
-    // Two DATA frames of at most 4 KiB (`H2MaxDataFrameLen`). All the
-    // answers of one connection stay within the 16 KiB a syscall of an
-    // HTTP/2 connection is captured to: a frame header beyond that is lost
-    // (a limit the README states).
+    // Two DATA frames of at most 4 KiB (`H2MaxDataFrameLen`), and 25: most
+    // of those headers lie beyond the 16 KiB a syscall is captured to, and
+    // reach the daemon through the kernel's frame walk.
     std::fs::write(www.join("h2c/medium.bin"), vec![b'm'; 5_000]).expect("write");
+    std::fs::write(www.join("h2c/big.bin"), vec![b'b'; 100_000]).expect("write");
     let tracer = Tracer::start(&dir, &[]);
     let apache = Apache::start(&dir);
     let base = format!("http://127.0.0.1:{}/h2c", apache.port);
@@ -121,8 +121,14 @@ fn h2c_upgrades_to_apache_counted_exactly_on_both_sides() {
                 .arg(tracer_e2e::peers_dir().join("h2c_client.py"))
                 .arg(apache.port.to_string())
                 .args(
-                    ["medium.bin", "missing", "small.txt", "medium.bin"]
-                        .map(|p| format!("/h2c/{p}")),
+                    [
+                        "medium.bin",
+                        "missing",
+                        "big.bin",
+                        "small.txt",
+                        "medium.bin",
+                    ]
+                    .map(|p| format!("/h2c/{p}")),
                 ),
         );
         let stdout = String::from_utf8_lossy(&out.stdout);
@@ -133,9 +139,9 @@ fn h2c_upgrades_to_apache_counted_exactly_on_both_sides() {
                 .or_default() += 1;
         }
     }
-    assert_eq!(streams.values().sum::<u64>(), 40, "{streams:?}");
+    assert_eq!(streams.values().sum::<u64>(), 50, "{streams:?}");
     let mut curl: BTreeMap<(String, u16), u64> = BTreeMap::new();
-    for path in ["small.txt", "medium.bin", "missing", "small.txt"] {
+    for path in ["small.txt", "medium.bin", "big.bin", "missing", "small.txt"] {
         let out = run_ok(
             Command::new(require_tool("curl"))
                 .args([

@@ -70,6 +70,22 @@ fn h2load_to_nginx_counted_exactly_on_both_sides() {
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
     let missing = status_class(&stdout, "4xx");
+    // Responses far larger than a syscall's capture: nginx writes many
+    // 16 KiB DATA frames per syscall, and the next response's HEADERS
+    // behind them; the kernel side follows the frames to find them.
+    std::fs::create_dir_all(nginx.root().join("h2")).expect("mkdir");
+    std::fs::write(nginx.root().join("h2/large.bin"), vec![b'x'; 300_000]).expect("write");
+    let out = run_ok(
+        Command::new(require_tool("h2load"))
+            .args(["-n", "300", "-c", "2", "-m", "8"])
+            .arg(format!("{base}/h2/large.bin")),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let large = succeeded(&stdout);
+    assert_eq!(
+        large, 300,
+        "h2load did not succeed on every request:\n{stdout}"
+    );
     assert_eq!(
         missing, 200,
         "h2load did not get 200 answers of 404:\n{stdout}"
@@ -79,7 +95,11 @@ fn h2load_to_nginx_counted_exactly_on_both_sides() {
     let log = nginx.access_log();
     let served = log.under("/h2/items").filter(|e| e.status == 200).count() as u64;
     let not_found = log.under("/h2/missing").filter(|e| e.status == 404).count() as u64;
-    assert_eq!((served, not_found), (3000, missing));
+    let served_large = log
+        .under("/h2/large.bin")
+        .filter(|e| e.status == 200)
+        .count() as u64;
+    assert_eq!((served, not_found, served_large), (3000, missing, large));
     tracer.expect(&[
         Want::server("nginx", "/h2/items").status(200).is(served),
         Want::server("nginx", "/h2/items").is(served),
@@ -95,9 +115,19 @@ fn h2load_to_nginx_counted_exactly_on_both_sides() {
             .status(404)
             .label("error_type", "404")
             .is(missing),
+        Want::server("nginx", "/h2/large.bin")
+            .status(200)
+            .is(served_large),
+        Want::client("h2load", "/h2/large.bin")
+            .status(200)
+            .is(large),
     ]);
     let scrape = tracer.scrape();
     for name in ["tracer_parser_resyncs_total", "tracer_unmatched_total"] {
         assert_eq!(scrape.count(name, &[("protocol", "http2")]), 0, "{name}");
     }
+    assert_eq!(
+        scrape.count("tracer_kernel_drops_total", &[("cause", "frames_lost")]),
+        0
+    );
 }

@@ -76,8 +76,14 @@ pub mod stat {
     pub const IOV_TRUNCATED: u32 = 3;
     /// Reading the payload or the syscall arguments from memory failed.
     pub const READ_FAILED: u32 = 4;
+    /// The kernel side stopped following an HTTP/2 connection's frames (a
+    /// header split before its length was whole, chunks of one direction
+    /// handled out of order by two threads, more frames in one syscall
+    /// than it walks): headers beyond a syscall's capture are no longer
+    /// found on that connection.
+    pub const FRAMES_LOST: u32 = 5;
     /// Number of counters.
-    pub const COUNT: u32 = 5;
+    pub const COUNT: u32 = 6;
     /// Metric label of each counter, by index.
     pub const NAMES: [&str; COUNT as usize] = [
         "ringbuf_full",
@@ -85,6 +91,7 @@ pub mod stat {
         "truncated",
         "iov_truncated",
         "read_failed",
+        "frames_lost",
     ];
 }
 
@@ -140,7 +147,59 @@ pub struct DataEvent {
     pub cap_len: u32,
     /// One of [`direction`].
     pub direction: u8,
-    pub _pad: [u8; 7],
+    /// [`FrameHead`]s that follow the captured payload in the record.
+    pub frames: u8,
+    pub _pad: [u8; 6],
+}
+
+/// An HTTP/2 frame header the kernel side found in a chunk beyond its
+/// captured bytes, appended to the record after the payload (followed by
+/// `extra` bytes of the frame's own payload, for every frame but DATA):
+/// with it the daemon keeps a connection's framing, and its header
+/// compression, across bytes it never copied (a large response in one
+/// syscall).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FrameHead {
+    /// Where the header starts, from the chunk's first byte.
+    pub offset: u32,
+    /// Bytes of `head` that hold the header: fewer than 9 when the chunk
+    /// ended inside it (the rest starts the next chunk, which is captured).
+    pub len: u8,
+    pub head: [u8; FRAME_HEADER_LEN],
+    /// Bytes of the frame's payload that follow this head in the record:
+    /// all of it (up to [`MAX_FRAME_PAYLOAD`]) for a frame other than DATA,
+    /// or as much as the chunk holds.
+    pub extra: u16,
+}
+
+/// Bytes of an HTTP/2 frame header.
+pub const FRAME_HEADER_LEN: usize = 9;
+
+/// Frame headers appended to one record at most.
+pub const MAX_FRAME_HEADS: usize = 32;
+
+/// Bytes appended to one record after its payload at most: heads and the
+/// payloads that follow them.
+pub const MAX_FRAME_EXTRA: usize = 4096;
+
+/// The largest payload of a non-DATA frame appended after its head (a
+/// header block beyond a capture; a larger one stops the following).
+pub const MAX_FRAME_PAYLOAD: usize = 1024;
+
+/// The HTTP/2 client connection preface.
+pub const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Whether `first` starts with the header of a SETTINGS frame on stream 0,
+/// as an HTTP/2 server's first bytes do (its connection preface).
+pub fn settings_frame(first: &[u8]) -> bool {
+    match first {
+        [l0, l1, l2, 4, 0, 0, 0, 0, 0, ..] => {
+            let len = u32::from_be_bytes([0, *l0, *l1, *l2]);
+            len.is_multiple_of(6) && len <= 6 * 64
+        }
+        _ => false,
+    }
 }
 
 /// A connection opened or closed.
@@ -161,9 +220,10 @@ pub struct ConnEvent {
     pub bytes: [u64; 2],
 }
 
-/// Value of the kernel's socket table, keyed by [`conn_key`].
+/// Value of the kernel's socket table, keyed by [`conn_key`]. Made by
+/// [`ConnInfo::new`] (no `Default`: zero would be a frame position).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug)]
 pub struct ConnInfo {
     pub conn_id: u64,
     /// Next byte position per [`direction`].
@@ -176,7 +236,33 @@ pub struct ConnInfo {
     /// protocols ([`switches_protocols`]): it is captured up to
     /// `MAX_CAPTURE` from then on. Written by the kernel side only.
     pub pipelined: u8,
-    pub _pad: [u8; 6],
+    /// Per direction: the first bytes of an HTTP/2 frame header that a
+    /// syscall ended inside before its length was whole.
+    pub split: [[u8; 2]; 2],
+    /// Per direction: how many bytes of `split` are held.
+    pub split_len: [u8; 2],
+    /// Per direction: the stream position of the next HTTP/2 frame header,
+    /// or [`NO_FRAME`] when the direction's frames are not followed.
+    pub next_frame: [u64; 2],
+}
+
+/// [`ConnInfo::next_frame`] of a direction not followed as HTTP/2.
+pub const NO_FRAME: u64 = u64::MAX;
+
+impl ConnInfo {
+    /// A connection at its start, nothing moved yet.
+    pub const fn new(conn_id: u64, tuple: Tuple, role: u8) -> Self {
+        Self {
+            conn_id,
+            pos: [0; 2],
+            tuple,
+            role,
+            pipelined: 0,
+            split: [[0; 2]; 2],
+            split_len: [0; 2],
+            next_frame: [NO_FRAME; 2],
+        }
+    }
 }
 
 /// Bytes [`pipelines`] looks at.
@@ -197,8 +283,8 @@ pub fn pipelines(first: &[u8; SNIFF_LEN]) -> bool {
     // encryption requests.
     let postgres =
         be32(0) < 10_000 && (be32(4) >> 16 == 3 || matches!(be32(4), 80_877_103 | 80_877_104));
-    // HTTP/2 client preface.
-    let http2 = first == b"PRI * HT";
+    // HTTP/2 client preface, or a server's (its first SETTINGS frame).
+    let http2 = first == b"PRI * HT" || (first[3] == 4 && first[4..] == [0; 4]);
     // MySQL greeting: a short first packet, sequence 0, protocol 10.
     let mysql = first[2] == 0 && first[3] == 0 && first[4] == 10;
     resp || postgres || http2 || mysql
@@ -237,7 +323,7 @@ const _: () = assert!(size_of::<Tuple>() == 40);
 const _: () = assert!(size_of::<EventHeader>() == 24);
 const _: () = assert!(size_of::<DataEvent>() == 56);
 const _: () = assert!(size_of::<ConnEvent>() == 112);
-const _: () = assert!(size_of::<ConnInfo>() == 72);
+const _: () = assert!(size_of::<ConnInfo>() == 88);
 const _: () = assert!(MAX_CAPTURE.is_power_of_two());
 const _: () = assert!(DEFAULT_CAPTURE as usize <= MAX_CAPTURE);
 
@@ -294,6 +380,19 @@ mod tests {
         for first in no {
             assert!(!pipelines(first), "{first:?}");
         }
+    }
+
+    #[test]
+    fn a_server_preface_is_a_settings_frame_on_stream_0() {
+        // nginx's: three settings; an empty one; one with ACK or on a
+        // stream is no preface, nor is a length that is no list of settings.
+        assert!(settings_frame(&[0, 0, 18, 4, 0, 0, 0, 0, 0, 0, 3]));
+        assert!(settings_frame(&[0, 0, 0, 4, 0, 0, 0, 0, 0]));
+        assert!(!settings_frame(&[0, 0, 0, 4, 1, 0, 0, 0, 0]));
+        assert!(!settings_frame(&[0, 0, 6, 4, 0, 0, 0, 0, 1]));
+        assert!(!settings_frame(&[0, 0, 7, 4, 0, 0, 0, 0, 0]));
+        assert!(!settings_frame(&[0, 0, 6, 4, 0, 0, 0]));
+        assert!(pipelines(&[0, 0, 18, 4, 0, 0, 0, 0]));
     }
 
     #[test]

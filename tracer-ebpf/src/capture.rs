@@ -6,6 +6,7 @@ use aya_ebpf::helpers::{
     bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_user,
     generated::bpf_probe_read_user as raw_read_user,
 };
+use aya_ebpf::EbpfContext;
 use core::{
     ffi::c_void,
     intrinsics::{atomic_xadd, AtomicOrdering},
@@ -17,8 +18,8 @@ use tracer_common::{
 };
 
 use crate::{
-    capture_limit,
-    maps::{count, output, DataScratch, SCRATCH, SOCKETS},
+    capture_limit, frames,
+    maps::{count, output, DataScratch, FrameJob, FRAME_PROGRAM, SCRATCH, SOCKETS},
     regs::{Caller, SyscallArgs},
 };
 
@@ -37,6 +38,15 @@ pub enum Buffer {
     None,
 }
 
+/// Where a chunk's bytes are in user memory.
+#[derive(Clone, Copy)]
+enum User {
+    /// One buffer.
+    Flat(u64),
+    /// An iovec array and its length.
+    Vector { iov: u64, segments: u64 },
+}
+
 /// `MSG_PEEK`: the bytes stay in the socket and will be read again.
 const MSG_PEEK: u64 = 2;
 
@@ -51,7 +61,8 @@ struct IoVec {
 }
 
 /// A read/write-family syscall returned `ret` bytes moved in `direction`.
-pub fn on_data_exit(ret: i64, direction: u8, buffer: Buffer) {
+#[inline(always)]
+pub fn on_data_exit<C: EbpfContext>(ctx: &C, ret: i64, direction: u8, buffer: Buffer) {
     if ret <= 0 {
         return;
     }
@@ -121,11 +132,19 @@ pub fn on_data_exit(ret: i64, direction: u8, buffer: Buffer) {
     let default = (capture_limit() as u64).min(MAX_CAPTURE as u64);
     let mut limit = default + (MAX_CAPTURE as u64 - default) * u64::from(pipelined);
     let want = len.min(limit) as usize;
-    let mut captured = match buffer {
-        Buffer::Flat | Buffer::FlatWithFlags => copy_flat(scratch, args.arg1(), want),
-        Buffer::Vector => copy_vector(scratch, args.arg1(), args.arg2(), want),
-        Buffer::Message => copy_message(scratch, args.arg1(), want),
-        Buffer::None => 0,
+    let user = match buffer {
+        Buffer::Flat | Buffer::FlatWithFlags => Some(User::Flat(args.arg1())),
+        Buffer::Vector => Some(User::Vector {
+            iov: args.arg1(),
+            segments: args.arg2(),
+        }),
+        Buffer::Message => message_iov(args.arg1()),
+        Buffer::None => None,
+    };
+    let mut captured = match user {
+        Some(User::Flat(buf)) => copy_at(scratch, 0, buf, want),
+        Some(User::Vector { iov, segments }) => copy_vector(scratch, iov, segments, want),
+        None => 0,
     };
     // After an HTTP/1.1 upgrade the connection speaks frames (h2c) in both
     // directions. The chunk holding the switch may carry the first frames
@@ -136,12 +155,16 @@ pub fn on_data_exit(ret: i64, direction: u8, buffer: Buffer) {
         && captured >= SWITCHING.len()
         && switches_protocols(&scratch.data[..SWITCHING.len()])
     {
-        // SAFETY: as above.
-        unsafe { (*info).pipelined = 1 };
-        if matches!(buffer, Buffer::Flat | Buffer::FlatWithFlags) {
+        pipelined = true;
+        if let Some(User::Flat(buf)) = user {
             limit = MAX_CAPTURE as u64;
             let more = (len.min(limit) as usize).saturating_sub(captured);
-            captured += copy_at(scratch, captured, args.arg1() + captured as u64, more);
+            captured += copy_at(scratch, captured, buf + captured as u64, more);
+        }
+        // SAFETY: as above.
+        unsafe {
+            (*info).pipelined = 1;
+            (*info).next_frame[dir] = frames::after_switch(pos, captured, scratch);
         }
     }
     // Only the capture limit truncates; failed copies and iovec overflow
@@ -166,11 +189,36 @@ pub fn on_data_exit(ret: i64, direction: u8, buffer: Buffer) {
         orig_len: len.min(u32::MAX as u64) as u32,
         cap_len: captured as u32,
         direction: dir as u8,
-        _pad: [0; 7],
+        frames: 0,
+        _pad: [0; 6],
     };
-    // `scratch` spans size_of::<DataEvent>() + 2 * MAX_CAPTURE bytes and
-    // `captured` is at most `want` <= MAX_CAPTURE.
-    let size = size_of::<DataEvent>() + captured;
+    if let (true, Some(user)) = (pipelined, user) {
+        let (user, segments) = match user {
+            User::Flat(buf) => (buf, 0),
+            User::Vector { iov, segments } => (iov, segments),
+        };
+        scratch.job = FrameJob {
+            key: conn_key(tgid, fd as u32),
+            user,
+            segments,
+            now,
+            off: 0,
+            heads: 0,
+            out: 0,
+            rounds: 0,
+            entered: 0,
+            base: 0,
+            seg_start: 0,
+            seg_end: 0,
+        };
+        // The frame program sends the record; this returns only when it is
+        // not loaded.
+        // SAFETY: `ctx` is this program's context.
+        unsafe { FRAME_PROGRAM.tail_call(ctx, 0) };
+    }
+    // `scratch` spans size_of::<DataEvent>() + 3 * MAX_CAPTURE bytes and
+    // `captured` is at most MAX_CAPTURE.
+    let size = size_of::<DataEvent>() + (captured & (2 * MAX_CAPTURE - 1));
     output(
         scratch as *const DataScratch as *const c_void,
         size as u64,
@@ -229,10 +277,6 @@ fn copy_at(scratch: &mut DataScratch, offset: usize, src: u64, len: usize) -> us
     len
 }
 
-fn copy_flat(scratch: &mut DataScratch, buf: u64, want: usize) -> usize {
-    copy_at(scratch, 0, buf, want)
-}
-
 fn copy_vector(scratch: &mut DataScratch, iov: u64, count_segments: u64, want: usize) -> usize {
     let mut copied = 0usize;
     let mut i = 0u32;
@@ -260,17 +304,18 @@ fn copy_vector(scratch: &mut DataScratch, iov: u64, count_segments: u64, want: u
     copied
 }
 
-fn copy_message(scratch: &mut DataScratch, msg: u64, want: usize) -> usize {
+/// The iovec array and its length of a `struct user_msghdr`.
+fn message_iov(msg: u64) -> Option<User> {
     // struct user_msghdr: msg_iov at 16, msg_iovlen at 24 (x86-64).
     // SAFETY: bpf_probe_read_user checks the address and fails cleanly.
     let iov = unsafe { bpf_probe_read_user((msg + 16) as *const u64) };
     // SAFETY: as above.
     let cnt = unsafe { bpf_probe_read_user((msg + 24) as *const u64) };
     match (iov, cnt) {
-        (Ok(iov), Ok(cnt)) => copy_vector(scratch, iov, cnt, want),
+        (Ok(iov), Ok(segments)) => Some(User::Vector { iov, segments }),
         _ => {
             count(stat::READ_FAILED);
-            0
+            None
         }
     }
 }

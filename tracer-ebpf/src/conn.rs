@@ -153,14 +153,7 @@ pub fn on_accept_exit(ret: i64) {
         }
     }
     let fd = ret as u32;
-    let info = ConnInfo {
-        conn_id: next_conn_id(),
-        pos: [0; 2],
-        tuple,
-        role: role::SERVER,
-        pipelined: 0,
-        _pad: [0; 6],
-    };
+    let info = ConnInfo::new(next_conn_id(), tuple, role::SERVER);
     if register(conn_key(tgid, fd), &info) {
         emit(kind::OPEN, pid_tgid, fd as i32, &info, comm());
     }
@@ -286,14 +279,7 @@ fn on_syn_sent(change: &StateChange) {
     }
     let fd = args.arg0();
     let key = conn_key(tgid, fd as u32);
-    let info = ConnInfo {
-        conn_id: next_conn_id(),
-        pos: [0; 2],
-        tuple: change.tuple,
-        role: role::CLIENT,
-        pipelined: 0,
-        _pad: [0; 6],
-    };
+    let info = ConnInfo::new(next_conn_id(), change.tuple, role::CLIENT);
     if !register(key, &info) {
         return;
     }

@@ -28,6 +28,7 @@
 
 mod capture;
 mod conn;
+mod frames;
 mod maps;
 mod probes;
 mod regs;

@@ -5,13 +5,13 @@
 use aya_ebpf::{
     helpers::{bpf_get_smp_processor_id, generated::bpf_ringbuf_output},
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
 };
 use core::ffi::c_void;
 use tracer_common::{ConnInfo, DataEvent, SockAddr, COMM_LEN, MAX_CAPTURE};
 
 /// Traced TCP sockets, keyed by `conn_key(tgid, fd)`: the filter every data
-/// hook consults first. 72-byte values: 65,536 entries is about 6 MiB with
+/// hook consults first. 88-byte values: 65,536 entries is about 7 MiB with
 /// keys and overhead. A plain hash (not LRU) so that a full table is visible:
 /// a new connection that does not fit is counted (`stat::CONN_MAP_FULL`) and
 /// not traced, instead of silently evicting a live one.
@@ -148,7 +148,45 @@ pub static SCRATCH: Array<DataScratch> = Array::with_max_entries(1, 0);
 pub struct DataScratch {
     pub event: DataEvent,
     pub data: [u8; 3 * MAX_CAPTURE],
+    /// What the frame program (`FRAME_PROGRAM`) is to follow for `event`.
+    pub job: FrameJob,
 }
+
+/// A chunk of an HTTP/2 connection handed to the frame program, which
+/// follows its frames, appends the headers beyond the capture and sends
+/// the record.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct FrameJob {
+    /// The socket's key in `SOCKETS`.
+    pub key: u64,
+    /// The buffer, or the iovec array when `segments` is nonzero.
+    pub user: u64,
+    pub segments: u64,
+    /// The record's time, for the ring's wake-up.
+    pub now: u64,
+    /// The second frame program's walk, kept across its runs: the next
+    /// header's offset (first set to the first at or across the end of the
+    /// capture), the heads appended, the runs so far, the segments
+    /// entered, and the one at hand (its base, and where it starts and
+    /// ends in the chunk).
+    pub off: u64,
+    pub heads: u64,
+    /// Bytes appended after the captured payload so far.
+    pub out: u64,
+    pub rounds: u64,
+    pub entered: u64,
+    pub base: u64,
+    pub seg_start: u64,
+    pub seg_end: u64,
+}
+
+/// The frame programs (`tracer-ebpf/src/frames.rs`) of the attach mode,
+/// reached by tail call: slot 0 follows frames through the captured bytes,
+/// slot 1 beyond them. Each is verified on its own, so their loops do not
+/// multiply the states of the copy before them.
+#[map]
+pub static FRAME_PROGRAM: ProgramArray = ProgramArray::with_max_entries(2, 0);
 
 #[repr(C)]
 #[derive(Clone, Copy)]

@@ -1102,17 +1102,10 @@ fn eviction_finishes_the_exchange_in_flight() {
 // ---------------------------------------------------------------------------
 
 fn kernel_entry(h: &Harness, tgid: u32, fd: u32, conn_id: u64, conn_role: u8, t: Tuple) {
-    h.kernel.state().table.insert(
-        conn_key(tgid, fd),
-        ConnInfo {
-            conn_id,
-            pos: [0; 2],
-            tuple: t,
-            role: conn_role,
-            pipelined: 0,
-            _pad: [0; 6],
-        },
-    );
+    h.kernel
+        .state()
+        .table
+        .insert(conn_key(tgid, fd), ConnInfo::new(conn_id, t, conn_role));
 }
 
 #[test]

@@ -21,7 +21,7 @@ macro_rules! data_exit {
             if crate::hooks_only() {
                 return 0;
             }
-            on_data_exit(ctx.ret::<i64>(), $direction, $buffer);
+            on_data_exit(&ctx, ctx.ret::<i64>(), $direction, $buffer);
             0
         }
     };
@@ -36,6 +36,21 @@ data_exit!(kp_exit_sendto, EGRESS, Buffer::Flat);
 data_exit!(kp_exit_writev, EGRESS, Buffer::Vector);
 data_exit!(kp_exit_sendmsg, EGRESS, Buffer::Message);
 data_exit!(kp_exit_sendfile64, EGRESS, Buffer::None);
+
+/// Reached by tail call from the data programs of an HTTP/2 connection
+/// (`maps::FRAME_PROGRAM` slot 0), never attached.
+#[kretprobe]
+pub fn kp_frames(ctx: RetProbeContext) -> u32 {
+    crate::frames::on_frames(&ctx);
+    0
+}
+
+/// Reached by tail call from the first (`maps::FRAME_PROGRAM` slot 1).
+#[kretprobe]
+pub fn kp_frames_beyond(ctx: RetProbeContext) -> u32 {
+    crate::frames::on_frames_beyond(&ctx);
+    0
+}
 
 #[kretprobe]
 pub fn kp_exit_accept(ctx: RetProbeContext) -> u32 {

@@ -26,7 +26,7 @@ macro_rules! data_exit {
             if crate::hooks_only() {
                 return 0;
             }
-            on_data_exit(ret(&ctx), $direction, $buffer);
+            on_data_exit(&ctx, ret(&ctx), $direction, $buffer);
             0
         }
     };
@@ -41,6 +41,21 @@ data_exit!(tp_exit_sendto, EGRESS, Buffer::Flat);
 data_exit!(tp_exit_writev, EGRESS, Buffer::Vector);
 data_exit!(tp_exit_sendmsg, EGRESS, Buffer::Message);
 data_exit!(tp_exit_sendfile64, EGRESS, Buffer::None);
+
+/// Reached by tail call from the data programs of an HTTP/2 connection
+/// (`maps::FRAME_PROGRAM` slot 0), never attached.
+#[tracepoint]
+pub fn tp_frames(ctx: TracePointContext) -> u32 {
+    crate::frames::on_frames(&ctx);
+    0
+}
+
+/// Reached by tail call from the first (`maps::FRAME_PROGRAM` slot 1).
+#[tracepoint]
+pub fn tp_frames_beyond(ctx: TracePointContext) -> u32 {
+    crate::frames::on_frames_beyond(&ctx);
+    0
+}
 
 #[tracepoint]
 pub fn tp_exit_accept(ctx: TracePointContext) -> u32 {

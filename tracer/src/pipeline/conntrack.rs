@@ -19,9 +19,10 @@ use tracer_common::{
 
 use crate::{
     metadata::{procfs::ExistingConn, Identities, PeerService, Slot},
+    pipeline::frame_heads,
     pipeline::reassembly::{Reassembler, ReassemblyCounters},
     pipeline::records::{ip_of, Record, Sink},
-    protocols::{Exchange, Parser, ParserCounters, Protocol, Side, Verdict},
+    protocols::{Exchange, Parser, ParserCounters, Piece, Protocol, Side, Verdict},
 };
 
 /// The kernel's socket table, as far as the pipeline needs it.
@@ -168,9 +169,14 @@ impl<S: Sink> Pipeline<S> {
                 Some(event) => {
                     self.counters.data_events += 1;
                     let end = size_of::<DataEvent>() + event.cap_len as usize;
-                    match record.get(size_of::<DataEvent>()..end) {
-                        Some(payload) => self.on_data(&event, payload),
-                        None => self.counters.decode_errors += 1,
+                    // Frame heads, if any, fill the record's rest.
+                    let heads_end = if event.frames == 0 { end } else { record.len() };
+                    match (
+                        record.get(size_of::<DataEvent>()..end),
+                        record.get(end..heads_end),
+                    ) {
+                        (Some(payload), Some(heads)) => self.on_data(&event, payload, heads),
+                        _ => self.counters.decode_errors += 1,
                     }
                 }
                 None => self.counters.decode_errors += 1,
@@ -269,7 +275,9 @@ impl<S: Sink> Pipeline<S> {
         }
     }
 
-    fn on_data(&mut self, event: &DataEvent, payload: &[u8]) {
+    /// `heads`: the frame headers found beyond the capture (see
+    /// `frame_heads`), used while the connection may speak HTTP/2.
+    fn on_data(&mut self, event: &DataEvent, payload: &[u8], heads: &[u8]) {
         let conn_id = event.header.conn_id;
         if !self.conns.contains_key(&conn_id) {
             if self.forgotten_set.contains(&conn_id) {
@@ -294,13 +302,34 @@ impl<S: Sink> Pipeline<S> {
         } = conn;
         let counters = &mut self.counters;
         let exchanges = &mut self.exchanges;
-        streams[usize::from(outbound)].push(
-            event.pos,
-            payload,
-            u64::from(event.orig_len),
-            &mut counters.reassembly,
-            &mut |piece| parser.on_piece(outbound, piece, ts, &mut counters.parser, exchanges),
-        );
+        let stream = &mut streams[usize::from(outbound)];
+        let len = u64::from(event.orig_len);
+        let framed = event.frames > 0
+            && parser
+                .protocol()
+                .is_none_or(|p| matches!(p, Protocol::Http1 | Protocol::Http2));
+        let mut sink = |piece: Piece<'_>| {
+            parser.on_piece(outbound, piece, ts, &mut counters.parser, exchanges)
+        };
+        let mut placed = false;
+        if framed {
+            placed =
+                frame_heads::split(payload, len, heads, event.frames, &mut |at, bytes, span| {
+                    stream.push(
+                        event.pos + at,
+                        bytes,
+                        span,
+                        &mut counters.reassembly,
+                        &mut sink,
+                    )
+                });
+            if !placed {
+                counters.decode_errors += 1;
+            }
+        }
+        if !placed {
+            stream.push(event.pos, payload, len, &mut counters.reassembly, &mut sink);
+        }
         match conn.parser.verdict() {
             Verdict::Speaks if !conn.port_known && conn.side == Side::Server => {
                 conn.port_known = true;
@@ -398,17 +427,11 @@ impl<S: Sink> Pipeline<S> {
         for conn in existing {
             self.next_user_id += 1;
             let conn_id = USER_CONN_ID_BIT | self.next_user_id;
-            let info = ConnInfo {
-                conn_id,
-                pos: [0; 2],
-                tuple: conn.tuple,
-                role: match conn.side {
-                    Side::Server => role::SERVER,
-                    Side::Client => role::CLIENT,
-                },
-                pipelined: 0,
-                _pad: [0; 6],
+            let role = match conn.side {
+                Side::Server => role::SERVER,
+                Side::Client => role::CLIENT,
             };
+            let info = ConnInfo::new(conn_id, conn.tuple, role);
             let key = conn_key(conn.tgid, conn.fd);
             if let Some(kernel) = self.kernel.as_mut() {
                 if !kernel.adopt(key, &info) {

@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use aya::{
-    maps::{HashMap, Map, MapData, PerCpuArray},
+    maps::{HashMap, Map, MapData, PerCpuArray, ProgramArray},
     programs::{KProbe, TracePoint},
     Btf, Ebpf, EbpfLoader,
 };
@@ -394,6 +394,7 @@ pub fn load(opts: &LoadOptions) -> Result<Kernel, StartError> {
     for (program, category, name) in COMMON_TRACEPOINTS {
         attach_tracepoint(&mut ebpf, program, category, name)?;
     }
+    install_frame_programs(&mut ebpf, mode)?;
     for hook in &SYSCALL_HOOKS {
         match mode {
             AttachMode::Kprobe => attach_kprobe(&mut ebpf, hook.kp_program, hook.symbol)?,
@@ -430,7 +431,56 @@ pub fn verify_kprobe_programs(opts: &LoadOptions) -> Result<usize, StartError> {
         })?;
         loaded += 1;
     }
+    for (_, program) in FRAME_PROGRAMS {
+        let frames: &mut KProbe = program_mut(&mut ebpf, program)?;
+        frames.load().map_err(tail_call_failed(program))?;
+        loaded += 1;
+    }
     Ok(loaded)
+}
+
+/// The frame programs (`tracer-ebpf/src/frames.rs`) by `FRAME_PROGRAM`
+/// slot: (tracepoint program, kprobe program).
+const FRAME_PROGRAMS: [(&str, &str); 2] = [
+    ("tp_frames", "kp_frames"),
+    ("tp_frames_beyond", "kp_frames_beyond"),
+];
+
+fn tail_call_failed(program: &'static str) -> impl Fn(aya::programs::ProgramError) -> StartError {
+    move |e| StartError::Attach {
+        program,
+        target: "tail call".into(),
+        reason: format!("{e:#}"),
+    }
+}
+
+/// Loads the frame programs of the attach mode and puts them where the data
+/// programs tail-call them (`FRAME_PROGRAM`).
+fn install_frame_programs(ebpf: &mut Ebpf, mode: AttachMode) -> Result<(), StartError> {
+    let mut fds = Vec::new();
+    for (tp, kp) in FRAME_PROGRAMS {
+        let fd = if mode == AttachMode::Kprobe {
+            let program: &mut KProbe = program_mut(ebpf, kp)?;
+            program.load().map_err(tail_call_failed(kp))?;
+            program.fd().map_err(tail_call_failed(kp))?.try_clone()
+        } else {
+            let program: &mut TracePoint = program_mut(ebpf, tp)?;
+            program.load().map_err(tail_call_failed(tp))?;
+            program.fd().map_err(tail_call_failed(tp))?.try_clone()
+        };
+        fds.push(fd.map_err(|e| StartError::Load(format!("frame program: {e}")))?);
+    }
+    let map = ebpf
+        .map_mut("FRAME_PROGRAM")
+        .ok_or_else(|| StartError::Load("map FRAME_PROGRAM missing from the object".into()))?;
+    let mut programs = ProgramArray::try_from(map)
+        .map_err(|e| StartError::Load(format!("map FRAME_PROGRAM: {e}")))?;
+    for (slot, fd) in (0..).zip(&fds) {
+        programs
+            .set(slot, fd, 0)
+            .map_err(|e| StartError::Load(format!("map FRAME_PROGRAM: {e}")))?;
+    }
+    Ok(())
 }
 
 fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, StartError>
