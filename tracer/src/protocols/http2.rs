@@ -125,19 +125,20 @@ enum Dir {
 
 /// What a `Framer` found, for the `Book`.
 #[derive(Debug)]
-enum Event {
+enum Event<'a> {
     /// Whether the request direction began with the client preface.
     Preface(bool),
     /// Frames parse again after a seek.
     Confirmed,
     /// A header block on `stream` (not a PUSH_PROMISE's) ended at `end_ns`;
-    /// `headers` is None when it was lost or could not be decoded.
+    /// `headers` is None when it was lost or could not be decoded; lent
+    /// from the block, so that the fields kept are moved out, not copied.
     Headers {
         stream: u32,
         end_stream: bool,
         start_ns: u64,
         end_ns: u64,
-        headers: Option<Headers>,
+        headers: Option<&'a mut Headers>,
     },
     /// A DATA frame with END_STREAM ended at `end_ns`.
     DataEnd {
@@ -431,8 +432,11 @@ struct Block {
     bytes: Vec<u8>,
     /// Bytes were lost or beyond `MAX_BLOCK`: it cannot be decoded.
     lost: bool,
-    /// Decoded already, straight from the piece.
-    decoded: Option<Option<Headers>>,
+    /// Decoded already, straight from the piece: whether that succeeded.
+    decoded: Option<bool>,
+    /// What decoding found, filled in place: a `Headers` returned by value
+    /// and copied on was slow to read back.
+    headers: Headers,
 }
 
 /// One direction's framing state.
@@ -452,10 +456,15 @@ struct Framer {
     pad: u32,
     fields: [u8; 8],
     fields_len: usize,
-    fields_need: usize,
+    /// At most 9: a byte keeps the struct small.
+    fields_need: u8,
     /// The header block in progress; between frames, one waiting for its
     /// CONTINUATION. Boxed: most of the time there is none.
     block: Option<Box<Block>>,
+    /// The last block's box, emptied, for the next one: a connection
+    /// carries a header block per request and per response, and reusing
+    /// the box saves an allocation each.
+    spare: Option<Box<Block>>,
     hpack: Decoder,
     /// Framing is trusted: from the start of a fresh connection, or once
     /// frames parsed in a row after a mid-stream seek. Before then losses
@@ -492,6 +501,7 @@ impl Framer {
             fields_len: 0,
             fields_need: 0,
             block: None,
+            spare: None,
             hpack,
             confirmed,
             frames: 0,
@@ -503,6 +513,7 @@ impl Framer {
     fn stop(&mut self) {
         self.phase = Phase::Stopped;
         self.block = None;
+        self.spare = None;
         self.seeking = None;
         self.hpack = Decoder::unknown();
     }
@@ -514,7 +525,7 @@ impl Framer {
         bytes: &[u8],
         ts: u64,
         max_frame: Option<u32>,
-        emit: &mut dyn FnMut(Event),
+        emit: &mut dyn FnMut(Event<'_>),
     ) {
         self.parse(bytes, ts, max_frame, emit);
         self.drain_replay(max_frame, emit);
@@ -522,7 +533,7 @@ impl Framer {
 
     /// No more bytes will come: frames waiting in the seek window for the
     /// next frame header to confirm them are taken if they end with it.
-    fn finish(&mut self, max_frame: Option<u32>, emit: &mut dyn FnMut(Event)) {
+    fn finish(&mut self, max_frame: Option<u32>, emit: &mut dyn FnMut(Event<'_>)) {
         if self.phase == Phase::Seek {
             self.scan_window(max_frame, true);
             self.drain_replay(max_frame, emit);
@@ -531,7 +542,7 @@ impl Framer {
 
     /// A boundary found by seeking: parses from there, piece by piece as
     /// the bytes came. Seeking again in there may find another.
-    fn drain_replay(&mut self, max_frame: Option<u32>, emit: &mut dyn FnMut(Event)) {
+    fn drain_replay(&mut self, max_frame: Option<u32>, emit: &mut dyn FnMut(Event<'_>)) {
         let mut replay = self.take_replay();
         let mut piece = 0;
         while let Some((range, ts)) = replay.piece(piece) {
@@ -569,7 +580,7 @@ impl Framer {
         bytes: &[u8],
         ts: u64,
         max_frame: Option<u32>,
-        emit: &mut dyn FnMut(Event),
+        emit: &mut dyn FnMut(Event<'_>),
     ) {
         self.now = ts;
         let mut rest = bytes;
@@ -593,7 +604,7 @@ impl Framer {
     }
 
     /// `n` bytes passed uncaptured, at `ts`.
-    fn on_gap(&mut self, n: u64, ts: u64, emit: &mut dyn FnMut(Event)) {
+    fn on_gap(&mut self, n: u64, ts: u64, emit: &mut dyn FnMut(Event<'_>)) {
         self.now = ts;
         let mut gap = n;
         // One gap is one loss event, however much it swallows.
@@ -628,7 +639,7 @@ impl Framer {
         }
     }
 
-    fn preface(&mut self, rest: &[u8], matched: u8, emit: &mut dyn FnMut(Event)) -> usize {
+    fn preface(&mut self, rest: &[u8], matched: u8, emit: &mut dyn FnMut(Event<'_>)) -> usize {
         let expected = PREFACE.get(usize::from(matched)..).unwrap_or_default();
         let n = rest.len().min(expected.len());
         if rest.get(..n) != expected.get(..n) {
@@ -677,10 +688,16 @@ impl Framer {
         rest: &[u8],
         ts: u64,
         max_frame: Option<u32>,
-        emit: &mut dyn FnMut(Event),
+        emit: &mut dyn FnMut(Event<'_>),
     ) -> usize {
         if self.head_len == 0 {
             self.frame_ts = ts;
+            // The whole header in this piece, as it nearly always is: read
+            // in place (copying it in and reading it back stalled).
+            if let Some(head) = rest.first_chunk::<FRAME_HEADER_LEN>() {
+                self.begin_frame(FrameHead::parse(head), max_frame, emit);
+                return FRAME_HEADER_LEN;
+            }
         }
         let take = rest.len().min(FRAME_HEADER_LEN - self.head_len);
         let (Some(dst), Some(src)) = (
@@ -702,7 +719,7 @@ impl Framer {
         &mut self,
         frame: FrameHead,
         max_frame: Option<u32>,
-        emit: &mut dyn FnMut(Event),
+        emit: &mut dyn FnMut(Event<'_>),
     ) {
         if frame.len > max_frame.unwrap_or(LARGEST_FRAME) {
             // Not a frame this peer may send: the framing is off.
@@ -757,31 +774,39 @@ impl Framer {
     }
 
     fn open_block(&mut self, kind: BlockKind) {
-        self.block = Some(Box::new(Block {
+        let block = Block {
             stream: self.frame.stream,
             kind,
             start_ns: self.frame_ts,
             bytes: Vec::new(),
             lost: false,
             decoded: None,
-        }));
+            headers: Headers::default(),
+        };
+        self.block = Some(match self.spare.take() {
+            Some(mut spare) => {
+                *spare = block;
+                spare
+            }
+            None => Box::new(block),
+        });
     }
 
     /// The payload starts with `need` bytes of fixed fields.
-    fn expect_fields(&mut self, need: usize, emit: &mut dyn FnMut(Event)) {
+    fn expect_fields(&mut self, need: usize, emit: &mut dyn FnMut(Event<'_>)) {
         if len64(need) > u64::from(self.left) {
             self.malformed(emit);
             return;
         }
         self.fields_len = 0;
-        self.fields_need = need;
+        self.fields_need = u8::try_from(need).unwrap_or(u8::MAX);
         self.phase = Phase::Fields;
     }
 
-    fn read_fields(&mut self, rest: &[u8], emit: &mut dyn FnMut(Event)) -> usize {
+    fn read_fields(&mut self, rest: &[u8], emit: &mut dyn FnMut(Event<'_>)) -> usize {
         let take = rest
             .len()
-            .min(self.fields_need.saturating_sub(self.fields_len));
+            .min(usize::from(self.fields_need).saturating_sub(self.fields_len));
         let (Some(dst), Some(src)) = (
             self.fields.get_mut(self.fields_len..self.fields_len + take),
             rest.get(..take),
@@ -798,7 +823,7 @@ impl Framer {
         take
     }
 
-    fn on_fields(&mut self, emit: &mut dyn FnMut(Event)) {
+    fn on_fields(&mut self, emit: &mut dyn FnMut(Event<'_>)) {
         let f = self.fields;
         self.phase = Phase::Skip;
         match self.frame.kind {
@@ -841,7 +866,7 @@ impl Framer {
         }
     }
 
-    fn read_fragment(&mut self, rest: &[u8], emit: &mut dyn FnMut(Event)) -> usize {
+    fn read_fragment(&mut self, rest: &[u8], emit: &mut dyn FnMut(Event<'_>)) -> usize {
         let fragment = self.left.saturating_sub(self.pad);
         let n = rest
             .len()
@@ -852,7 +877,8 @@ impl Framer {
             if block.lost {
             } else if whole && block.bytes.is_empty() && block.decoded.is_none() {
                 // The whole block is in this piece: no copy.
-                block.decoded = Some(self.hpack.decode(chunk).ok());
+                let decoded = self.hpack.decode(chunk, &mut block.headers);
+                block.decoded = Some(decoded.is_ok());
             } else if block.bytes.len() + n > MAX_BLOCK {
                 block.lost = true;
                 block.bytes = Vec::new();
@@ -866,7 +892,7 @@ impl Framer {
     }
 
     /// Skips up to `n` payload bytes; returns how many.
-    fn skip(&mut self, n: u64, emit: &mut dyn FnMut(Event)) -> usize {
+    fn skip(&mut self, n: u64, emit: &mut dyn FnMut(Event<'_>)) -> usize {
         let used = n.min(u64::from(self.left));
         self.left -= u32::try_from(used).unwrap_or(self.left);
         self.settle(emit);
@@ -874,8 +900,8 @@ impl Framer {
     }
 
     /// Moves past the parts of the payload that are done.
-    fn settle(&mut self, emit: &mut dyn FnMut(Event)) {
-        if self.phase == Phase::Fields && self.fields_len >= self.fields_need {
+    fn settle(&mut self, emit: &mut dyn FnMut(Event<'_>)) {
+        if self.phase == Phase::Fields && self.fields_len >= usize::from(self.fields_need) {
             self.on_fields(emit);
         }
         if self.phase == Phase::Fragment && self.left <= self.pad {
@@ -886,7 +912,7 @@ impl Framer {
         }
     }
 
-    fn end_frame(&mut self, emit: &mut dyn FnMut(Event)) {
+    fn end_frame(&mut self, emit: &mut dyn FnMut(Event<'_>)) {
         let frame = self.frame;
         self.phase = Phase::Head;
         self.frames = self.frames.saturating_add(1);
@@ -907,17 +933,17 @@ impl Framer {
     }
 
     /// Decodes the finished block and reports it.
-    fn finish_block(&mut self, emit: &mut dyn FnMut(Event)) {
-        let Some(block) = self.block.take() else {
+    fn finish_block(&mut self, emit: &mut dyn FnMut(Event<'_>)) {
+        let Some(mut block) = self.block.take() else {
             return;
         };
-        let headers = match block.decoded {
+        let decoded = match block.decoded {
             Some(decoded) => decoded,
             None if block.lost => {
                 self.hpack.forget();
-                None
+                false
             }
-            None => self.hpack.decode(&block.bytes).ok(),
+            None => self.hpack.decode(&block.bytes, &mut block.headers).is_ok(),
         };
         if let BlockKind::Headers { end_stream } = block.kind {
             emit(Event::Headers {
@@ -925,14 +951,18 @@ impl Framer {
                 end_stream,
                 start_ns: block.start_ns,
                 end_ns: self.now,
-                headers,
+                headers: decoded.then_some(&mut block.headers),
             });
         }
+        // A buffer that spanned pieces is freed, as the block would be: only
+        // the box is kept.
+        block.bytes = Vec::new();
+        self.spare = Some(block);
     }
 
     /// The header block in progress lost bytes; returns whether that was
     /// counted (once per block).
-    fn lose_block(&mut self, emit: &mut dyn FnMut(Event)) -> bool {
+    fn lose_block(&mut self, emit: &mut dyn FnMut(Event<'_>)) -> bool {
         self.hpack.forget();
         match self.block.as_mut() {
             Some(block) if !block.lost => {
@@ -948,7 +978,7 @@ impl Framer {
 
     /// The frame's content contradicts its header: skip the frame, losing
     /// a header block it carried.
-    fn malformed(&mut self, emit: &mut dyn FnMut(Event)) {
+    fn malformed(&mut self, emit: &mut dyn FnMut(Event<'_>)) {
         if !self.lose_block(emit) {
             self.count_resync(emit);
         }
@@ -958,7 +988,7 @@ impl Framer {
     /// Frame boundaries are lost: seek the next one. A header block in
     /// progress is reported lost (its frame header was seen), and the table
     /// may have missed insertions.
-    fn lose_framing(&mut self, count: bool, emit: &mut dyn FnMut(Event)) {
+    fn lose_framing(&mut self, count: bool, emit: &mut dyn FnMut(Event<'_>)) {
         if count {
             self.count_resync(emit);
         }
@@ -975,7 +1005,7 @@ impl Framer {
         self.frames = 0;
     }
 
-    fn count_resync(&self, emit: &mut dyn FnMut(Event)) {
+    fn count_resync(&self, emit: &mut dyn FnMut(Event<'_>)) {
         if self.confirmed {
             emit(Event::Resync);
         }
@@ -1005,11 +1035,11 @@ struct Response {
 }
 
 /// A HEADERS block from the client, for `Book::on_request`.
-struct RequestBlock {
+struct RequestBlock<'a> {
     end_stream: bool,
     start_ns: u64,
     end_ns: u64,
-    headers: Option<Headers>,
+    headers: Option<&'a mut Headers>,
 }
 
 #[derive(Debug)]
@@ -1261,7 +1291,13 @@ impl Book {
         }
     }
 
-    fn apply(&mut self, dir: Dir, event: Event, c: &mut ParserCounters, out: &mut Vec<Exchange>) {
+    fn apply(
+        &mut self,
+        dir: Dir,
+        event: Event<'_>,
+        c: &mut ParserCounters,
+        out: &mut Vec<Exchange>,
+    ) {
         match (dir, event) {
             (_, Event::Preface(true) | Event::Confirmed) => {
                 if self.verdict == Verdict::Unknown {
@@ -1323,11 +1359,18 @@ impl Book {
     }
 
     fn find(&self, id: u32) -> Result<usize, usize> {
-        self.streams.binary_search_by_key(&id, |s| s.id)
+        // Streams mostly end oldest first and open above the newest: the
+        // ends answer most lookups without a search.
+        match (self.streams.front(), self.streams.back()) {
+            (None, _) | (_, None) => Err(0),
+            (Some(front), _) if front.id == id => Ok(0),
+            (_, Some(back)) if back.id < id => Err(self.streams.len()),
+            _ => self.streams.binary_search_by_key(&id, |s| s.id),
+        }
     }
 
     /// A HEADERS block from the client.
-    fn on_request(&mut self, id: u32, block: RequestBlock, c: &mut ParserCounters) {
+    fn on_request(&mut self, id: u32, block: RequestBlock<'_>, c: &mut ParserCounters) {
         if id.is_multiple_of(2) {
             return;
         }
@@ -1421,7 +1464,7 @@ impl Book {
         &mut self,
         id: u32,
         end_stream: bool,
-        headers: Option<Headers>,
+        headers: Option<&mut Headers>,
         ts: u64,
         c: &mut ParserCounters,
         out: &mut Vec<Exchange>,
@@ -1494,7 +1537,8 @@ impl Book {
 }
 
 impl Request {
-    fn from(headers: Option<Headers>) -> Self {
+    /// The request `headers` said; its method and path are moved out.
+    fn from(headers: Option<&mut Headers>) -> Self {
         let Some(h) = headers else {
             return Self {
                 method: None,
@@ -1510,8 +1554,8 @@ impl Request {
             None => Some(String::new()),
         };
         Self {
-            method: known(h.method),
-            path: known(h.path.map(|p| request_path(&p))),
+            method: known(h.method.take()),
+            path: known(h.path.take().map(into_request_path)),
             grpc: h.grpc.or((!h.unresolved).then_some(false)),
         }
     }
@@ -1519,7 +1563,7 @@ impl Request {
 
 impl Response {
     /// One more response header block (None: lost or undecodable).
-    fn add(&mut self, headers: Option<Headers>) {
+    fn add(&mut self, headers: Option<&mut Headers>) {
         let Some(h) = headers else {
             // Interim or final, we cannot tell; a later block may still
             // carry the final status.
@@ -1596,17 +1640,15 @@ fn exchange(
     // A finished response must have had a status; one cut short may not.
     let status_unknown = response.status.is_none() && (failure.is_none() || response.unknown);
     let (call, partial) = if grpc {
-        let (service, method) = request.path.as_deref().map(grpc_names).unwrap_or_default();
+        let path_unknown = request.path.is_none();
+        let (service, method) = request.path.map(grpc_names).unwrap_or_default();
         let grpc_status_unknown = response.grpc_status.is_none() && response.unknown;
         let call = Call::Grpc(GrpcCall {
             service,
             method,
             status: response.grpc_status,
         });
-        (
-            call,
-            guessed || request.path.is_none() || grpc_status_unknown,
-        )
+        (call, guessed || path_unknown || grpc_status_unknown)
     } else {
         let unknown = request.method.is_none() || request.path.is_none() || guessed;
         let call = Call::Http(HttpCall {
@@ -1638,11 +1680,33 @@ fn looks_like_grpc(request: &Request) -> bool {
 }
 
 /// `package.Service` and `Method` from a gRPC path `/package.Service/Method`.
-fn grpc_names(path: &str) -> (String, String) {
-    let path = path.strip_prefix('/').unwrap_or(path);
-    match path.rsplit_once('/') {
-        Some((service, method)) => (service.to_owned(), method.to_owned()),
-        None => (path.to_owned(), String::new()),
+/// The service is cut from the path's own allocation: one copy, not two.
+fn grpc_names(path: String) -> (String, String) {
+    let mut service = path;
+    let method = match service.rfind('/').filter(|&slash| slash > 0) {
+        Some(slash) => {
+            let method = service.get(slash + 1..).unwrap_or_default().to_owned();
+            service.truncate(slash);
+            method
+        }
+        None => String::new(),
+    };
+    if service.starts_with('/') {
+        service.remove(0);
+    }
+    (service, method)
+}
+
+/// `request_path` of a `:path` that is usually one already (HPACK removed
+/// its query and cut it): then it is kept as is, not copied.
+fn into_request_path(target: String) -> String {
+    let is_path = target.starts_with('/')
+        && target.len() <= super::hpack::MAX_PATH
+        && !target.contains(['?', '#']);
+    if is_path {
+        target
+    } else {
+        request_path(&target)
     }
 }
 
@@ -2354,10 +2418,10 @@ mod tests {
         assert_eq!(request_path("http://host:8080/p?q"), "/p");
         assert_eq!(request_path("*"), "*");
         assert_eq!(
-            grpc_names("/pkg.Svc/Method"),
+            grpc_names("/pkg.Svc/Method".into()),
             ("pkg.Svc".into(), "Method".into())
         );
-        assert_eq!(grpc_names("/odd"), ("odd".into(), String::new()));
+        assert_eq!(grpc_names("/odd".into()), ("odd".into(), String::new()));
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod dispatch;
 pub mod hpack;
 pub mod http1;
 pub mod http2;
+mod huffman;
 pub mod mysql;
 pub mod postgres;
 pub mod redis;
