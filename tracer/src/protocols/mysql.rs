@@ -702,16 +702,23 @@ impl MysqlConn {
             s.head_ns = ts;
         }
         let take = (4 - have).min(rest.len());
-        for (slot, &b) in s.head.iter_mut().skip(have).zip(rest) {
-            *slot = b;
-        }
-        if have + take < 4 {
-            s.frame = Frame::Header {
-                have: (have + take) as u8,
-            };
-            return take;
-        }
-        let [a, b, c2, seq] = s.head;
+        let head = match rest {
+            // The usual case, a whole header in the piece: read in place.
+            &[a, b, c, d, ..] if have == 0 => [a, b, c, d],
+            _ => {
+                for (slot, &b) in s.head.iter_mut().skip(have).zip(rest) {
+                    *slot = b;
+                }
+                if have + take < 4 {
+                    s.frame = Frame::Header {
+                        have: (have + take) as u8,
+                    };
+                    return take;
+                }
+                s.head
+            }
+        };
+        let [a, b, c2, seq] = head;
         let len = u32::from_le_bytes([a, b, c2, 0]);
         if s.packet.continues {
             if seq != s.packet.seq.wrapping_add(1) {
@@ -1272,7 +1279,7 @@ impl MysqlConn {
         }
         while let Some(w) = self.waiting.pop_front() {
             match w.answered_ns {
-                Some(end) => self.report(&w, None, None, end, out),
+                Some(end) => self.report(w, None, None, end, out),
                 None if !w.timed_out => c.unmatched_requests += 1,
                 None => {}
             }
@@ -1288,9 +1295,11 @@ impl MysqlConn {
         self.resp_seq = self.waiting.front().map(|w| w.resp_seq);
     }
 
+    /// Reports `w`, answered (or failed) at `end_ns`; its table name moves
+    /// into the exchange.
     fn report(
         &mut self,
-        w: &Waiting,
+        mut w: Waiting,
         error: Option<u16>,
         failure: Option<Failure>,
         end_ns: u64,
@@ -1300,7 +1309,8 @@ impl MysqlConn {
             self.verdict = Verdict::Speaks;
         }
         if !w.timed_out {
-            out.push(exchange(w, error, failure, end_ns));
+            let collection = w.collection.take();
+            out.push(exchange(&w, collection, error, failure, end_ns));
         }
     }
 
@@ -1313,7 +1323,7 @@ impl MysqlConn {
             // The server closed the session's prepared statements.
             self.prepared.clear();
         }
-        self.report(&w, error, None, ts, out);
+        self.report(w, error, None, ts, out);
         self.activate_head();
     }
 
@@ -1631,8 +1641,8 @@ impl ConnParser for MysqlConn {
         let lost = self.resp.frame == Frame::Lost;
         for (i, w) in std::mem::take(&mut self.waiting).into_iter().enumerate() {
             match w.answered_ns {
-                Some(end) if lost && i == 0 => self.report(&w, None, None, end, out),
-                _ => self.report(&w, None, Some(Failure::ConnectionClosed), ts_ns, out),
+                Some(end) if lost && i == 0 => self.report(w, None, None, end, out),
+                _ => self.report(w, None, Some(Failure::ConnectionClosed), ts_ns, out),
             }
         }
         self.phase = Phase::Stopped;
@@ -1650,7 +1660,7 @@ impl ConnParser for MysqlConn {
             let end = self.waiting.front().and_then(|w| w.answered_ns);
             if let Some(end) = end.filter(|&end| end <= cutoff) {
                 if let Some(w) = self.waiting.pop_front() {
-                    self.report(&w, None, None, end, out);
+                    self.report(w, None, None, end, out);
                 }
                 self.activate_head();
                 self.recovery = Recovery::NextCommand {
@@ -1666,7 +1676,15 @@ impl ConnParser for MysqlConn {
                 continue;
             }
             w.timed_out = true;
-            out.push(exchange(w, None, Some(Failure::Timeout), now_ns));
+            // It stays waiting for a late answer: its table name is copied.
+            let collection = w.collection.clone();
+            out.push(exchange(
+                w,
+                collection,
+                None,
+                Some(Failure::Timeout),
+                now_ns,
+            ));
         }
     }
 
@@ -1675,12 +1693,18 @@ impl ConnParser for MysqlConn {
     }
 }
 
-fn exchange(w: &Waiting, error: Option<u16>, failure: Option<Failure>, end_ns: u64) -> Exchange {
+fn exchange(
+    w: &Waiting,
+    collection: Option<String>,
+    error: Option<u16>,
+    failure: Option<Failure>,
+    end_ns: u64,
+) -> Exchange {
     Exchange {
         call: Call::Db(DbCall {
             system: DbSystem::Mysql,
             operation: w.operation.to_owned(),
-            collection: w.collection.clone(),
+            collection,
             error: error.map(|e| e.to_string()),
         }),
         failure,
@@ -2029,7 +2053,12 @@ fn statement_summary(text: &[u8], truncated: bool) -> Summary {
 
 fn first_statement(text: &[u8]) -> Summary {
     let mut summary = sql::summarize(text, Dialect::Mysql);
-    if summary.collection.is_some() && sql::statements(text, Dialect::Mysql).nth(1).is_some() {
+    // Without a semicolon byte there is no second statement (see
+    // `sql::statements`); the check skips setting up a tokenizer for it.
+    if summary.collection.is_some()
+        && text.contains(&b';')
+        && sql::statements(text, Dialect::Mysql).nth(1).is_some()
+    {
         summary.collection = None;
     }
     summary

@@ -611,15 +611,26 @@ impl PgConn {
         c: &mut ParserCounters,
         out: &mut Vec<Exchange>,
     ) -> usize {
-        match self.stream(dir).phase {
+        let s = self.stream(dir);
+        match s.phase {
             Phase::Stopped => rest.len(),
-            Phase::Startup | Phase::Header => {
-                let used = self.stream(dir).collect_header(rest, ts);
-                if self.stream(dir).header_complete() {
-                    self.on_header(dir, ts, c, out);
+            Phase::Header if s.header_len == 0 => match header(rest) {
+                // The usual case: a whole header in the piece, read in place
+                // rather than byte by byte, and the body that follows it
+                // handled in the same step.
+                Some((kind, len)) => {
+                    self.stream(dir).start_ns = ts;
+                    self.on_header(dir, (kind, len, 0), ts, c, out);
+                    let body = rest.get(5..).unwrap_or_default();
+                    if self.stream(dir).phase == Phase::Body && !body.is_empty() {
+                        5 + self.body(dir, body, ts, c, out)
+                    } else {
+                        5
+                    }
                 }
-                used
-            }
+                None => self.header_piecewise(dir, rest, ts, c, out),
+            },
+            Phase::Startup | Phase::Header => self.header_piecewise(dir, rest, ts, c, out),
             Phase::Body => self.body(dir, rest, ts, c, out),
             Phase::EncryptionAnswer => {
                 self.on_encryption_answer(rest.first().copied());
@@ -638,13 +649,37 @@ impl PgConn {
         }
     }
 
-    /// A complete header (typed, or a start-up packet's) was collected.
-    fn on_header(&mut self, dir: Dir, ts: u64, c: &mut ParserCounters, out: &mut Vec<Exchange>) {
+    /// Collects header bytes that may span pieces; acts on the header once
+    /// it is complete.
+    fn header_piecewise(
+        &mut self,
+        dir: Dir,
+        rest: &[u8],
+        ts: u64,
+        c: &mut ParserCounters,
+        out: &mut Vec<Exchange>,
+    ) -> usize {
         let s = self.stream(dir);
-        let startup = s.phase == Phase::Startup;
-        let (kind, len, code) = s.parsed_header();
-        s.header_len = 0;
-        if startup {
+        let used = s.collect_header(rest, ts);
+        if s.header_complete() {
+            let parsed = s.parsed_header();
+            s.header_len = 0;
+            self.on_header(dir, parsed, ts, c, out);
+        }
+        used
+    }
+
+    /// A complete header was read: (type byte, length, start-up code) as
+    /// `Stream::parsed_header` gives them.
+    fn on_header(
+        &mut self,
+        dir: Dir,
+        (kind, len, code): (u8, u32, u32),
+        ts: u64,
+        c: &mut ParserCounters,
+        out: &mut Vec<Exchange>,
+    ) {
+        if self.stream(dir).phase == Phase::Startup {
             self.on_startup(len, code, c);
             return;
         }
@@ -669,10 +704,17 @@ impl PgConn {
             Dir::Req => {
                 self.prefix.reset();
                 if needs(kind).is_none() {
-                    self.act(kind, c, out);
+                    // Nothing to collect (Sync, Flush...): what `act` does,
+                    // without lending out an empty buffer.
+                    let cut = self.req.cut;
+                    self.on_request(kind, &[], cut, c, out);
+                    self.prefix.finish();
                 }
             }
-            Dir::Resp => self.reply = Reply::default(),
+            // Only these are read (`Reply::read`); resetting for every row
+            // would be wasted.
+            Dir::Resp if matches!(kind, b'C' | b'E') => self.reply = Reply::default(),
+            Dir::Resp => {}
         }
         if self.stream(dir).left == 0 && self.stream(dir).phase == Phase::Body {
             self.end_message(dir, ts, c, out);
@@ -978,12 +1020,12 @@ impl PgConn {
             b'D' | b'C' => {
                 let target = prefix.first().copied();
                 let name = split_name(prefix.get(1..).unwrap_or_default()).0;
-                let stmt = match (target, name) {
-                    (Some(b'S'), Some(n)) => self.statement(n),
-                    (Some(b'P'), Some(n)) => self.portal(n),
+                let described = |conn: &Self| match (target, name) {
+                    (Some(b'S'), Some(n)) => conn.statement(n),
+                    (Some(b'P'), Some(n)) => conn.portal(n),
                     _ => None,
                 };
-                self.note_target(stmt, start_ns);
+                self.note_target_with(described, start_ns);
                 if kind == b'C' {
                     self.close(target, name);
                 }
@@ -1072,6 +1114,15 @@ impl PgConn {
         }
     }
 
+    /// `note_target` for a statement looked up only if it will be kept
+    /// (each clone of a statement is an atomic increment).
+    fn note_target_with(&mut self, stmt: impl FnOnce(&Self) -> Option<Stmt>, start_ns: u64) {
+        if self.since_execute.is_none() {
+            let stmt = stmt(self);
+            self.since_execute = Some(Target { stmt, start_ns });
+        }
+    }
+
     fn statement(&self, name: &[u8]) -> Option<Stmt> {
         if name.is_empty() {
             self.unnamed_statement.clone()
@@ -1141,7 +1192,7 @@ impl PgConn {
         let answered = |op: &Op| op.is_terminator() && op.request_ns() < self.last_response_ns;
         if let Some(last) = self.waiting.iter().rposition(answered) {
             let end_ns = self.last_response_ns;
-            for op in self.waiting.drain(..=last).collect::<Vec<_>>() {
+            for op in self.waiting.drain(..=last) {
                 finish_lost(op, end_ns, c, out);
             }
         }
@@ -1356,6 +1407,20 @@ impl PgConn {
         c: &mut ParserCounters,
         out: &mut Vec<Exchange>,
     ) {
+        // The usual case first: the oldest waiting operation is the batch
+        // end this answers (what `position` below would find, cheaper).
+        if let Some(op) = self.waiting.front() {
+            if op.is_terminator() && op.request_ns() <= start_ns {
+                if let Some(op) = self.waiting.pop_front() {
+                    if resynced {
+                        finish_lost(op, end_ns, c, out);
+                    } else {
+                        drop_unanswered(op, c);
+                    }
+                }
+                return;
+            }
+        }
         let end = match self.waiting.iter().position(Op::is_terminator) {
             Some(t)
                 if self
@@ -1373,7 +1438,7 @@ impl PgConn {
                 .take_while(|op| op.request_ns() <= start_ns)
                 .count(),
         };
-        for op in self.waiting.drain(..end).collect::<Vec<_>>() {
+        for op in self.waiting.drain(..end) {
             if resynced {
                 finish_lost(op, end_ns, c, out);
             } else {
@@ -1694,7 +1759,7 @@ fn header(bytes: &[u8]) -> Option<(u8, u32)> {
 /// The possible lengths of a message of type `kind` in `dir`; None for a
 /// type `dir` never carries. Exact for the fixed-size messages, which makes
 /// guessed boundaries reliable.
-fn bounds(dir: Dir, kind: u8) -> Option<(u32, u32)> {
+const fn bounds(dir: Dir, kind: u8) -> Option<(u32, u32)> {
     Some(match (dir, kind) {
         (Dir::Req, b'Q' | b'f') => (5, MAX_MESSAGE),
         (Dir::Req, b'P') => (8, MAX_MESSAGE),
@@ -1719,8 +1784,25 @@ fn bounds(dir: Dir, kind: u8) -> Option<(u32, u32)> {
     })
 }
 
+/// `bounds` for every type byte, request direction then response: looked
+/// up for every message header.
+const BOUNDS: [[Option<(u32, u32)>; 256]; 2] = {
+    let mut table = [[None; 256]; 2];
+    let mut kind = 0;
+    while kind < 256 {
+        table[0][kind] = bounds(Dir::Req, kind as u8);
+        table[1][kind] = bounds(Dir::Resp, kind as u8);
+        kind += 1;
+    }
+    table
+};
+
 fn plausible(dir: Dir, kind: u8, len: u32) -> bool {
-    bounds(dir, kind).is_some_and(|(min, max)| (min..=max).contains(&len))
+    let table = match dir {
+        Dir::Req => &BOUNDS[0],
+        Dir::Resp => &BOUNDS[1],
+    };
+    table[usize::from(kind)].is_some_and(|(min, max)| min <= len && len <= max)
 }
 
 /// `bytes` start like a message of `dir` (as far as they go).
@@ -2079,6 +2161,20 @@ mod tests {
             table.map(str::to_owned),
             Some(code.to_owned()),
         )
+    }
+
+    #[test]
+    fn bounds_table_matches_bounds() {
+        for kind in 0..=255u8 {
+            for (dir, row) in [(Dir::Req, 0), (Dir::Resp, 1)] {
+                assert_eq!(BOUNDS[row][usize::from(kind)], bounds(dir, kind));
+                for len in [0, 3, 4, 5, 8, 12, 268, MAX_MESSAGE, MAX_MESSAGE + 1] {
+                    let expected =
+                        bounds(dir, kind).is_some_and(|(min, max)| (min..=max).contains(&len));
+                    assert_eq!(plausible(dir, kind, len), expected);
+                }
+            }
+        }
     }
 
     #[test]

@@ -151,9 +151,17 @@ pub fn statements(text: &[u8], dialect: Dialect) -> impl Iterator<Item = &[u8]> 
     let mut tokens = Tokens::new(text, dialect);
     let mut start = 0;
     let mut done = false;
+    // Without a semicolon byte there is no separator to find, and the text
+    // (mostly literals) need not be tokenized to the end to learn that.
+    let unsplit = !text.contains(&b';');
     std::iter::from_fn(move || {
         while !done {
-            let (piece, next) = match tokens.find(|t| *t == Token::Punct(b';')) {
+            let separator = if unsplit {
+                None
+            } else {
+                tokens.find(|t| *t == Token::Punct(b';'))
+            };
+            let (piece, next) = match separator {
                 Some(_) => (&text[start..tokens.at - 1], tokens.at),
                 None => {
                     done = true;
@@ -176,11 +184,51 @@ fn other() -> Summary {
     }
 }
 
+/// A word of up to 16 bytes as one number: its bytes in order, upper-cased,
+/// zero-padded. Numbers compare as the words do (no word holds a NUL), so
+/// a sorted table of them is searched without comparing byte strings.
+const fn packed(word: &[u8]) -> Option<u128> {
+    if word.len() > 16 {
+        return None;
+    }
+    let mut value = 0u128;
+    let mut i = 0;
+    while i < 16 {
+        let b = if i < word.len() {
+            word[i].to_ascii_uppercase()
+        } else {
+            0
+        };
+        value = (value << 8) | b as u128;
+        i += 1;
+    }
+    Some(value)
+}
+
+/// `VERBS` packed, in the same (sorted) order.
+const PACKED_VERBS: [u128; VERBS.len()] = {
+    let mut table = [0; VERBS.len()];
+    let mut i = 0;
+    while i < VERBS.len() {
+        table[i] = match packed(VERBS[i].as_bytes()) {
+            Some(v) => v,
+            None => panic!("verbs are short"),
+        };
+        i += 1;
+    }
+    table
+};
+
+/// The entry of `VERBS` that `word` is, ignoring ASCII case: every
+/// statement's first word comes here.
 fn verb(word: &[u8]) -> Option<&'static str> {
-    VERBS
-        .iter()
-        .copied()
-        .find(|v| v.as_bytes().eq_ignore_ascii_case(word))
+    // `packed`, a whole word at a time.
+    let mut bytes = [0u8; 16];
+    bytes.get_mut(..word.len())?.copy_from_slice(word);
+    bytes.make_ascii_uppercase();
+    let key = u128::from_be_bytes(bytes);
+    let i = PACKED_VERBS.binary_search(&key).ok()?;
+    VERBS.get(i).copied()
 }
 
 type Stream<'a> = std::iter::Peekable<std::iter::Take<Tokens<'a>>>;
@@ -311,6 +359,36 @@ fn skip_words(tokens: &mut Stream<'_>, words: &[&str]) {
     }
 }
 
+/// Byte classes, looked up per byte of a word or number rather than
+/// tested as a chain of comparisons.
+const WORD_BYTE: u8 = 1; // continues a word: alphanumeric, `_`, `$`, non-ASCII
+const NUMBER_BYTE: u8 = 2; // continues a number: alphanumeric, `.`, `_`
+const BLANK_START: u8 = 4; // may start a blank or a comment (`skip_blank`)
+
+const CLASSES: [u8; 256] = {
+    let mut table = [0u8; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        let alnum = c.is_ascii_alphanumeric();
+        if alnum || c == b'_' || c == b'$' || c >= 0x80 {
+            table[b] |= WORD_BYTE;
+        }
+        if alnum || c == b'.' || c == b'_' {
+            table[b] |= NUMBER_BYTE;
+        }
+        if c.is_ascii_whitespace() || matches!(c, 0 | b'-' | b'#' | b'/') {
+            table[b] |= BLANK_START;
+        }
+        b += 1;
+    }
+    table
+};
+
+fn is(class: u8, b: u8) -> bool {
+    CLASSES[usize::from(b)] & class != 0
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Token<'a> {
     /// A keyword or unquoted identifier.
@@ -344,6 +422,12 @@ impl<'a> Tokens<'a> {
     /// Skips whitespace and comments; false at the end.
     fn skip_blank(&mut self) -> bool {
         loop {
+            // Most tokens follow nothing or a space: decided on one byte.
+            match self.peek_at(0) {
+                None => return false,
+                Some(b) if !is(BLANK_START, b) => return true,
+                Some(_) => {}
+            }
             match (self.peek_at(0), self.peek_at(1)) {
                 (None, _) => return false,
                 // mysqlslap ends its statements with a NUL.
@@ -362,12 +446,17 @@ impl<'a> Tokens<'a> {
     }
 
     fn skip_line(&mut self) {
-        while let Some(b) = self.peek_at(0) {
-            self.at += 1;
-            if b == b'\n' {
-                return;
-            }
-        }
+        let rest = self.text.get(self.at..).unwrap_or_default();
+        self.at += rest
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(rest.len(), |i| i + 1);
+    }
+
+    /// Moves past the bytes from `self.at` on that satisfy `keep`.
+    fn skip_while(&mut self, keep: impl Fn(u8) -> bool) {
+        let rest = self.text.get(self.at..).unwrap_or_default();
+        self.at += rest.iter().position(|&b| !keep(b)).unwrap_or(rest.len());
     }
 
     fn skip_block_comment(&mut self) {
@@ -398,19 +487,26 @@ impl<'a> Tokens<'a> {
     fn quoted(&mut self, quote: u8, backslash: bool) -> &'a [u8] {
         self.at += 1;
         let start = self.at;
-        while let Some(b) = self.peek_at(0) {
-            if backslash && b == b'\\' {
-                self.at += 2;
+        // Jumps from one quote or backslash to the next: literals (long
+        // strings of data) are most of many statements' bytes.
+        loop {
+            let rest = self.text.get(self.at..).unwrap_or_default();
+            let Some(i) = rest
+                .iter()
+                .position(|&b| b == quote || (backslash && b == b'\\'))
+            else {
+                break;
+            };
+            if rest.get(i) != Some(&quote) {
+                self.at += i + 2; // a backslash and the byte it escapes
                 continue;
             }
-            self.at += 1;
-            if b == quote {
-                if self.peek_at(0) == Some(quote) {
-                    self.at += 1; // doubled quote: a literal quote
-                    continue;
-                }
-                return &self.text[start..self.at - 1];
+            self.at += i + 1;
+            if self.peek_at(0) == Some(quote) {
+                self.at += 1; // doubled quote: a literal quote
+                continue;
             }
+            return &self.text[start..self.at - 1];
         }
         self.at = self.text.len();
         &self.text[start.min(self.at)..]
@@ -470,20 +566,11 @@ impl<'a> Iterator for Tokens<'a> {
             b'$' if !mysql && self.dollar_quoted() => Token::Literal,
             b if b.is_ascii_alphabetic() || b == b'_' || b >= 0x80 => {
                 let start = self.at;
-                while self.peek_at(0).is_some_and(|c| {
-                    c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80
-                }) {
-                    self.at += 1;
-                }
+                self.skip_while(|c| is(WORD_BYTE, c));
                 Token::Word(&self.text[start..self.at])
             }
             b if b.is_ascii_digit() => {
-                while self
-                    .peek_at(0)
-                    .is_some_and(|c| c.is_ascii_alphanumeric() || c == b'.' || c == b'_')
-                {
-                    self.at += 1;
-                }
+                self.skip_while(|c| is(NUMBER_BYTE, c));
                 Token::Literal
             }
             _ => {
@@ -612,6 +699,128 @@ mod tests {
         assert_eq!(statements(text, Dialect::Mysql).count(), 2);
         assert_eq!(statements(b" ; ;", Dialect::Postgres).count(), 0);
         assert_eq!(statements(b"SELECT 1", Dialect::Postgres).count(), 1);
+    }
+
+    #[test]
+    fn verb_lookup_matches_a_scan_of_the_list() {
+        assert!(
+            VERBS.windows(2).all(|w| w[0] < w[1]),
+            "VERBS must stay sorted"
+        );
+        assert!(VERBS.iter().all(|v| v.len() <= 16));
+        let scan = |word: &[u8]| {
+            VERBS
+                .iter()
+                .copied()
+                .find(|v| v.as_bytes().eq_ignore_ascii_case(word))
+        };
+        for v in VERBS {
+            let lower = v.to_ascii_lowercase();
+            let mixed: String = v
+                .chars()
+                .enumerate()
+                .map(|(i, c)| {
+                    if i % 2 == 0 {
+                        c.to_ascii_lowercase()
+                    } else {
+                        c
+                    }
+                })
+                .collect();
+            for word in [v.to_string(), lower, mixed] {
+                assert_eq!(verb(word.as_bytes()), Some(*v), "{word}");
+            }
+            // A prefix or an extension of a verb is not one (unless listed).
+            assert_eq!(verb(&v.as_bytes()[1..]), scan(&v.as_bytes()[1..]));
+            assert_eq!(
+                verb(format!("{v}X").as_bytes()),
+                scan(format!("{v}X").as_bytes())
+            );
+        }
+        for word in [
+            &b""[..],
+            b"SELECTS",
+            b"SELECTIONISTICALLYX",
+            b"s\xc3\xa9lect",
+            b"SEL$CT",
+            b"_",
+        ] {
+            assert_eq!(verb(word), scan(word));
+        }
+    }
+
+    #[test]
+    fn byte_classes_match_their_definitions() {
+        for b in 0..=255u8 {
+            let alnum = b.is_ascii_alphanumeric();
+            assert_eq!(
+                is(WORD_BYTE, b),
+                alnum || b == b'_' || b == b'$' || b >= 0x80
+            );
+            assert_eq!(is(NUMBER_BYTE, b), alnum || b == b'.' || b == b'_');
+            assert_eq!(
+                is(BLANK_START, b),
+                b.is_ascii_whitespace() || matches!(b, 0 | b'-' | b'#' | b'/')
+            );
+        }
+    }
+
+    /// The byte-at-a-time quoted-run scan `Tokens::quoted` replaced: the
+    /// end position and the content.
+    fn quoted_reference(text: &[u8], at: usize, quote: u8, backslash: bool) -> (usize, &[u8]) {
+        let mut at = at + 1;
+        let start = at;
+        while let Some(&b) = text.get(at) {
+            if backslash && b == b'\\' {
+                at += 2;
+                continue;
+            }
+            at += 1;
+            if b == quote {
+                if text.get(at) == Some(&quote) {
+                    at += 1;
+                    continue;
+                }
+                return (at, &text[start..at - 1]);
+            }
+        }
+        (text.len(), &text[start.min(text.len())..])
+    }
+
+    #[test]
+    fn quoted_runs_end_where_a_byte_by_byte_scan_ends_them() {
+        let mut rng = XorShift(11);
+        let alphabet = b"'\"`\\ax";
+        for _ in 0..20_000 {
+            let len = 1 + rng.below_usize(16);
+            let text: Vec<u8> = (0..len)
+                .map(|_| alphabet[rng.below_usize(alphabet.len())])
+                .collect();
+            for (quote, backslash) in [(b'\'', true), (b'\'', false), (b'"', true), (b'`', false)] {
+                let mut tokens = Tokens::new(&text, Dialect::Mysql);
+                let content = tokens.quoted(quote, backslash);
+                let expected = quoted_reference(&text, 0, quote, backslash);
+                assert_eq!((tokens.at.min(text.len()), content), expected, "{text:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn text_without_semicolons_is_one_statement_or_none() {
+        let mut rng = XorShift(5);
+        let alphabet = b"SELECT FROM t'\"`$-#/*\\\n ()E.,x1";
+        for _ in 0..20_000 {
+            let len = rng.below_usize(32);
+            let text: Vec<u8> = (0..len)
+                .map(|_| alphabet[rng.below_usize(alphabet.len())])
+                .collect();
+            for dialect in [Dialect::Postgres, Dialect::Mysql] {
+                let found: Vec<&[u8]> = statements(&text, dialect).collect();
+                let some_token = Tokens::new(&text, dialect).next().is_some();
+                let expected: Vec<&[u8]> = if some_token { vec![&text[..]] } else { vec![] };
+                assert_eq!(found, expected, "{text:?}");
+            }
+        }
     }
 
     #[test]
