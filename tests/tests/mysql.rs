@@ -17,9 +17,11 @@ use std::collections::BTreeMap;
 use std::process::Command;
 
 use tracer_e2e::databases::{run_ok, Mariadb};
-use tracer_e2e::{privileged, require_tool, wait_until, TestDir, Tracer};
+use tracer_e2e::{privileged, require_tool, wait_until, Scrape, TestDir, Tracer};
 
 const DB_COUNT: &str = "db_client_operation_duration_seconds_count";
+
+const MYSQL: [(&str, &str); 1] = [("db_system_name", "mysql")];
 
 /// The tracer's verb for each `Com_*` counter the workloads move. An
 /// executed prepared statement counts under its statement's verb on both
@@ -39,6 +41,26 @@ const VERBS: [(&str, &str); 12] = [
     ("Com_stmt_prepare", "PREPARE"),
     ("Com_stmt_reset", "STMT_RESET"),
 ];
+
+/// Waits until the tracer's MySQL operations per verb equal `want`, then
+/// returns the scrape; fails with both when they never do.
+fn counted_per_verb(tracer: &Tracer, want: &BTreeMap<String, u64>) -> Scrape {
+    let got = wait_until(tracer_e2e::wait::METRICS_TIMEOUT, || {
+        let got = tracer
+            .scrape()
+            .count_by(DB_COUNT, &MYSQL, "db_operation_name");
+        (got == *want).then_some(got)
+    });
+    let scrape = tracer.scrape();
+    assert!(
+        got.is_some(),
+        "tracer counts per statement verb differ from the Com_* counters:\nserver: {want:?}\n\
+         tracer: {:?}\n{}",
+        scrape.count_by(DB_COUNT, &MYSQL, "db_operation_name"),
+        scrape.lines("tracer_", &[("protocol", "mysql")]),
+    );
+    scrape
+}
 
 fn by_verb(after: &BTreeMap<String, u64>, before: &BTreeMap<String, u64>) -> BTreeMap<String, u64> {
     let mut want = BTreeMap::new();
@@ -93,22 +115,8 @@ fn mysqlslap_and_mariadb_counted_exactly_against_com_counters() {
     let want = by_verb(&db.com_status(), &before);
     assert!(want.get("INSERT").copied().unwrap_or(0) > 100, "{want:?}");
 
-    let filter = [("db_system_name", "mysql")];
-    let got = wait_until(tracer_e2e::wait::METRICS_TIMEOUT, || {
-        let got = tracer
-            .scrape()
-            .count_by(DB_COUNT, &filter, "db_operation_name");
-        (got == want).then_some(got)
-    });
-    let scrape = tracer.scrape();
-    assert!(
-        got.is_some(),
-        "tracer counts per statement verb differ from the Com_* counters:\nserver: {want:?}\n\
-         tracer: {:?}\n{}",
-        scrape.count_by(DB_COUNT, &filter, "db_operation_name"),
-        scrape.lines("tracer_", &[("protocol", "mysql")]),
-    );
-    let errors = scrape.count_by(DB_COUNT, &filter, "error_type");
+    let scrape = counted_per_verb(&tracer, &want);
+    let errors = scrape.count_by(DB_COUNT, &MYSQL, "error_type");
     assert_eq!(errors.get("1146"), Some(&1), "{errors:?}");
     assert_eq!(
         errors.len(),
@@ -165,25 +173,11 @@ fn prepared_statements_counted_exactly_against_com_counters() {
         "not all over the binary protocol: {want:?}"
     );
 
-    let filter = [("db_system_name", "mysql")];
-    let got = wait_until(tracer_e2e::wait::METRICS_TIMEOUT, || {
-        let got = tracer
-            .scrape()
-            .count_by(DB_COUNT, &filter, "db_operation_name");
-        (got == want).then_some(got)
-    });
-    let scrape = tracer.scrape();
-    assert!(
-        got.is_some(),
-        "tracer counts per statement verb differ from the Com_* counters:\nserver: {want:?}\n\
-         tracer: {:?}\n{}",
-        scrape.count_by(DB_COUNT, &filter, "db_operation_name"),
-        scrape.lines("tracer_", &[("protocol", "mysql")]),
-    );
-    let errors = scrape.count_by(DB_COUNT, &filter, "error_type");
+    let scrape = counted_per_verb(&tracer, &want);
+    let errors = scrape.count_by(DB_COUNT, &MYSQL, "error_type");
     assert_eq!(errors.get("1062"), Some(&1), "{errors:?}");
     assert_eq!(errors.len(), 2, "only the duplicate key failed: {errors:?}");
-    let tables = scrape.count_by(DB_COUNT, &filter, "db_collection_name");
+    let tables = scrape.count_by(DB_COUNT, &MYSQL, "db_collection_name");
     assert_eq!(
         tables.get("prepared.kv").copied(),
         Some(want["INSERT"] + want["SELECT"] + want["UPDATE"] + want["DELETE"] + 4),

@@ -51,13 +51,14 @@ enum User {
 const MSG_PEEK: u64 = 2;
 
 /// Vectored I/O segments walked per syscall; the rest is a counted gap.
-const MAX_SEGMENTS: u32 = 64;
+pub const MAX_SEGMENTS: u32 = 64;
 
+/// `struct iovec`.
 #[repr(C)]
 #[derive(Clone, Copy)]
-struct IoVec {
-    base: u64,
-    len: u64,
+pub struct IoVec {
+    pub base: u64,
+    pub len: u64,
 }
 
 /// A read/write-family syscall returned `ret` bytes moved in `direction`.

@@ -26,7 +26,10 @@ use tracer_common::{
     MAX_FRAME_EXTRA, MAX_FRAME_HEADS, MAX_FRAME_PAYLOAD, NO_FRAME, PREFACE, SWITCHING,
 };
 
-use crate::maps::{count, output, DataScratch, FRAME_PROGRAM, SCRATCH, SOCKETS};
+use crate::{
+    capture::{IoVec, MAX_SEGMENTS},
+    maps::{count, output, DataScratch, FRAME_PROGRAM, SCRATCH, SOCKETS},
+};
 
 /// The frame program's body (`tp_frames`, `kp_frames`): follows the
 /// frames of the chunk staged in this CPU's scratch (`DataScratch::job`)
@@ -147,20 +150,10 @@ const MAX_ROUNDS: u64 = 24;
 /// Bytes searched for the end of a `101 Switching Protocols` header.
 const MAX_SWITCH_HEAD: usize = 512;
 
-/// Vectored I/O segments the walk enters at most (as the copy does).
-const MAX_SEGMENTS: u64 = 64;
-
 const HEAD: u64 = FRAME_HEADER_LEN as u64;
 
 /// The DATA frame type: its payload is the one skipped.
 const DATA: u8 = 0;
-
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct IoVec {
-    base: u64,
-    len: u64,
-}
 
 /// After a `101 Switching Protocols` at the start of a chunk: the position
 /// where the new protocol's bytes begin, if its header ends in the capture.
@@ -330,7 +323,7 @@ fn beyond(captured: usize, len: u64, scratch: &mut DataScratch) -> Walk {
             break;
         }
         if off >= seg_end {
-            if entered >= segments || entered >= MAX_SEGMENTS {
+            if entered >= segments || entered >= u64::from(MAX_SEGMENTS) {
                 walk = Walk::Lost;
                 break;
             }

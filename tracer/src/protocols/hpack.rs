@@ -687,6 +687,7 @@ const STATIC_TABLE: [(&str, &str); 61] = [
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testutil::hex;
 
     impl Decoder {
         /// `decode` into a fresh `Headers`.
@@ -694,14 +695,6 @@ mod tests {
             let mut headers = Headers::default();
             self.decode(block, &mut headers).map(|()| headers)
         }
-    }
-
-    fn hex(text: &str) -> Vec<u8> {
-        let digits: Vec<u8> = text.bytes().filter(u8::is_ascii_hexdigit).collect();
-        digits
-            .chunks(2)
-            .map(|p| u8::from_str_radix(std::str::from_utf8(p).unwrap(), 16).unwrap())
-            .collect()
     }
 
     #[test]

@@ -463,14 +463,7 @@ const CODES: [(u32, u8); 257] = [
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn hex(text: &str) -> Vec<u8> {
-        let digits: Vec<u8> = text.bytes().filter(u8::is_ascii_hexdigit).collect();
-        digits
-            .chunks(2)
-            .map(|p| u8::from_str_radix(std::str::from_utf8(p).unwrap(), 16).unwrap())
-            .collect()
-    }
+    use crate::testutil::hex;
 
     /// Decodes whole, checking that counting agrees.
     fn huffman(text: &str) -> Result<Vec<u8>, Invalid> {
