@@ -19,7 +19,7 @@ use tracer_common::{
 
 use crate::{
     capture_limit, frames,
-    maps::{count, output, DataScratch, FrameJob, FRAME_PROGRAM, SCRATCH, SOCKETS},
+    maps::{count, output, DataScratch, FRAME_PROGRAM, SCRATCH, SOCKETS},
     regs::{Caller, SyscallArgs},
 };
 
@@ -198,20 +198,12 @@ pub fn on_data_exit<C: EbpfContext>(ctx: &C, ret: i64, direction: u8, buffer: Bu
             User::Flat(buf) => (buf, 0),
             User::Vector { iov, segments } => (iov, segments),
         };
-        scratch.job = FrameJob {
-            key: conn_key(tgid, fd as u32),
-            user,
-            segments,
-            now,
-            off: 0,
-            heads: 0,
-            out: 0,
-            rounds: 0,
-            entered: 0,
-            base: 0,
-            seg_start: 0,
-            seg_end: 0,
-        };
+        // The walk's own state is set by the frame program that needs it.
+        let job = &mut scratch.job;
+        job.key = conn_key(tgid, fd as u32);
+        job.user = user;
+        job.segments = segments;
+        job.now = now;
         // The frame program sends the record; this returns only when it is
         // not loaded.
         // SAFETY: `ctx` is this program's context.

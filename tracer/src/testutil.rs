@@ -23,6 +23,35 @@ impl XorShift {
     pub fn below_usize(&mut self, n: usize) -> usize {
         self.below(n as u64) as usize
     }
+
+    /// Overwrites up to two random bytes of `bytes` with random values.
+    pub fn corrupt(&mut self, bytes: &mut [u8]) {
+        for _ in 0..self.below_usize(3) {
+            let at = self.below_usize(bytes.len());
+            if let Some(b) = bytes.get_mut(at) {
+                *b = self.next() as u8;
+            }
+        }
+    }
+}
+
+/// Feeds `bytes` to `conn` in pieces of random lengths, all at `ts`.
+pub fn feed_in_random_pieces<P: ConnParser>(
+    conn: &mut P,
+    rng: &mut XorShift,
+    outbound: bool,
+    bytes: &[u8],
+    ts: u64,
+    c: &mut ParserCounters,
+    out: &mut Vec<Exchange>,
+) {
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        let n = rng.below_usize(rest.len()) + 1;
+        let (piece, tail) = rest.split_at(n);
+        conn.on_piece(outbound, Piece::Data(piece), ts, c, out);
+        rest = tail;
+    }
 }
 
 /// One parser under test, fed piece by piece with a clock that ticks 10

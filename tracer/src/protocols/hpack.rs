@@ -32,9 +32,8 @@ const ENTRY_OVERHEAD: usize = 32;
 /// Longest method kept: every registered method is far shorter.
 const MAX_METHOD: usize = 32;
 
-/// Longest path kept (before the query is cut): routes are cut at 128
-/// bytes downstream, and HTTP/1's parser keeps the same.
-pub(super) const MAX_PATH: usize = 512;
+/// Longest path kept (before the query is cut): HTTP/1's.
+const MAX_PATH: usize = super::http1::MAX_PATH;
 
 /// A name is decoded this far to recognise it; every name we read is
 /// shorter.

@@ -28,8 +28,8 @@ use httparse::{Header, ParserConfig, Status};
 use std::mem::MaybeUninit;
 
 use super::{
-    detect::Detection, Call, ConnParser, Exchange, Failure, HttpCall, ParserCounters, Piece, Side,
-    Spec, Start, Verdict,
+    detect::Detection, len64, Call, ConnParser, Exchange, Failure, HttpCall, ParserCounters, Piece,
+    Side, Spec, Start, Verdict,
 };
 
 /// Largest header section we buffer; anything longer is treated as garbage.
@@ -1460,12 +1460,12 @@ fn body(headers: &[Header<'_>], response: bool) -> Body {
 
 /// Longest path kept per request: up to 64 requests wait per connection on
 /// tens of thousands of connections, and routes are cut at 128 bytes anyway.
-const MAX_PATH: usize = 512;
+pub(super) const MAX_PATH: usize = 512;
 
 /// The request target's path: query and fragment removed, and for the
 /// absolute form (`http://host/p`) the scheme and authority too; at most
-/// `MAX_PATH` bytes, cut at a character boundary.
-fn request_path(target: &str) -> String {
+/// `MAX_PATH` bytes, cut at a character boundary. HTTP/2 uses it too.
+pub(super) fn request_path(target: &str) -> String {
     let mut path = full_request_path(target);
     if path.len() > MAX_PATH {
         let mut cut = MAX_PATH;
@@ -1537,10 +1537,6 @@ fn is_forbidden(b: u8) -> bool {
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
-}
-
-fn len64(n: usize) -> u64 {
-    u64::try_from(n).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]
@@ -2416,19 +2412,10 @@ mod tests {
                 for _ in 0..rng.below_usize(4) + 1 {
                     bytes.extend_from_slice(parts[rng.below_usize(parts.len())]);
                 }
-                for _ in 0..rng.below_usize(3) {
-                    let at = rng.below_usize(bytes.len());
-                    if let Some(b) = bytes.get_mut(at) {
-                        *b = rng.next() as u8;
-                    }
-                }
-                let mut rest = bytes.as_slice();
-                while !rest.is_empty() {
-                    let n = rng.below_usize(rest.len()) + 1;
-                    let (piece, tail) = rest.split_at(n);
-                    conn.on_piece(outbound, Piece::Data(piece), ts, &mut c, &mut out);
-                    rest = tail;
-                }
+                rng.corrupt(&mut bytes);
+                crate::testutil::feed_in_random_pieces(
+                    &mut conn, &mut rng, outbound, &bytes, ts, &mut c, &mut out,
+                );
                 assert!(conn.req.head.len() <= MAX_HEAD && conn.resp.head.len() <= MAX_HEAD);
                 assert!(conn.waiting.len() <= MAX_WAITING);
             }

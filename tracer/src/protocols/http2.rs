@@ -31,12 +31,13 @@
 
 use std::collections::VecDeque;
 
+use super::http1::request_path;
 use super::{
     detect::Detection,
     dispatch::Spec,
     hpack::{Decoder, Headers},
-    Call, ConnParser, Exchange, Failure, GrpcCall, HttpCall, ParserCounters, Piece, Side, Start,
-    Verdict,
+    len64, Call, ConnParser, Exchange, Failure, GrpcCall, HttpCall, ParserCounters, Piece, Side,
+    Start, Verdict,
 };
 
 /// What a client sends first (RFC 9113 section 3.4).
@@ -1701,57 +1702,13 @@ fn grpc_names(path: String) -> (String, String) {
 /// its query and cut it): then it is kept as is, not copied.
 fn into_request_path(target: String) -> String {
     let is_path = target.starts_with('/')
-        && target.len() <= super::hpack::MAX_PATH
+        && target.len() <= super::http1::MAX_PATH
         && !target.contains(['?', '#']);
     if is_path {
         target
     } else {
         request_path(&target)
     }
-}
-
-/// The request target's path: query and fragment removed, and for the
-/// absolute form (`http://host/p`) the scheme and authority too; at most
-/// `MAX_PATH` bytes. The same rule as HTTP/1's (`http1::request_path`,
-/// private there).
-fn request_path(target: &str) -> String {
-    let mut path = full_request_path(target);
-    if path.len() > super::hpack::MAX_PATH {
-        let mut cut = super::hpack::MAX_PATH;
-        while !path.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        path.truncate(cut);
-    }
-    path
-}
-
-fn full_request_path(target: &str) -> String {
-    let end = target.find(['?', '#']).unwrap_or(target.len());
-    let target = target.get(..end).unwrap_or(target);
-    if target.starts_with('/') {
-        return target.to_owned();
-    }
-    if let Some(colon) = target.find("://") {
-        let scheme = target.get(..colon).unwrap_or_default();
-        if !scheme.is_empty()
-            && scheme
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'))
-        {
-            let after = target.get(colon + 3..).unwrap_or_default();
-            return match after.find('/') {
-                Some(slash) => after.get(slash..).unwrap_or("/").to_owned(),
-                None => "/".to_owned(),
-            };
-        }
-    }
-    // Asterisk form (OPTIONS *) and anything else, as sent.
-    target.to_owned()
-}
-
-fn len64(n: usize) -> u64 {
-    u64::try_from(n).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]
@@ -2495,19 +2452,10 @@ mod tests {
                 for _ in 0..rng.below_usize(4) + 1 {
                     bytes.extend_from_slice(&parts[rng.below_usize(parts.len())]);
                 }
-                for _ in 0..rng.below_usize(3) {
-                    let at = rng.below_usize(bytes.len());
-                    if let Some(b) = bytes.get_mut(at) {
-                        *b = rng.next() as u8;
-                    }
-                }
-                let mut rest = bytes.as_slice();
-                while !rest.is_empty() {
-                    let n = rng.below_usize(rest.len()) + 1;
-                    let (piece, tail) = rest.split_at(n);
-                    conn.on_piece(outbound, Piece::Data(piece), ts, &mut c, &mut out);
-                    rest = tail;
-                }
+                rng.corrupt(&mut bytes);
+                crate::testutil::feed_in_random_pieces(
+                    &mut conn, &mut rng, outbound, &bytes, ts, &mut c, &mut out,
+                );
                 if rng.below_usize(20) == 0 {
                     conn.expire(ts, rng.below(5), &mut out);
                 }

@@ -241,3 +241,8 @@ pub trait ConnParser {
     /// What the connection turned out to be.
     fn verdict(&self) -> Verdict;
 }
+
+/// A length as the u64 of stream positions.
+pub(crate) fn len64(n: usize) -> u64 {
+    u64::try_from(n).unwrap_or(u64::MAX)
+}

@@ -3128,19 +3128,10 @@ mod tests {
                 if rng.below(6) == 0 {
                     bytes = (0..rng.below_usize(40)).map(|_| rng.next() as u8).collect();
                 }
-                for _ in 0..rng.below_usize(3) {
-                    let at = rng.below_usize(bytes.len());
-                    if let Some(b) = bytes.get_mut(at) {
-                        *b = rng.next() as u8;
-                    }
-                }
-                let mut rest = bytes.as_slice();
-                while !rest.is_empty() {
-                    let n = rng.below_usize(rest.len()) + 1;
-                    let (piece, tail) = rest.split_at(n);
-                    conn.on_piece(outbound, Piece::Data(piece), ts, &mut c, &mut out);
-                    rest = tail;
-                }
+                rng.corrupt(&mut bytes);
+                crate::testutil::feed_in_random_pieces(
+                    &mut conn, &mut rng, outbound, &bytes, ts, &mut c, &mut out,
+                );
                 assert!(conn.req.prefix.len() <= 1 + MAX_STATEMENT);
                 assert!(conn.resp.prefix.len() <= usize::from(MAX_RESPONSE_PREFIX));
                 assert!(conn.waiting.len() <= MAX_WAITING);

@@ -37,8 +37,8 @@
 use std::collections::VecDeque;
 
 use super::{
-    detect::Detection, Call, ConnParser, DbCall, DbSystem, Exchange, Failure, ParserCounters,
-    Piece, Side, Spec, Start, Verdict,
+    detect::Detection, len64, Call, ConnParser, DbCall, DbSystem, Exchange, Failure,
+    ParserCounters, Piece, Side, Spec, Start, Verdict,
 };
 
 /// Commands waiting for replies, per connection. Multiplexing clients
@@ -1832,10 +1832,6 @@ fn emit(
     });
 }
 
-fn len64(n: usize) -> u64 {
-    u64::try_from(n).unwrap_or(u64::MAX)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -2662,19 +2658,10 @@ mod tests {
                 for _ in 0..rng.below_usize(6) + 1 {
                     bytes.extend_from_slice(parts[rng.below_usize(parts.len())]);
                 }
-                for _ in 0..rng.below_usize(3) {
-                    let at = rng.below_usize(bytes.len());
-                    if let Some(b) = bytes.get_mut(at) {
-                        *b = rng.next() as u8;
-                    }
-                }
-                let mut rest = bytes.as_slice();
-                while !rest.is_empty() {
-                    let n = rng.below_usize(rest.len()) + 1;
-                    let (piece, tail) = rest.split_at(n);
-                    conn.on_piece(outbound, Piece::Data(piece), ts, &mut c, &mut out);
-                    rest = tail;
-                }
+                rng.corrupt(&mut bytes);
+                crate::testutil::feed_in_random_pieces(
+                    &mut conn, &mut rng, outbound, &bytes, ts, &mut c, &mut out,
+                );
                 assert!(conn.waiting.len() <= MAX_WAITING);
                 assert!(conn.resp.depth <= MAX_DEPTH);
             }
