@@ -45,8 +45,8 @@ pub struct CaptureArgs {
     pub attach: AttachMode,
 
     /// Bytes captured per read or write (1 to 16384); the rest of a longer chunk is skipped and
-    /// counted. HTTP/2, PostgreSQL, MySQL and Redis connections are raised to 16384 once
-    /// recognised.
+    /// counted. HTTP/2 (also after an h2c upgrade), PostgreSQL, MySQL and Redis connections are
+    /// raised to 16384 once recognised, and HTTP/2 frame headers beyond that are still found.
     #[arg(long, env = "TRACER_CAPTURE_BYTES", default_value_t = tracer_common::DEFAULT_CAPTURE)]
     pub capture_bytes: u32,
 
