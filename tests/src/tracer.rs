@@ -76,6 +76,13 @@ pub fn spawn_watch(dir: &TestDir, args: &[&str]) -> Guard {
     Guard::spawn("tracer-watch", &mut cmd, dir)
 }
 
+/// The complete lines `tracer watch` (or any guard) printed so far.
+pub fn printed_lines(watch: &Guard) -> Vec<String> {
+    let out = watch.stdout();
+    let complete = out.rfind('\n').map_or("", |i| &out[..i]);
+    complete.lines().map(str::to_string).collect()
+}
+
 /// `GET path` on a fresh connection, without panicking on network errors.
 pub fn try_get(addr: SocketAddr, path: &str) -> std::io::Result<Response> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;

@@ -10,7 +10,7 @@
 use std::net::SocketAddr;
 
 use tracer_e2e::net::url;
-use tracer_e2e::tracer::{spawn_watch, try_get};
+use tracer_e2e::tracer::{printed_lines, spawn_watch, try_get};
 use tracer_e2e::wait::{METRICS_TIMEOUT, START_TIMEOUT};
 use tracer_e2e::{curl, privileged, wait_until, Guard, Nginx, Peer, TestDir};
 
@@ -71,15 +71,8 @@ fn parse(raw: &str) -> Result<Line, String> {
     })
 }
 
-/// The complete lines printed so far.
-fn lines(watch: &Guard) -> Vec<String> {
-    let out = watch.stdout();
-    let complete = out.rfind('\n').map_or("", |i| &out[..i]);
-    complete.lines().map(str::to_string).collect()
-}
-
 fn has_path(watch: &Guard, path: &str) -> bool {
-    lines(watch)
+    printed_lines(watch)
         .iter()
         .any(|l| l.split(' ').nth(5) == Some(path))
 }
@@ -130,7 +123,7 @@ fn watch_prints_one_line_per_exchange_without_query_or_headers() {
     // Everything before the end marker is printed once the marker is.
     let _ = try_get(nginx.addr(), "/w/end");
     let done = wait_until(METRICS_TIMEOUT, || has_path(&watch, "/w/end").then_some(()));
-    let printed = lines(&watch);
+    let printed = printed_lines(&watch);
     assert!(
         done.is_some(),
         "watch never printed /w/end; output:\n{}",

@@ -20,7 +20,21 @@
 //! - 16 or more token characters (ASCII letters, digits, `-_.~=+%`), with at
 //!   least one letter and at least 2 digits → `{id}` (API keys, base64 tokens,
 //!   hashed asset names);
+//! - an `@` (or `%40`) anywhere → `{id}` (email addresses, user names);
+//! - a JWT (`eyJ…` then two more base64url parts joined by `.`) → `{id}`;
+//! - 16 or more token characters that end in base64 padding (`=`, `%3D`) or
+//!   mix `+` with both letter cases → `{id}` (base64 blobs);
+//! - 16 or more token characters that look random rather than written: at
+//!   least a third of the letters are capitals that follow another letter
+//!   (`sYqWbQkLmNvXzRtP`, where camel case such as `GetUserPreferences` has
+//!   one per word), or fewer than a quarter of the letters are vowels
+//!   (`kqzvxwpmtrbnlhgf`; words run near 40%) → `{id}`;
 //! - anything else is kept verbatim.
+//!
+//! The same rules mask the paths `tracer watch` prints, so what an operator
+//! sees on a terminal holds no more personal data than the metrics do. They
+//! are heuristics: a segment they miss still counts against the route budget
+//! below, which bounds what a miss can cost.
 //!
 //! Empty segments are dropped (`//a/` → `/a`), an empty result is `/`. Anything
 //! after `?` or `#` is discarded even though the parser already removes it,
@@ -123,12 +137,69 @@ fn is_id(segment: &str) -> bool {
     if all_hex && (bytes.len() >= 16 || (bytes.len() >= 8 && digits >= 1)) {
         return true;
     }
+    if names_someone(bytes) || is_jwt(bytes) {
+        return true;
+    }
+    let letters = bytes.iter().filter(|b| b.is_ascii_alphabetic()).count();
     bytes.len() >= 16
-        && digits >= 2
-        && bytes.iter().any(u8::is_ascii_alphabetic)
-        && bytes.iter().all(|&b| {
-            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~' | b'=' | b'+' | b'%')
-        })
+        && letters > 0
+        && bytes.iter().all(|&b| is_token_char(b))
+        && (digits >= 2 || is_base64_blob(bytes) || looks_random(bytes, letters))
+}
+
+fn is_token_char(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~' | b'=' | b'+' | b'%')
+}
+
+/// An `@`, plain or percent-encoded: an email address or a user name.
+fn names_someone(bytes: &[u8]) -> bool {
+    bytes.contains(&b'@') || bytes.windows(3).any(|w| w.eq_ignore_ascii_case(b"%40"))
+}
+
+/// Header, payload and signature, base64url, joined by dots; the header is
+/// JSON, so it starts with `eyJ` (`{"`). The signature is empty for `alg: none`.
+fn is_jwt(bytes: &[u8]) -> bool {
+    let base64url = |part: &[u8]| {
+        part.iter()
+            .all(|&b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    };
+    let mut parts = bytes.split(|&b| b == b'.');
+    match (parts.next(), parts.next(), parts.next(), parts.next()) {
+        (Some(header), Some(payload), Some(signature), None) => {
+            header.starts_with(b"eyJ")
+                && !payload.is_empty()
+                && base64url(header)
+                && base64url(payload)
+                && base64url(signature)
+        }
+        _ => false,
+    }
+}
+
+/// Base64 padding at the end, or `+` among both letter cases.
+fn is_base64_blob(bytes: &[u8]) -> bool {
+    let padded = bytes.ends_with(b"=")
+        || bytes
+            .get(bytes.len().saturating_sub(3)..)
+            .is_some_and(|tail| tail.eq_ignore_ascii_case(b"%3D"));
+    let mixed_case =
+        bytes.iter().any(u8::is_ascii_lowercase) && bytes.iter().any(u8::is_ascii_uppercase);
+    padded || (bytes.contains(&b'+') && mixed_case)
+}
+
+/// Letters drawn at random rather than written: many capitals inside runs of
+/// letters, or few vowels.
+fn looks_random(bytes: &[u8], letters: usize) -> bool {
+    let inner_capitals = bytes
+        .windows(2)
+        .filter(|w| w[0].is_ascii_alphabetic() && w[1].is_ascii_uppercase())
+        .count();
+    let has_lowercase = bytes.iter().any(u8::is_ascii_lowercase);
+    let vowels = bytes
+        .iter()
+        .filter(|b| matches!(b.to_ascii_lowercase(), b'a' | b'e' | b'i' | b'o' | b'u'))
+        .count();
+    (has_lowercase && inner_capitals * 3 >= letters) || (letters >= 12 && vowels * 4 < letters)
 }
 
 /// 8-4-4-4-12 hex digits separated by '-'.
@@ -296,8 +367,8 @@ mod tests {
             "/x/{id}"
         );
         assert_eq!(
-            template("/x/zzzzzzzz-zzzz-zzzz-zzzz-zzzzzzzzzzzz"),
-            "/x/zzzzzzzz-zzzz-zzzz-zzzz-zzzzzzzzzzzz"
+            template("/x/notauuid-with-some-more-wordsinside"),
+            "/x/notauuid-with-some-more-wordsinside"
         );
     }
 
@@ -334,7 +405,43 @@ mod tests {
         // Too short.
         assert_eq!(template("/t/ab12cd34xy"), "/t/ab12cd34xy");
         // Characters outside the token set keep the segment.
-        assert_eq!(template("/t/hello@world123456"), "/t/hello@world123456");
+        assert_eq!(template("/t/hello!world123456"), "/t/hello!world123456");
+    }
+
+    #[test]
+    fn personal_data_and_secrets() {
+        for secret in [
+            "alice.smith@example.org",
+            "alice%40example.org",
+            "bob@corp",
+            // A JWT (alg HS256), and one with alg none (empty signature).
+            "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U",
+            "eyJhbGciOiJub25lIn0.eyJzdWIiOiJhIn0.",
+            // Base64: padded, and with '+' among both cases.
+            "aGVsbG8gd29ybGQ=",
+            "c2VjcmV0LXRva2Vu%3D",
+            "Zm9v+YmFyQmF6cXV4",
+            // Random letters: mixed case, and lowercase without vowels.
+            "sYqWbQkLmNvXzRtP",
+            "kqzvxwpmtrbnlhgfcd",
+        ] {
+            assert_eq!(template(&format!("/u/{secret}/x")), "/u/{id}/x", "{secret}");
+        }
+    }
+
+    #[test]
+    fn written_words_stay() {
+        for word in [
+            "GetUserPreferencesByName",
+            "getting-started-guide",
+            "internationalization",
+            "ListNamespacedPods",
+            "c++-programming-guide",
+            "release-notes.html",
+            "eyJustAWord",
+        ] {
+            assert_eq!(template(&format!("/{word}")), format!("/{word}"), "{word}");
+        }
     }
 
     #[test]
@@ -372,11 +479,11 @@ mod tests {
         assert!(kept.split('/').skip(1).all(|s| s == "abcdefghij"));
 
         // A single over-long segment leaves only the glob.
-        let one = format!("/{}", "x".repeat(500));
+        let one = format!("/{}", "abcdefghij".repeat(50));
         assert_eq!(template(&one), "/**");
 
         // Exactly at the cap is kept whole.
-        let exact = format!("/{}", "y".repeat(MAX_ROUTE_LEN - 1));
+        let exact = format!("/{}", "o".repeat(MAX_ROUTE_LEN - 1));
         assert_eq!(template(&exact), exact);
     }
 

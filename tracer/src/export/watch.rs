@@ -1,6 +1,7 @@
 //! `tracer watch`: one line per request/response pair on stdout, for an
-//! operator debugging one machine. Prints the path without its query string,
-//! never a header value, statement text or key (see `describe`).
+//! operator debugging one machine. Prints the path masked as `http_route` is
+//! (no query string; ids, tokens and email addresses as `{id}`), never a
+//! header value, statement text or key (see `describe`).
 
 use std::{
     io::Write,
@@ -9,6 +10,7 @@ use std::{
 };
 
 use crate::{
+    export::route,
     pipeline::records::{ip_of, Record, Sink},
     protocols::{Call, Side},
 };
@@ -109,12 +111,16 @@ impl<W: Write> Sink for PrintSink<W> {
     }
 }
 
-/// Three words for a call: HTTP `METHOD /path STATUS`; gRPC
+/// Three words for a call: HTTP `METHOD /masked/path STATUS`; gRPC
 /// `grpc /pkg.Service/Method STATUS`; databases `SYSTEM OPERATION[:table]
 /// ok|ERROR-CODE`.
 fn describe(call: &Call) -> (&str, String, String) {
     match call {
-        Call::Http(http) => (&http.method, http.path.clone(), http.status.to_string()),
+        Call::Http(http) => (
+            &http.method,
+            route::template(&http.path),
+            http.status.to_string(),
+        ),
         Call::Grpc(grpc) => (
             "grpc",
             format!("/{}/{}", grpc.service, grpc.method),
@@ -225,7 +231,9 @@ mod tests {
         let mut sink = PrintSink::new(Filter::default(), Vec::new());
         sink.record(&record(42, "nginx", 8080));
         let line = String::from_utf8(sink.out).unwrap();
-        assert!(line.ends_with(" nginx[42] server peer=127.0.0.1:40000 GET /items/7 200 2.500ms\n"));
+        assert!(
+            line.ends_with(" nginx[42] server peer=127.0.0.1:40000 GET /items/{id} 200 2.500ms\n")
+        );
     }
 
     #[test]
