@@ -14,7 +14,7 @@
 
 use std::io::{self, BufRead, BufReader, Read as _, Write as _};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::Duration;
 
@@ -269,7 +269,7 @@ impl KubeApi {
     }
 
     /// Runs kubectl against the server (`--kubeconfig`, `--cache-dir` set).
-    /// Panics if kubectl is not installed: see [`kubectl_installed`].
+    /// Panics if kubectl is not installed (`cargo xtask test` installs it).
     pub fn kubectl(&self, args: &[&str]) -> Output {
         self.kubectl_command(args)
             .output()
@@ -312,14 +312,6 @@ impl KubeApi {
         });
         (response.status, value)
     }
-}
-
-/// True if kubectl is on `PATH` (it is not one of the suite's Debian peers).
-pub fn kubectl_installed() -> bool {
-    std::env::var("PATH")
-        .unwrap_or_default()
-        .split(':')
-        .any(|d| Path::new(d).join("kubectl").is_file())
 }
 
 fn kubeconfig_text(port: u16) -> String {

@@ -99,7 +99,7 @@ pub fn require_tool(name: &str) -> PathBuf {
     }
     panic!(
         "`{name}` is not installed; `cargo xtask test` installs the test peers \
-         (Debian packages nginx-light, wrk, curl, prometheus, python3)"
+         (the Debian packages listed in xtask/src/bootstrap.rs)"
     );
 }
 

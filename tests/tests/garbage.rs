@@ -1,9 +1,12 @@
 //! Hostile input on a traced port: valid traffic, then one connection of pure
 //! binary junk, then a connection carrying a valid request, junk, and another
-//! request, then valid traffic again. The HTTP/1 parser must count the junk as
-//! a resync (`tracer_parser_resyncs_total{protocol="http1"}` rises), keep every
-//! valid exchange exact before and after, invent nothing, and the daemon must
-//! keep serving `/metrics`.
+//! request, then valid traffic again. The HTTP/1 parser must count each burst
+//! of junk as exactly one resync per traced side (nginx's and this process's:
+//! `tracer_parser_resyncs_total{protocol="http1"}`), count nginx's 400 answer
+//! to it as a response without a request on each side
+//! (`tracer_unmatched_total{kind="response"}`), keep every valid exchange
+//! exact before and after, invent nothing, and the daemon must keep serving
+//! `/metrics`.
 //!
 //! Ground truth: nginx's access log. nginx answers junk with 400 and closes
 //! the connection (lingering: it reads and discards what comes after), so the
@@ -20,6 +23,30 @@ use tracer_e2e::{
 };
 
 const RESYNCS: &str = "tracer_parser_resyncs_total";
+const UNMATCHED: &str = "tracer_unmatched_total";
+
+/// (resyncs, responses without a request) of the HTTP/1 parser so far.
+fn junk_counters(tracer: &Tracer) -> (u64, u64) {
+    let scrape = tracer.scrape();
+    (
+        scrape.count(RESYNCS, &[("protocol", "http1")]),
+        scrape.count(UNMATCHED, &[("protocol", "http1"), ("kind", "response")]),
+    )
+}
+
+/// Asserts what `bursts` bursts of junk, each answered by nginx with a 400,
+/// added to the counters since `before`: each traced side (nginx and this
+/// process) resyncs once per burst and sees one response without a request.
+fn assert_junk_counted(tracer: &Tracer, before: (u64, u64), bursts: u64) {
+    let after = junk_counters(tracer);
+    assert_eq!(
+        (after.0 - before.0, after.1 - before.1),
+        (2 * bursts, 2 * bursts),
+        "(resyncs, unmatched responses) of http1 after {bursts} bursts of junk on two traced \
+         sides; tracer internals:\n{}",
+        tracer.scrape().lines("tracer_", &[])
+    );
+}
 
 /// Bytes that are not HTTP: a NUL first (no method starts with it), then
 /// xorshift noise.
@@ -48,7 +75,7 @@ fn junk_is_resynced_and_valid_exchanges_stay_exact() {
     let before = vec![url(nginx.addr(), "/g/before"); 3];
     curl(&[], &before);
     tracer.barrier(&nginx);
-    let resyncs_before = tracer.scrape().count(RESYNCS, &[("protocol", "http1")]);
+    let before_junk = junk_counters(&tracer);
 
     // Connection A: junk only. nginx answers 400 and closes.
     let mut a = connect(nginx.addr());
@@ -120,14 +147,7 @@ fn junk_is_resynced_and_valid_exchanges_stay_exact() {
     }
     tracer.expect(&wants);
 
-    let scrape = tracer.scrape();
-    let resyncs_after = scrape.count(RESYNCS, &[("protocol", "http1")]);
-    assert!(
-        resyncs_after > resyncs_before,
-        "{RESYNCS}{{protocol=\"http1\"}} did not rise after junk: {resyncs_before} → {resyncs_after}\n\
-         tracer internals:\n{}",
-        scrape.lines("tracer_", &[])
-    );
+    assert_junk_counted(&tracer, before_junk, 2);
     tracer.assert_running();
     let health = try_get(tracer.metrics_addr(), "/healthz").expect("GET /healthz");
     assert_eq!(health.status, 200, "/healthz after junk");
@@ -144,7 +164,7 @@ fn junk_to_a_fresh_http_server_is_a_resync() {
     let dir = TestDir::new("garbage-fresh");
     let tracer = Tracer::start(&dir, &[]);
     let nginx = Nginx::start(&dir, "");
-    let resyncs_before = tracer.scrape().count(RESYNCS, &[("protocol", "http1")]);
+    let before_junk = junk_counters(&tracer);
 
     let mut a = connect(nginx.addr());
     a.write_all(&junk(256, 0xf00d)).expect("write junk");
@@ -166,11 +186,5 @@ fn junk_to_a_fresh_http_server_is_a_resync() {
             .is(2),
         Want::client("curl", "/g/fresh-after").is(2),
     ]);
-    let scrape = tracer.scrape();
-    let resyncs_after = scrape.count(RESYNCS, &[("protocol", "http1")]);
-    assert!(
-        resyncs_after > resyncs_before,
-        "junk to a fresh HTTP server was not counted: {resyncs_before} → {resyncs_after}\n{}",
-        scrape.lines("tracer_", &[])
-    );
+    assert_junk_counted(&tracer, before_junk, 1);
 }

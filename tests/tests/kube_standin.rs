@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use tracer_e2e::cgroups::{cgroup_of, random_container_id, random_uid, PodCgroup, Qos};
-use tracer_e2e::kube::{self, kubectl_installed, KubeApi};
+use tracer_e2e::kube::{self, KubeApi};
 use tracer_e2e::{privileged, wait_until, Guard, TestDir};
 
 /// The `Accept` header of kube-rs's `Api::get_metadata`.
@@ -253,10 +253,6 @@ fn standin_watches_expire_and_break_like_the_real_server() {
 
 #[test]
 fn kubectl_sees_the_standin_cluster() {
-    if !kubectl_installed() {
-        eprintln!("SKIPPED kubectl_sees_the_standin_cluster: kubectl is not installed");
-        return;
-    }
     let dir = TestDir::new("kube-standin-kubectl");
     let api = KubeApi::start(&dir);
     let rs_uid = random_uid();

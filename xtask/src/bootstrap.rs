@@ -14,7 +14,7 @@ const DEBIAN_BPF_RUSTC: [&str; 2] = ["rustc-web", "rust-web-src"];
 
 /// The peers the tests and benchmarks run, by the command (or, for an
 /// absolute path, the file) each provides.
-const PEERS: [(&str, &str); 17] = [
+const PEERS: [(&str, &str); 18] = [
     ("nginx", "nginx-light"),
     ("wrk", "wrk"),
     ("curl", "curl"),
@@ -28,6 +28,8 @@ const PEERS: [(&str, &str); 17] = [
     ("mariadbd", "mariadb-server"),
     ("mysqlslap", "mariadb-client"),
     ("h2load", "nghttp2-client"),
+    // Talks to the Kubernetes stand-in in tests/tests/kube_standin.rs.
+    ("kubectl", "kubernetes-client"),
     // Binaries and modules only: no service started on port 80.
     ("/usr/sbin/apache2", "apache2-bin"),
     (
