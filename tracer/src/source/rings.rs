@@ -39,6 +39,13 @@ const DISCARD: u32 = 1 << 30;
 pub struct Ring {
     /// Owns the map's fd (and so the map) for as long as the mappings live.
     map: MapData,
+    memory: RingMemory,
+}
+
+/// The record walk over a ring's mappings: the only code that reads the
+/// kernel's memory, kept apart from the map so that it can be tested on a
+/// ring laid out in memory the way the kernel lays it out.
+struct RingMemory {
     consumer: Mapping,
     /// The producer page, then the data pages twice.
     producer: Mapping,
@@ -79,10 +86,18 @@ impl Ring {
         let fd = map.fd().as_fd();
         let consumer = Mapping::new(fd, page, libc::PROT_READ | libc::PROT_WRITE, 0)?;
         let producer = Mapping::new(fd, page + 2 * size, libc::PROT_READ, page)?;
+        let memory = RingMemory::new(consumer, producer, page, size);
+        Ok(Self { map, memory })
+    }
+}
+
+impl RingMemory {
+    /// `consumer`: the consumer page; `producer`: the producer page, then
+    /// `size` bytes of data mapped twice in a row.
+    fn new(consumer: Mapping, producer: Mapping, page: usize, size: usize) -> Self {
         // SAFETY: the consumer page starts with the kernel's consumer position.
         let pos = unsafe { consumer.ptr.cast::<AtomicUsize>().as_ref() }.load(Ordering::Acquire);
-        Ok(Self {
-            map,
+        Self {
             consumer,
             producer,
             page,
@@ -91,7 +106,7 @@ impl Ring {
             committed: pos,
             end: pos,
             head: None,
-        })
+        }
     }
 
     fn producer_pos(&self) -> usize {
@@ -111,6 +126,18 @@ trait Source {
 }
 
 impl Source for Ring {
+    fn next(&mut self) -> Next {
+        self.memory.next()
+    }
+    fn take(&mut self) -> Option<&[u8]> {
+        self.memory.take()
+    }
+    fn commit(&mut self) {
+        self.memory.commit();
+    }
+}
+
+impl Source for RingMemory {
     /// Reads the header of the record at `pos`, skipping discarded ones.
     fn next(&mut self) -> Next {
         if let Some((ts, ..)) = self.head {
@@ -173,7 +200,7 @@ impl Source for Ring {
     }
 }
 
-impl Ring {
+impl RingMemory {
     fn bytes(&self, start: usize, len: usize) -> &[u8] {
         // SAFETY: start < page + size and len <= size, within the mapping
         // (page + 2 * size bytes); the kernel does not reuse these bytes
@@ -396,6 +423,238 @@ mod tests {
         let (seen, drained) = run(&mut rings, u64::MAX, 100);
         assert_eq!(seen, [1, 3]);
         assert!(drained.waiting);
+    }
+
+    /// A ring laid out in memory as the kernel lays it out: a consumer page,
+    /// and a producer page followed by the data pages mapped twice (one
+    /// memfd mapped at two addresses), written to the way programs write.
+    struct MemRing {
+        memory: RingMemory,
+        size: usize,
+        producer_pos: usize,
+    }
+
+    fn mmap(
+        addr: *mut libc::c_void,
+        len: usize,
+        flags: libc::c_int,
+        fd: i32,
+        off: usize,
+    ) -> *mut u8 {
+        let prot = libc::PROT_READ | libc::PROT_WRITE;
+        // SAFETY: a test mapping; MAP_FIXED only over our own reservation.
+        let ptr = unsafe { libc::mmap(addr, len, prot, flags, fd, off as libc::off_t) };
+        assert_ne!(ptr, libc::MAP_FAILED, "{}", io::Error::last_os_error());
+        ptr.cast()
+    }
+
+    impl MemRing {
+        /// A ring of one page of data whose positions start at `start`.
+        fn at(start: usize) -> Self {
+            // SAFETY: sysconf has no preconditions.
+            let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
+            let size = page;
+            // SAFETY: plain syscalls on a fresh memfd.
+            let fd = unsafe { libc::memfd_create(c"ring".as_ptr(), 0) };
+            assert!(fd >= 0);
+            // SAFETY: as above.
+            assert_eq!(
+                unsafe { libc::ftruncate(fd, (page + size) as libc::off_t) },
+                0
+            );
+            let anonymous = libc::MAP_SHARED | libc::MAP_ANONYMOUS;
+            let consumer = mmap(std::ptr::null_mut(), page, anonymous, -1, 0);
+            let base = mmap(std::ptr::null_mut(), page + 2 * size, anonymous, -1, 0);
+            let fixed = libc::MAP_SHARED | libc::MAP_FIXED;
+            mmap(base.cast(), page + size, fixed, fd, 0);
+            // SAFETY: inside the reservation.
+            mmap(
+                unsafe { base.add(page + size) }.cast(),
+                size,
+                fixed,
+                fd,
+                page,
+            );
+            // SAFETY: the mappings keep the memfd's pages alive.
+            unsafe { libc::close(fd) };
+            let consumer = Mapping {
+                ptr: NonNull::new(consumer).unwrap(),
+                len: page,
+            };
+            let producer = Mapping {
+                ptr: NonNull::new(base).unwrap(),
+                len: page + 2 * size,
+            };
+            // SAFETY: the first word of each page is its position.
+            unsafe {
+                consumer
+                    .ptr
+                    .cast::<AtomicUsize>()
+                    .as_ref()
+                    .store(start, Ordering::Release);
+                producer
+                    .ptr
+                    .cast::<AtomicUsize>()
+                    .as_ref()
+                    .store(start, Ordering::Release);
+            }
+            Self {
+                memory: RingMemory::new(consumer, producer, page, size),
+                size,
+                producer_pos: start,
+            }
+        }
+
+        /// Writes a record with `flags` in its header and publishes it.
+        fn push(&mut self, record: &[u8], flags: u32) -> usize {
+            let at = self.memory.page + (self.producer_pos & (self.size - 1));
+            let base = self.memory.producer.ptr.as_ptr();
+            // SAFETY: `at` is in the first copy of the data; a record running
+            // past its end continues in the second copy, as the kernel's do.
+            unsafe {
+                std::ptr::copy_nonoverlapping(record.as_ptr(), base.add(at + HEADER), record.len());
+                base.add(at).cast::<AtomicU32>().as_ref().unwrap().store(
+                    u32::try_from(record.len()).unwrap() | flags,
+                    Ordering::Release,
+                );
+            }
+            self.producer_pos += (record.len() + HEADER).next_multiple_of(8);
+            self.publish();
+            at
+        }
+
+        fn publish(&self) {
+            // SAFETY: the producer page starts with the producer position.
+            unsafe { self.memory.producer.ptr.cast::<AtomicUsize>().as_ref() }
+                .store(self.producer_pos, Ordering::Release);
+        }
+
+        /// Rewrites the header at `at` (the commit of a busy record).
+        fn set_header(&self, at: usize, header: u32) {
+            // SAFETY: `at` came from `push`.
+            unsafe {
+                self.memory
+                    .producer
+                    .ptr
+                    .as_ptr()
+                    .add(at)
+                    .cast::<AtomicU32>()
+                    .as_ref()
+            }
+            .unwrap()
+            .store(header, Ordering::Release);
+        }
+
+        fn consumer_pos(&self) -> usize {
+            // SAFETY: the consumer page starts with the consumer position.
+            unsafe { self.memory.consumer.ptr.cast::<AtomicUsize>().as_ref() }
+                .load(Ordering::Acquire)
+        }
+
+        fn take(&mut self) -> Vec<u8> {
+            self.memory.take().expect("a record").to_vec()
+        }
+    }
+
+    /// A record of `len` bytes stamped `ts`, its other bytes numbered.
+    fn record(ts: u64, len: usize) -> Vec<u8> {
+        let mut r: Vec<u8> = (0..len).map(|i| (i * 7 + 3) as u8).collect();
+        if let Some(stamp) = r.get_mut(tracer_common::TS_OFFSET..tracer_common::TS_OFFSET + 8) {
+            stamp.copy_from_slice(&ts.to_le_bytes());
+        }
+        r
+    }
+
+    #[test]
+    fn ring_memory_hands_out_records_in_place_and_commits_once() {
+        let mut ring = MemRing::at(0);
+        let records = [record(10, 40), record(11, 24), record(12, 100)];
+        for r in &records {
+            ring.push(r, 0);
+        }
+        for (i, r) in records.iter().enumerate() {
+            assert_eq!(ring.memory.next(), Next::Ready(10 + i as u64));
+            assert_eq!(ring.take(), *r);
+        }
+        assert_eq!(ring.memory.next(), Next::Empty);
+        assert_eq!(ring.consumer_pos(), 0, "nothing is freed before commit");
+        ring.memory.commit();
+        assert_eq!(ring.consumer_pos(), 48 + 32 + 112);
+    }
+
+    #[test]
+    fn ring_memory_reads_a_record_across_the_end_whole() {
+        // Positions run on past the size; this record starts 40 bytes before
+        // the end of the data and ends in the second copy of the pages.
+        let start = 3 * 4096 - 40;
+        let mut ring = MemRing::at(start);
+        let long = record(7, 300);
+        ring.push(&long, 0);
+        ring.push(&record(8, 30), 0);
+        assert_eq!(ring.memory.next(), Next::Ready(7));
+        assert_eq!(ring.take(), long);
+        assert_eq!(ring.memory.next(), Next::Ready(8));
+        assert_eq!(ring.take(), record(8, 30));
+        ring.memory.commit();
+        assert_eq!(ring.consumer_pos(), start + 312 + 40);
+    }
+
+    #[test]
+    fn ring_memory_waits_for_a_busy_record() {
+        let mut ring = MemRing::at(0);
+        let busy = record(5, 32);
+        let at = ring.push(&busy, BUSY);
+        ring.push(&record(6, 32), 0);
+        assert_eq!(ring.memory.next(), Next::Busy);
+        assert_eq!(
+            ring.memory.next(),
+            Next::Busy,
+            "a later record does not overtake it"
+        );
+        ring.set_header(at, 32);
+        assert_eq!(ring.memory.next(), Next::Ready(5));
+        assert_eq!(ring.take(), busy);
+        assert_eq!(ring.memory.next(), Next::Ready(6));
+    }
+
+    #[test]
+    fn ring_memory_skips_discarded_records() {
+        let mut ring = MemRing::at(0);
+        ring.push(&record(1, 64), DISCARD);
+        ring.push(&record(2, 24), 0);
+        assert_eq!(ring.memory.next(), Next::Ready(2));
+        assert_eq!(ring.take(), record(2, 24));
+        ring.memory.commit();
+        assert_eq!(
+            ring.consumer_pos(),
+            72 + 32,
+            "the discarded space is freed too"
+        );
+    }
+
+    #[test]
+    fn ring_memory_skips_a_corrupt_length_to_the_producer() {
+        let mut ring = MemRing::at(0);
+        let at = ring.push(&record(1, 24), 0);
+        ring.push(&record(2, 24), 0);
+        // A length longer than the ring: nothing after it can be trusted.
+        ring.set_header(at, u32::try_from(ring.size).unwrap());
+        assert_eq!(ring.memory.next(), Next::Empty);
+        ring.memory.commit();
+        assert_eq!(ring.consumer_pos(), 64);
+        // Records written afterwards are read again.
+        ring.push(&record(3, 24), 0);
+        assert_eq!(ring.memory.next(), Next::Ready(3));
+        assert_eq!(ring.take(), record(3, 24));
+    }
+
+    #[test]
+    fn ring_memory_hands_out_a_record_too_short_for_a_timestamp() {
+        let mut ring = MemRing::at(0);
+        ring.push(&[1, 2, 3], 0);
+        assert_eq!(ring.memory.next(), Next::Ready(0));
+        assert_eq!(ring.take(), [1, 2, 3]);
+        assert_eq!(ring.memory.next(), Next::Empty);
     }
 
     #[test]
