@@ -92,6 +92,37 @@ pub fn bpf_toolchain() -> Result<()> {
     Ok(())
 }
 
+/// What the fuzz targets need: rustup's nightly (sanitizer coverage) and
+/// cargo-fuzz.
+pub fn fuzz_toolchain() -> Result<()> {
+    let has_nightly = || {
+        Command::new("rustup")
+            .args(["run", "nightly", "cargo", "--version"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if !has_nightly() {
+        rustup_nightly_with_src();
+    }
+    if !has_nightly() {
+        bail!(
+            "fuzzing needs rustup's nightly toolchain (rustup toolchain install nightly), and it \
+             could not be installed"
+        );
+    }
+    if !on_path("cargo-fuzz") && !cargo_home().join("bin/cargo-fuzz").exists() {
+        say("cargo-fuzz is missing: installing cargo-fuzz 0.13 from crates.io (cargo install, about 1 minute)");
+        let status = Command::new(cargo())
+            .args(["install", "cargo-fuzz", "--version", "^0.13", "--locked"])
+            .status()
+            .context("running cargo install cargo-fuzz")?;
+        if !status.success() {
+            bail!("missing cargo-fuzz: `cargo install cargo-fuzz` failed (see its output above)");
+        }
+    }
+    Ok(())
+}
+
 pub fn test_peers() -> Result<()> {
     let missing: Vec<&str> = PEERS
         .iter()
@@ -184,13 +215,14 @@ fn llvm_major(rustc: &PathBuf) -> Option<u32> {
         .ok()
 }
 
-fn has_bpf_linker() -> bool {
-    let home = std::env::var("CARGO_HOME")
+fn cargo_home() -> PathBuf {
+    std::env::var("CARGO_HOME")
         .map(PathBuf::from)
-        .unwrap_or_else(|_| {
-            PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cargo")
-        });
-    on_path("bpf-linker") || home.join("bin/bpf-linker").exists()
+        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cargo"))
+}
+
+fn has_bpf_linker() -> bool {
+    on_path("bpf-linker") || cargo_home().join("bin/bpf-linker").exists()
 }
 
 fn on_path(cmd: &str) -> bool {

@@ -4,6 +4,7 @@
 
 mod bench;
 mod bootstrap;
+mod fuzz;
 
 use std::{
     path::{Path, PathBuf},
@@ -34,8 +35,13 @@ enum Cmd {
         args: Vec<String>,
     },
     /// Bootstrap everything, then: fmt check, clippy, unit and golden tests,
-    /// and the privileged end-to-end suite against the release binary.
+    /// the privileged end-to-end suite against the release binary, and a
+    /// short run of every fuzz target.
     Test,
+    /// Install rustup's nightly and cargo-fuzz if missing, seed every fuzz
+    /// target of tracer/fuzz from the golden fixtures, run them, and print
+    /// their figures (see docs/fuzzing.md).
+    Fuzz(fuzz::FuzzArgs),
     /// Bootstrap everything, build the release binary, then measure overhead
     /// (nginx under wrk), replay throughput and idle-connection memory, and
     /// print a markdown report (see docs/benchmarks.md).
@@ -93,10 +99,24 @@ fn main() -> Result<()> {
                     .args(["--no-fail-fast", "--", "--test-threads=1"])
                     .env("TRACER_BIN", &bin),
             )?;
+            // Ten seconds per target: enough to replay every seed and try
+            // the mutations nearest to them.
+            bootstrap::fuzz_toolchain()?;
+            let fuzzed = fuzz::run(
+                &root,
+                &fuzz::FuzzArgs {
+                    runs: None,
+                    seconds: Some(10),
+                    targets: Vec::new(),
+                },
+            );
             println!(
                 "all tests: {} passed, {} failed",
                 tally.passed, tally.failed
             );
+            if let Err(e) = fuzzed {
+                bail!("fuzzing failed: {e:#}");
+            }
             if !unit {
                 bail!("unit or golden tests failed");
             }
@@ -104,6 +124,10 @@ fn main() -> Result<()> {
                 bail!("end-to-end suite failed");
             }
             Ok(())
+        }
+        Cmd::Fuzz(args) => {
+            bootstrap::fuzz_toolchain()?;
+            fuzz::run(&root, &args)
         }
         Cmd::Bench(args) => {
             bootstrap::bpf_toolchain()?;

@@ -31,9 +31,14 @@ use tracer_common::record_ts;
 /// rings: far longer than a program takes from its clock read to its commit.
 pub const HOLD_BACK_NS: u64 = 2_000_000;
 
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod in_memory;
+
 const HEADER: usize = 8;
-const BUSY: u32 = 1 << 31;
-const DISCARD: u32 = 1 << 30;
+/// Record header flag: reserved, not yet committed.
+pub const BUSY: u32 = 1 << 31;
+/// Record header flag: discarded by its program.
+pub const DISCARD: u32 = 1 << 30;
 
 /// One ring buffer, mapped.
 pub struct Ring {
@@ -63,7 +68,7 @@ struct RingMemory {
 
 /// What the next record of a ring is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Next {
+pub enum Next {
     Ready(u64),
     /// Reserved by a program that has not committed it yet.
     Busy,
@@ -144,9 +149,11 @@ impl Source for RingMemory {
             return Next::Ready(ts);
         }
         loop {
-            if self.pos == self.end {
+            // `>=`, not `==`: a producer position behind ours (which the
+            // kernel never publishes) must not send the walk backwards.
+            if self.pos >= self.end {
                 self.end = self.producer_pos();
-                if self.pos == self.end {
+                if self.pos >= self.end {
                     return Next::Empty;
                 }
             }
@@ -340,6 +347,7 @@ impl Drop for Mapping {
 mod tests {
     use std::collections::VecDeque;
 
+    use super::in_memory::InMemoryRing;
     use super::*;
 
     /// A ring in memory: records are their own timestamps; `None` is a
@@ -425,137 +433,6 @@ mod tests {
         assert!(drained.waiting);
     }
 
-    /// A ring laid out in memory as the kernel lays it out: a consumer page,
-    /// and a producer page followed by the data pages mapped twice (one
-    /// memfd mapped at two addresses), written to the way programs write.
-    struct MemRing {
-        memory: RingMemory,
-        size: usize,
-        producer_pos: usize,
-    }
-
-    fn mmap(
-        addr: *mut libc::c_void,
-        len: usize,
-        flags: libc::c_int,
-        fd: i32,
-        off: usize,
-    ) -> *mut u8 {
-        let prot = libc::PROT_READ | libc::PROT_WRITE;
-        // SAFETY: a test mapping; MAP_FIXED only over our own reservation.
-        let ptr = unsafe { libc::mmap(addr, len, prot, flags, fd, off as libc::off_t) };
-        assert_ne!(ptr, libc::MAP_FAILED, "{}", io::Error::last_os_error());
-        ptr.cast()
-    }
-
-    impl MemRing {
-        /// A ring of one page of data whose positions start at `start`.
-        fn at(start: usize) -> Self {
-            // SAFETY: sysconf has no preconditions.
-            let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
-            let size = page;
-            // SAFETY: plain syscalls on a fresh memfd.
-            let fd = unsafe { libc::memfd_create(c"ring".as_ptr(), 0) };
-            assert!(fd >= 0);
-            // SAFETY: as above.
-            assert_eq!(
-                unsafe { libc::ftruncate(fd, (page + size) as libc::off_t) },
-                0
-            );
-            let anonymous = libc::MAP_SHARED | libc::MAP_ANONYMOUS;
-            let consumer = mmap(std::ptr::null_mut(), page, anonymous, -1, 0);
-            let base = mmap(std::ptr::null_mut(), page + 2 * size, anonymous, -1, 0);
-            let fixed = libc::MAP_SHARED | libc::MAP_FIXED;
-            mmap(base.cast(), page + size, fixed, fd, 0);
-            // SAFETY: inside the reservation.
-            mmap(
-                unsafe { base.add(page + size) }.cast(),
-                size,
-                fixed,
-                fd,
-                page,
-            );
-            // SAFETY: the mappings keep the memfd's pages alive.
-            unsafe { libc::close(fd) };
-            let consumer = Mapping {
-                ptr: NonNull::new(consumer).unwrap(),
-                len: page,
-            };
-            let producer = Mapping {
-                ptr: NonNull::new(base).unwrap(),
-                len: page + 2 * size,
-            };
-            // SAFETY: the first word of each page is its position.
-            unsafe {
-                consumer
-                    .ptr
-                    .cast::<AtomicUsize>()
-                    .as_ref()
-                    .store(start, Ordering::Release);
-                producer
-                    .ptr
-                    .cast::<AtomicUsize>()
-                    .as_ref()
-                    .store(start, Ordering::Release);
-            }
-            Self {
-                memory: RingMemory::new(consumer, producer, page, size),
-                size,
-                producer_pos: start,
-            }
-        }
-
-        /// Writes a record with `flags` in its header and publishes it.
-        fn push(&mut self, record: &[u8], flags: u32) -> usize {
-            let at = self.memory.page + (self.producer_pos & (self.size - 1));
-            let base = self.memory.producer.ptr.as_ptr();
-            // SAFETY: `at` is in the first copy of the data; a record running
-            // past its end continues in the second copy, as the kernel's do.
-            unsafe {
-                std::ptr::copy_nonoverlapping(record.as_ptr(), base.add(at + HEADER), record.len());
-                base.add(at).cast::<AtomicU32>().as_ref().unwrap().store(
-                    u32::try_from(record.len()).unwrap() | flags,
-                    Ordering::Release,
-                );
-            }
-            self.producer_pos += (record.len() + HEADER).next_multiple_of(8);
-            self.publish();
-            at
-        }
-
-        fn publish(&self) {
-            // SAFETY: the producer page starts with the producer position.
-            unsafe { self.memory.producer.ptr.cast::<AtomicUsize>().as_ref() }
-                .store(self.producer_pos, Ordering::Release);
-        }
-
-        /// Rewrites the header at `at` (the commit of a busy record).
-        fn set_header(&self, at: usize, header: u32) {
-            // SAFETY: `at` came from `push`.
-            unsafe {
-                self.memory
-                    .producer
-                    .ptr
-                    .as_ptr()
-                    .add(at)
-                    .cast::<AtomicU32>()
-                    .as_ref()
-            }
-            .unwrap()
-            .store(header, Ordering::Release);
-        }
-
-        fn consumer_pos(&self) -> usize {
-            // SAFETY: the consumer page starts with the consumer position.
-            unsafe { self.memory.consumer.ptr.cast::<AtomicUsize>().as_ref() }
-                .load(Ordering::Acquire)
-        }
-
-        fn take(&mut self) -> Vec<u8> {
-            self.memory.take().expect("a record").to_vec()
-        }
-    }
-
     /// A record of `len` bytes stamped `ts`, its other bytes numbered.
     fn record(ts: u64, len: usize) -> Vec<u8> {
         let mut r: Vec<u8> = (0..len).map(|i| (i * 7 + 3) as u8).collect();
@@ -567,18 +444,18 @@ mod tests {
 
     #[test]
     fn ring_memory_hands_out_records_in_place_and_commits_once() {
-        let mut ring = MemRing::at(0);
+        let mut ring = InMemoryRing::at(0);
         let records = [record(10, 40), record(11, 24), record(12, 100)];
         for r in &records {
             ring.push(r, 0);
         }
         for (i, r) in records.iter().enumerate() {
-            assert_eq!(ring.memory.next(), Next::Ready(10 + i as u64));
-            assert_eq!(ring.take(), *r);
+            assert_eq!(ring.next_record(), Next::Ready(10 + i as u64));
+            assert_eq!(ring.take().unwrap(), r.as_slice());
         }
-        assert_eq!(ring.memory.next(), Next::Empty);
+        assert_eq!(ring.next_record(), Next::Empty);
         assert_eq!(ring.consumer_pos(), 0, "nothing is freed before commit");
-        ring.memory.commit();
+        ring.commit();
         assert_eq!(ring.consumer_pos(), 48 + 32 + 112);
     }
 
@@ -587,44 +464,44 @@ mod tests {
         // Positions run on past the size; this record starts 40 bytes before
         // the end of the data and ends in the second copy of the pages.
         let start = 3 * 4096 - 40;
-        let mut ring = MemRing::at(start);
+        let mut ring = InMemoryRing::at(start);
         let long = record(7, 300);
         ring.push(&long, 0);
         ring.push(&record(8, 30), 0);
-        assert_eq!(ring.memory.next(), Next::Ready(7));
-        assert_eq!(ring.take(), long);
-        assert_eq!(ring.memory.next(), Next::Ready(8));
-        assert_eq!(ring.take(), record(8, 30));
-        ring.memory.commit();
+        assert_eq!(ring.next_record(), Next::Ready(7));
+        assert_eq!(ring.take().unwrap(), long);
+        assert_eq!(ring.next_record(), Next::Ready(8));
+        assert_eq!(ring.take().unwrap(), record(8, 30));
+        ring.commit();
         assert_eq!(ring.consumer_pos(), start + 312 + 40);
     }
 
     #[test]
     fn ring_memory_waits_for_a_busy_record() {
-        let mut ring = MemRing::at(0);
+        let mut ring = InMemoryRing::at(0);
         let busy = record(5, 32);
         let at = ring.push(&busy, BUSY);
         ring.push(&record(6, 32), 0);
-        assert_eq!(ring.memory.next(), Next::Busy);
+        assert_eq!(ring.next_record(), Next::Busy);
         assert_eq!(
-            ring.memory.next(),
+            ring.next_record(),
             Next::Busy,
             "a later record does not overtake it"
         );
         ring.set_header(at, 32);
-        assert_eq!(ring.memory.next(), Next::Ready(5));
-        assert_eq!(ring.take(), busy);
-        assert_eq!(ring.memory.next(), Next::Ready(6));
+        assert_eq!(ring.next_record(), Next::Ready(5));
+        assert_eq!(ring.take().unwrap(), busy);
+        assert_eq!(ring.next_record(), Next::Ready(6));
     }
 
     #[test]
     fn ring_memory_skips_discarded_records() {
-        let mut ring = MemRing::at(0);
+        let mut ring = InMemoryRing::at(0);
         ring.push(&record(1, 64), DISCARD);
         ring.push(&record(2, 24), 0);
-        assert_eq!(ring.memory.next(), Next::Ready(2));
-        assert_eq!(ring.take(), record(2, 24));
-        ring.memory.commit();
+        assert_eq!(ring.next_record(), Next::Ready(2));
+        assert_eq!(ring.take().unwrap(), record(2, 24));
+        ring.commit();
         assert_eq!(
             ring.consumer_pos(),
             72 + 32,
@@ -634,27 +511,42 @@ mod tests {
 
     #[test]
     fn ring_memory_skips_a_corrupt_length_to_the_producer() {
-        let mut ring = MemRing::at(0);
+        let mut ring = InMemoryRing::at(0);
         let at = ring.push(&record(1, 24), 0);
         ring.push(&record(2, 24), 0);
         // A length longer than the ring: nothing after it can be trusted.
-        ring.set_header(at, u32::try_from(ring.size).unwrap());
-        assert_eq!(ring.memory.next(), Next::Empty);
-        ring.memory.commit();
+        ring.set_header(at, u32::try_from(ring.size()).unwrap());
+        assert_eq!(ring.next_record(), Next::Empty);
+        ring.commit();
         assert_eq!(ring.consumer_pos(), 64);
         // Records written afterwards are read again.
         ring.push(&record(3, 24), 0);
-        assert_eq!(ring.memory.next(), Next::Ready(3));
-        assert_eq!(ring.take(), record(3, 24));
+        assert_eq!(ring.next_record(), Next::Ready(3));
+        assert_eq!(ring.take().unwrap(), record(3, 24));
+    }
+
+    #[test]
+    fn ring_memory_never_walks_back_to_a_producer_behind_it() {
+        let mut ring = InMemoryRing::at(0);
+        ring.push(&record(1, 24), 0);
+        assert_eq!(ring.next_record(), Next::Ready(1));
+        assert_eq!(ring.take().unwrap(), record(1, 24));
+        ring.commit();
+        // Found by the fuzz target: a producer position behind the reader
+        // (which the kernel never publishes) once sent it backwards.
+        ring.publish(8);
+        assert_eq!(ring.next_record(), Next::Empty);
+        ring.commit();
+        assert_eq!(ring.consumer_pos(), 32);
     }
 
     #[test]
     fn ring_memory_hands_out_a_record_too_short_for_a_timestamp() {
-        let mut ring = MemRing::at(0);
+        let mut ring = InMemoryRing::at(0);
         ring.push(&[1, 2, 3], 0);
-        assert_eq!(ring.memory.next(), Next::Ready(0));
-        assert_eq!(ring.take(), [1, 2, 3]);
-        assert_eq!(ring.memory.next(), Next::Empty);
+        assert_eq!(ring.next_record(), Next::Ready(0));
+        assert_eq!(ring.take().unwrap(), [1, 2, 3]);
+        assert_eq!(ring.next_record(), Next::Empty);
     }
 
     #[test]
