@@ -18,7 +18,7 @@
 use std::fmt::Write as _;
 use std::io::{BufReader, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -104,8 +104,21 @@ impl Tracer {
     /// Starts `tracer run --metrics-addr 127.0.0.1:<free> <extra>` and waits
     /// until `/readyz` answers 200 (probes attached, reader running).
     pub fn start(dir: &TestDir, extra: &[&str]) -> Self {
+        Self::start_via(dir, &[], &tracer_bin(), extra)
+    }
+
+    /// As [`Tracer::start`], with `bin` started by `launcher` (a command
+    /// and its arguments, such as `setpriv ...`) when it is not empty.
+    pub fn start_via(dir: &TestDir, launcher: &[&str], bin: &Path, extra: &[&str]) -> Self {
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
-        let mut cmd = Command::new(tracer_bin());
+        let mut cmd = match launcher.split_first() {
+            Some((program, args)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(args).arg(bin);
+                cmd
+            }
+            None => Command::new(bin),
+        };
         cmd.args(["run", "--metrics-addr", &addr.to_string()])
             .args(extra);
         let mut guard = Guard::spawn("tracer", &mut cmd, dir);
