@@ -51,15 +51,7 @@ fn assert_junk_counted(tracer: &Tracer, before: (u64, u64), bursts: u64) {
 /// Bytes that are not HTTP: a NUL first (no method starts with it), then
 /// xorshift noise.
 fn junk(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    let mut bytes: Vec<u8> = (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
+    let mut bytes = tracer_e2e::noise(len, seed);
     bytes[0] = 0;
     bytes
 }

@@ -13,19 +13,6 @@
 use tracer_e2e::net::url;
 use tracer_e2e::{curl, privileged, Nginx, Peer, PyServer, TestDir, Tracer, Want};
 
-/// Deterministic, incompressible-looking bytes (xorshift64).
-fn pseudo_random(len: usize) -> Vec<u8> {
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 #[test]
 fn five_mib_static_file_over_one_keepalive_connection() {
     if !privileged("five_mib_static_file_over_one_keepalive_connection") {
@@ -36,7 +23,10 @@ fn five_mib_static_file_over_one_keepalive_connection() {
     let dir = TestDir::new("bigfile");
     let tracer = Tracer::start(&dir, &[]);
     let nginx = Nginx::start(&dir, "        location /big/ { sendfile on; }\n");
-    dir.write("www/big/file.bin", pseudo_random(SIZE));
+    dir.write(
+        "www/big/file.bin",
+        tracer_e2e::noise(SIZE, 0x9e37_79b9_7f4a_7c15),
+    );
 
     let urls = vec![url(nginx.addr(), "/big/file.bin"); FETCHES as usize];
     let transfers = curl(&[], &urls);
@@ -87,7 +77,7 @@ fn three_mib_uploads_through_nginx_proxy() {
             py.port()
         ),
     );
-    let body = dir.write("body.bin", pseudo_random(SIZE));
+    let body = dir.write("body.bin", tracer_e2e::noise(SIZE, 0x9e37_79b9_7f4a_7c15));
     let data = format!("@{}", body.display());
 
     // Both uploads on one connection; `Expect:` turns curl's default
