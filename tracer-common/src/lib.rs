@@ -13,6 +13,12 @@ use core::mem::size_of;
 /// raised to it (the `CAPTURES` map). 16 KiB: what libpq, hiredis and the
 /// MySQL client read or write at once.
 pub const MAX_CAPTURE: usize = 16384;
+
+/// Bytes a chunk is captured to while its CPU's ring is more than half
+/// full (`stat::CAPTURE_SHED`): enough for the head of most HTTP/1.x
+/// messages and database commands, so that payload is given up before whole
+/// events are.
+pub const SHED_CAPTURE: usize = 512;
 /// Default runtime capture limit in bytes.
 pub const DEFAULT_CAPTURE: u32 = 4096;
 /// Ring buffers the kernel side spreads its events over: CPU `c` writes to
@@ -82,8 +88,12 @@ pub mod stat {
     /// than it walks): headers beyond a syscall's capture are no longer
     /// found on that connection.
     pub const FRAMES_LOST: u32 = 5;
+    /// A chunk was captured to `SHED_CAPTURE` bytes only, because its
+    /// CPU's ring was more than half full: under pressure payload is shed
+    /// before whole events are. The rest of the chunk is a counted gap.
+    pub const CAPTURE_SHED: u32 = 6;
     /// Number of counters.
-    pub const COUNT: u32 = 6;
+    pub const COUNT: u32 = 7;
     /// Metric label of each counter, by index.
     pub const NAMES: [&str; COUNT as usize] = [
         "ringbuf_full",
@@ -92,6 +102,7 @@ pub mod stat {
         "iov_truncated",
         "read_failed",
         "frames_lost",
+        "capture_shed",
     ];
 }
 

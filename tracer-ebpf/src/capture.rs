@@ -14,12 +14,12 @@ use core::{
 };
 use tracer_common::{
     conn_key, kind, pipelines, stat, switches_protocols, DataEvent, EventHeader, MAX_CAPTURE,
-    SNIFF_LEN, SWITCHING,
+    SHED_CAPTURE, SNIFF_LEN, SWITCHING,
 };
 
 use crate::{
     capture_limit, frames,
-    maps::{count, output, DataScratch, FRAME_PROGRAM, SCRATCH, SOCKETS},
+    maps::{count, output, ring_under_pressure, DataScratch, FRAME_PROGRAM, SCRATCH, SOCKETS},
     regs::{Caller, SyscallArgs},
 };
 
@@ -167,6 +167,13 @@ pub fn on_data_exit<C: EbpfContext>(ctx: &C, ret: i64, direction: u8, buffer: Bu
             (*info).pipelined = 1;
             (*info).next_frame[dir] = frames::after_switch(pos, captured, scratch);
         }
+    }
+    // Under pressure payload goes before whole events do: a ring more than
+    // half full means the daemon is behind. After the copy, so that the
+    // copy loop is verified once.
+    if captured > SHED_CAPTURE && ring_under_pressure() {
+        captured = SHED_CAPTURE;
+        count(stat::CAPTURE_SHED);
     }
     // Only the capture limit truncates; failed copies and iovec overflow
     // have counters of their own.

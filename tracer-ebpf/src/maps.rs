@@ -3,6 +3,7 @@
 //! command line.
 
 use aya_ebpf::{
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_RING_SIZE},
     helpers::{bpf_get_smp_processor_id, generated::bpf_ringbuf_output},
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
@@ -49,6 +50,22 @@ macro_rules! rings {
             #[map]
             pub static $name: RingBuf = RingBuf::with_byte_size(4096, 0);
         )*
+
+        /// Whether this CPU's ring is more than half full: the daemon is
+        /// behind, and whole events may soon be lost.
+        #[inline(always)]
+        pub fn ring_under_pressure() -> bool {
+            // SAFETY: no arguments.
+            let cpu = unsafe { bpf_get_smp_processor_id() };
+            let (waiting, size) = match cpu % ring_count() {
+                $($index => (
+                    $name.query(u64::from(BPF_RB_AVAIL_DATA)),
+                    $name.query(u64::from(BPF_RB_RING_SIZE)),
+                ),)*
+                _ => (0, 0),
+            };
+            waiting > size / 2
+        }
 
         /// Copies `size` bytes at `data` into this CPU's ring as one record.
         #[inline(always)]
