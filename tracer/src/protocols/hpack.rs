@@ -14,9 +14,13 @@
 //! unknown tail behind the entries inserted since: references into the
 //! tail decode as "unresolved", never as a wrong value (see [`Decoder`]).
 
-use std::collections::VecDeque;
+use std::{borrow::Cow, collections::VecDeque};
 
-use super::huffman;
+use super::{huffman::Invalid, huffman_memo};
+
+mod blocks;
+
+use blocks::{Blocks, Seen};
 
 /// Largest dynamic table followed, in RFC 7541 size units (name + value +
 /// 32 per entry). Peers rarely go beyond the default 4096; a peer allowing
@@ -24,7 +28,7 @@ use super::huffman;
 const MAX_TABLE_SIZE: usize = 64 * 1024;
 
 /// The table size a connection starts with (RFC 9113 SETTINGS default).
-const DEFAULT_TABLE_SIZE: usize = 4096;
+const DEFAULT_TABLE_SIZE: u32 = 4096;
 
 /// Per-entry overhead in RFC 7541 size units (section 4.1).
 const ENTRY_OVERHEAD: usize = 32;
@@ -46,7 +50,10 @@ const GRPC_CONTENT_TYPE: &[u8] = b"application/grpc";
 /// the block's first occurrence; None when absent or unresolved.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Headers {
-    pub method: Option<String>,
+    /// Borrowed from the static table (`GET`, `POST`) when it came from
+    /// there: most requests' methods are never copied, and a gRPC call's
+    /// is dropped.
+    pub method: Option<Cow<'static, str>>,
     /// `:path` with the query and fragment removed.
     pub path: Option<String>,
     pub status: Option<u16>,
@@ -172,7 +179,7 @@ impl Headers {
         match name {
             Name::Method => {
                 if self.method.is_none() {
-                    self.method = Some(String::from_utf8_lossy(value).into_owned());
+                    self.method = Some(Cow::Owned(String::from_utf8_lossy(value).into_owned()));
                 }
             }
             Name::Path => {
@@ -199,11 +206,37 @@ impl Headers {
         }
     }
 
+    /// Records the static table's `entry`, as `take_value` would its name
+    /// and value; a method is borrowed rather than copied.
+    fn take_static(&mut self, entry: &'static StaticEntry) {
+        match entry.name {
+            Name::Method => {
+                self.method.get_or_insert(Cow::Borrowed(entry.value));
+            }
+            name => self.take_value(name, entry.value.as_bytes()),
+        }
+    }
+
+    /// Records the fields of `other`, another block's, as `take` recorded
+    /// them there: unless an earlier one of their name was recorded here.
+    fn merge(&mut self, other: &Headers) {
+        if self.method.is_none() {
+            self.method.clone_from(&other.method);
+        }
+        if self.path.is_none() {
+            self.path.clone_from(&other.path);
+        }
+        self.status = self.status.or(other.status);
+        self.grpc = self.grpc.or(other.grpc);
+        self.grpc_status = self.grpc_status.or(other.grpc_status);
+        self.unresolved |= other.unresolved;
+    }
+
     /// Records `field` unless an earlier one of its name was recorded.
     fn take(&mut self, field: &Field) {
         match field {
             Field::Method(m) => {
-                self.method.get_or_insert_with(|| m.to_string());
+                self.method.get_or_insert_with(|| Cow::Owned(m.to_string()));
             }
             Field::Path(p) => {
                 self.path.get_or_insert_with(|| p.to_string());
@@ -249,10 +282,35 @@ pub struct Decoder {
     entries: VecDeque<Entry>,
     /// Sum of the entries' sizes.
     size: usize,
-    /// The maximum size the encoder last announced, if we saw it.
-    announced: Option<usize>,
+    /// The maximum size the encoder last announced, if we saw it (a u32,
+    /// as every integer decoded: the decoder stays within its budget).
+    announced: Option<u32>,
     /// Entries older than `entries`, unseen, may still be in the table.
     unknown_tail: bool,
+    /// The table changed since the block memo last looked: what it kept of
+    /// blocks that referred to the table is stale.
+    changed: bool,
+    /// The block being decoded referred to the dynamic table, or updated
+    /// its size.
+    read_table: bool,
+    /// The block being decoded is recorded for the memo: its insertions
+    /// are kept in `Memo::inserted`.
+    recording: bool,
+    /// Boxed on the first block, so that a decoder costs nothing until
+    /// then.
+    memo: Option<Box<Memo>>,
+}
+
+/// What a decoder remembers of the blocks it decoded lately, to do less
+/// work on those that repeat.
+#[derive(Debug, Default)]
+struct Memo {
+    /// Huffman strings: most values repeat (`huffman_memo`).
+    strings: huffman_memo::Memo,
+    /// Whole blocks: most repeat too (`blocks`).
+    blocks: Blocks,
+    /// The entries inserted by the block being recorded.
+    inserted: Vec<Entry>,
 }
 
 impl Decoder {
@@ -263,6 +321,10 @@ impl Decoder {
             size: 0,
             announced: Some(DEFAULT_TABLE_SIZE),
             unknown_tail: false,
+            changed: false,
+            read_table: false,
+            recording: false,
+            memo: None,
         }
     }
 
@@ -279,6 +341,7 @@ impl Decoder {
     /// update in a lost block is rare, and a wrong guess here costs
     /// undecodable blocks, never wrong values (see [`Decoder`]).
     pub fn forget(&mut self) {
+        self.changed = true;
         self.entries = VecDeque::new();
         self.size = 0;
         self.unknown_tail = true;
@@ -292,7 +355,75 @@ impl Decoder {
     /// Decodes one complete header block into `headers`, which should be
     /// empty. On error the table is forgotten (and `headers` holds
     /// whatever came before the error).
+    ///
+    /// A block that came lately is replayed from the memo instead: the same
+    /// fields and the same insertions, so the same outcome.
     pub fn decode(&mut self, block: &[u8], headers: &mut Headers) -> Result<(), Undecodable> {
+        let memo = self.memo.get_or_insert_default();
+        if std::mem::take(&mut self.changed) {
+            memo.blocks.forget_table_readers();
+        }
+        match memo.blocks.seen(block) {
+            Seen::Decoded(slot) => {
+                self.replay(slot, headers);
+                Ok(())
+            }
+            Seen::Again(slot) if *headers == Headers::default() => {
+                self.decode_recording(slot, block, headers)
+            }
+            Seen::Again(_) | Seen::New => {
+                let result = self.decode_fields(block, headers);
+                if let (Ok(()), Some(memo)) = (result, self.memo.as_mut()) {
+                    memo.blocks.note(block);
+                }
+                result
+            }
+        }
+    }
+
+    /// Replays what decoding the block in the memo's `slot` did: its
+    /// insertions, then its fields.
+    fn replay(&mut self, slot: usize, headers: &mut Headers) {
+        // Out of `self` while entries are added, and put back.
+        let Some(memo) = self.memo.take() else {
+            return;
+        };
+        if let Some(decoded) = memo.blocks.decoded(slot) {
+            for entry in &decoded.inserts {
+                self.add(entry.clone());
+            }
+            headers.merge(&decoded.headers);
+        }
+        self.memo = Some(memo);
+    }
+
+    /// Decodes a block that came before and records what that does in the
+    /// memo's `slot`.
+    fn decode_recording(
+        &mut self,
+        slot: usize,
+        block: &[u8],
+        headers: &mut Headers,
+    ) -> Result<(), Undecodable> {
+        self.recording = true;
+        let result = self.decode_fields(block, headers);
+        self.recording = false;
+        // A block that changed a table it read will not find it the same
+        // again: not kept.
+        let keep = result.is_ok() && !(self.read_table && self.changed);
+        if let (true, Some(memo)) = (keep, self.memo.as_mut()) {
+            let inserts = std::mem::take(&mut memo.inserted);
+            memo.blocks
+                .record(slot, self.read_table, headers.clone(), inserts);
+        } else if let Some(memo) = self.memo.as_mut() {
+            memo.inserted.clear();
+        }
+        result
+    }
+
+    /// Decodes the block's fields one by one.
+    fn decode_fields(&mut self, block: &[u8], headers: &mut Headers) -> Result<(), Undecodable> {
+        self.read_table = false;
         let mut input = Input(block);
         while let Some(&first) = input.0.first() {
             let step = if first & 0x80 != 0 {
@@ -300,6 +431,7 @@ impl Decoder {
             } else if first & 0xc0 == 0x40 {
                 self.literal(&mut input, 6, true, headers)
             } else if first & 0xe0 == 0x20 {
+                self.read_table = true;
                 input.integer(5).map(|size| self.resize(size))
             } else {
                 // Without indexing (0000) or never indexed (0001).
@@ -315,8 +447,9 @@ impl Decoder {
 
     fn indexed(&mut self, input: &mut Input<'_>, headers: &mut Headers) -> Result<(), Undecodable> {
         let index = input.integer(7)?;
+        self.read_table |= index > STATIC_TABLE.len();
         match self.lookup(index)? {
-            Lookup::Static(entry) => headers.take_value(entry.name, entry.value.as_bytes()),
+            Lookup::Static(entry) => headers.take_static(entry),
             Lookup::Dynamic(entry) => headers.take(&entry.field),
             Lookup::Unseen => headers.take(&Field::Unknown),
         }
@@ -334,9 +467,10 @@ impl Decoder {
         // The name: its kind (None when unknown) and length.
         let (name, name_len) = if index == 0 {
             let mut kept = [0; MAX_NAME];
-            let len = input.string(&mut kept)?;
+            let len = input.string(&mut kept, &mut self.memo)?;
             (Some(Name::of(kept.get(..len).unwrap_or(&kept))), len)
         } else {
+            self.read_table |= index > STATIC_TABLE.len();
             match self.lookup(index)? {
                 Lookup::Static(entry) => (Some(entry.name), entry.name_len),
                 Lookup::Dynamic(entry) => (entry.field.name(), entry.name_len),
@@ -363,7 +497,7 @@ impl Decoder {
             long = [0; MAX_PATH];
             long.get_mut(..keep).unwrap_or_default()
         };
-        let value_len = input.string(out)?;
+        let value_len = input.string(out, &mut self.memo)?;
         let out: &[u8] = out;
         let value = out.get(..value_len).unwrap_or(out);
         match name {
@@ -396,15 +530,20 @@ impl Decoder {
     /// The largest size we let the table reach: the announced one, or our
     /// cap when it is unknown or larger.
     fn limit(&self) -> usize {
-        self.announced
+        self.announced()
             .map_or(MAX_TABLE_SIZE, |a| a.min(MAX_TABLE_SIZE))
+    }
+
+    fn announced(&self) -> Option<usize> {
+        self.announced
+            .map(|a| usize::try_from(a).unwrap_or(usize::MAX))
     }
 
     /// A dynamic table size update (RFC 7541 section 6.3). One above the
     /// peer's SETTINGS_HEADER_TABLE_SIZE is tolerated: we observe, and the
     /// SETTINGS may not have been seen.
     fn resize(&mut self, size: usize) {
-        self.announced = Some(size);
+        self.announced = Some(u32::try_from(size).unwrap_or(u32::MAX));
         self.evict(self.limit());
     }
 
@@ -420,6 +559,16 @@ impl Decoder {
             name_len,
             field: name.map_or(Field::Unknown, |name| Field::new(name, value)),
         };
+        if let (true, Some(memo)) = (self.recording, self.memo.as_mut()) {
+            memo.inserted.push(entry.clone());
+        }
+        self.add(entry);
+    }
+
+    /// Adds `entry` to the table, evicting as the encoder does.
+    #[inline]
+    fn add(&mut self, entry: Entry) {
+        self.changed = true;
         let limit = self.limit();
         if entry.size > limit {
             if self.beyond_cap() {
@@ -440,11 +589,12 @@ impl Decoder {
 
     /// Whether the encoder's table may be larger than we follow.
     fn beyond_cap(&self) -> bool {
-        self.announced.is_none_or(|a| a > MAX_TABLE_SIZE)
+        self.announced().is_none_or(|a| a > MAX_TABLE_SIZE)
     }
 
     /// Evicts the oldest entries until the table fits in `target`.
     fn evict(&mut self, target: usize) {
+        self.changed = true;
         let beyond_cap = self.beyond_cap();
         while self.size > target {
             let Some(old) = self.entries.pop_back() else {
@@ -465,7 +615,7 @@ impl Decoder {
     /// When the entries we hold leave no room for even the smallest entry
     /// under the announced maximum, no unseen entry can remain behind them.
     fn settle(&mut self) {
-        if let Some(announced) = self.announced.filter(|&a| a <= MAX_TABLE_SIZE) {
+        if let Some(announced) = self.announced().filter(|&a| a <= MAX_TABLE_SIZE) {
             if self.size + ENTRY_OVERHEAD > announced {
                 self.unknown_tail = false;
             }
@@ -526,8 +676,12 @@ impl Input<'_> {
 
     /// A string literal (RFC 7541 section 5.2): writes its first decoded
     /// octets into `out` (as many as it holds) and returns the decoded
-    /// length.
-    fn string(&mut self, out: &mut [u8]) -> Result<usize, Undecodable> {
+    /// length. Huffman-coded ones go through the memo's.
+    fn string(
+        &mut self,
+        out: &mut [u8],
+        memo: &mut Option<Box<Memo>>,
+    ) -> Result<usize, Undecodable> {
         let huffman = self.0.first().is_some_and(|b| b & 0x80 != 0);
         let len = self.integer(7)?;
         if len > self.0.len() {
@@ -536,7 +690,10 @@ impl Input<'_> {
         let (raw, rest) = self.0.split_at(len);
         self.0 = rest;
         if huffman {
-            huffman::decode(raw, out).map_err(|huffman::Invalid| Undecodable)
+            memo.get_or_insert_default()
+                .strings
+                .decode(raw, out)
+                .map_err(|Invalid| Undecodable)
         } else {
             let n = len.min(out.len());
             if let (Some(dst), Some(src)) = (out.get_mut(..n), raw.get(..n)) {
@@ -722,7 +879,7 @@ mod tests {
 
     fn request(method: &str, path: &str) -> Headers {
         Headers {
-            method: Some(method.into()),
+            method: Some(method.to_owned().into()),
             path: Some(path.into()),
             ..Headers::default()
         }
@@ -929,6 +1086,68 @@ mod tests {
         long.extend("é".as_bytes());
         assert_eq!(path_without_query(&long).len(), MAX_PATH - 1);
         assert_eq!(path_without_query(b"/\xff"), "/\u{fffd}");
+    }
+
+    /// What decoding left that later blocks or callers can see.
+    fn state(d: &Decoder) -> String {
+        format!(
+            "{:?} {} {:?} {}",
+            d.entries, d.size, d.announced, d.unknown_tail
+        )
+    }
+
+    #[test]
+    fn a_repeated_block_is_replayed() {
+        let mut d = Decoder::new();
+        // nginx's response: :status 200, then server, date, content-type
+        // and content-length inserted (Huffman-coded where shorter).
+        let block = hex(
+            "8876 89aa 6355 e580 ae21 2e1f 6196 df69 7e94 0054 be52 2820 09c5 00fd c699 b8c8 \
+             54c5 a37f 5f90 1d75 d062 0d26 3d4c 1c89 2a56 426c 28e9 5c01 33",
+        );
+        let mut plain = Decoder::new();
+        for round in 0..4 {
+            let h = d.decoded(&block).unwrap();
+            plain.memo = None;
+            assert_eq!(Ok(h.clone()), plain.decoded(&block));
+            assert_eq!(h.status, Some(200));
+            assert_eq!(state(&d), state(&plain));
+            let seen = d.memo.as_ref().unwrap().blocks.seen(&block);
+            // Recorded the second time, replayed from the third.
+            assert_eq!(matches!(seen, Seen::Decoded(_)), round >= 1, "{round}");
+        }
+    }
+
+    /// Blocks from a small pool in random order, so that they repeat: a
+    /// decoder with its memos and one without agree on every result and on
+    /// the table after each block.
+    #[test]
+    fn memos_never_change_what_decoding_does() {
+        let mut pool = vec![
+            hex("8276 89aa 6355 e580 ae21 2e1f 5c01 33"), // inserts, static names
+            hex("8886 6196 df69 7e94 0054 be52 2820 09c5 00fd c699 b8c8 54c5 a37f"),
+            vec![0xbe, 0xbf],                               // dynamic references
+            vec![0x83, 0xc0],                               // and one further back
+            vec![0x82, 0x04, 0x03, b'/', b'h', b'2', 0x86], // a path not indexed
+            vec![0x3f, 0xe1, 0x1f],                         // a size update to 4096
+            vec![0x20],                                     // and to 0
+            vec![0x3f, 0x01],                               // and to 32
+            vec![0xff, 0xff, 0x7f],                         // undecodable
+            vec![0x7e, 0x01, b'x'],                         // a name from the table, inserted
+        ];
+        pool.push(literal(0x40, b":path", b"/pkg.Svc/Call"));
+        pool.push(literal(0x40, b"content-type", b"application/grpc"));
+        pool.push(literal(0x40, b":method", b"PUT"));
+        let mut rng = crate::testutil::XorShift(0x0DDB_A11C_0FFE_E123);
+        for start in [Decoder::new, Decoder::unknown] {
+            let (mut d, mut plain) = (start(), start());
+            for _ in 0..20_000 {
+                let block = &pool[rng.below_usize(pool.len())];
+                plain.memo = None;
+                assert_eq!(d.decoded(block), plain.decoded(block), "{block:02x?}");
+                assert_eq!(state(&d), state(&plain), "{block:02x?}");
+            }
+        }
     }
 
     #[test]

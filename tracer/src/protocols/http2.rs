@@ -29,7 +29,7 @@
 //! statuses and whether a call is gRPC are kept per stream; no other header
 //! value leaves the HPACK decoder.
 
-use std::collections::VecDeque;
+use std::{borrow::Cow, collections::VecDeque};
 
 use super::http1::request_path;
 use super::{
@@ -697,6 +697,13 @@ impl Framer {
             // in place (copying it in and reading it back stalled).
             if let Some(head) = rest.first_chunk::<FRAME_HEADER_LEN>() {
                 self.begin_frame(FrameHead::parse(head), max_frame, emit);
+                // A payload skipped whole (DATA, WINDOW_UPDATE, ...) is
+                // skipped now, as the next turn of `parse` would, without
+                // that turn: frames come several to a write.
+                let payload = rest.len() - FRAME_HEADER_LEN;
+                if self.phase == Phase::Skip && len64(payload) >= u64::from(self.left) {
+                    return FRAME_HEADER_LEN + self.skip(u64::from(self.left), emit);
+                }
                 return FRAME_HEADER_LEN;
             }
         }
@@ -1017,7 +1024,7 @@ impl Framer {
 #[derive(Debug, Clone)]
 struct Request {
     /// None: unknown (the block was lost, or the field unresolved).
-    method: Option<String>,
+    method: Option<Cow<'static, str>>,
     path: Option<String>,
     /// `content-type` is gRPC; None: unknown.
     grpc: Option<bool>,
@@ -1122,7 +1129,7 @@ impl Http2Conn {
             start_ns,
             sent_ns: Some(start_ns),
             request: Some(Request {
-                method: Some(method),
+                method: Some(Cow::Owned(method)),
                 path: Some(request_path(&path)),
                 grpc: Some(false),
             }),
@@ -1549,14 +1556,16 @@ impl Request {
         };
         // A field the block did not have is known to be absent, unless the
         // block had fields we could not resolve.
-        let known = |field: Option<String>| match field {
-            Some(value) => Some(value),
-            None if h.unresolved => None,
-            None => Some(String::new()),
-        };
+        fn known<T: Default>(field: Option<T>, unresolved: bool) -> Option<T> {
+            match field {
+                Some(value) => Some(value),
+                None if unresolved => None,
+                None => Some(T::default()),
+            }
+        }
         Self {
-            method: known(h.method.take()),
-            path: known(h.path.take().map(into_request_path)),
+            method: known(h.method.take(), h.unresolved),
+            path: known(h.path.take().map(into_request_path), h.unresolved),
             grpc: h.grpc.or((!h.unresolved).then_some(false)),
         }
     }
@@ -1653,7 +1662,7 @@ fn exchange(
     } else {
         let unknown = request.method.is_none() || request.path.is_none() || guessed;
         let call = Call::Http(HttpCall {
-            method: request.method.unwrap_or_default(),
+            method: request.method.unwrap_or_default().into_owned(),
             path: request.path.unwrap_or_default(),
             status: response.status.unwrap_or(0),
         });
@@ -1682,9 +1691,12 @@ fn looks_like_grpc(request: &Request) -> bool {
 
 /// `package.Service` and `Method` from a gRPC path `/package.Service/Method`.
 /// The service is cut from the path's own allocation: one copy, not two.
+/// Searched for as bytes: '/' is one, and a char-wise search or removal
+/// decoded every character on the way.
 fn grpc_names(path: String) -> (String, String) {
     let mut service = path;
-    let method = match service.rfind('/').filter(|&slash| slash > 0) {
+    let last_slash = service.bytes().rposition(|b| b == b'/');
+    let method = match last_slash.filter(|&slash| slash > 0) {
         Some(slash) => {
             let method = service.get(slash + 1..).unwrap_or_default().to_owned();
             service.truncate(slash);
@@ -1693,17 +1705,19 @@ fn grpc_names(path: String) -> (String, String) {
         None => String::new(),
     };
     if service.starts_with('/') {
-        service.remove(0);
+        service.drain(..1);
     }
     (service, method)
 }
 
 /// `request_path` of a `:path` that is usually one already (HPACK removed
-/// its query and cut it): then it is kept as is, not copied.
+/// its query and cut it): then it is kept as is, not copied. Checked byte
+/// by byte: both characters are ASCII, and a search for either of two
+/// chars decoded every character.
 fn into_request_path(target: String) -> String {
     let is_path = target.starts_with('/')
         && target.len() <= super::http1::MAX_PATH
-        && !target.contains(['?', '#']);
+        && !target.bytes().any(|b| b == b'?' || b == b'#');
     if is_path {
         target
     } else {

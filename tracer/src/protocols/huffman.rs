@@ -461,7 +461,7 @@ const CODES: [(u32, u8); 257] = [
 ];
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::testutil::hex;
 
@@ -476,7 +476,7 @@ mod tests {
     }
 
     /// Encodes with the table, for round trips.
-    fn encode(text: &[u8]) -> Vec<u8> {
+    pub(crate) fn encode(text: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
         let (mut acc, mut bits) = (0u64, 0u32);
         for &b in text {

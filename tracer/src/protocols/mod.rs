@@ -15,10 +15,12 @@ pub mod hpack;
 pub mod http1;
 pub mod http2;
 mod huffman;
+mod huffman_memo;
 pub mod mysql;
 pub mod postgres;
 pub mod redis;
 pub mod sql;
+mod sql_memo;
 
 pub use dispatch::{Parser, Protocol, Spec};
 

@@ -37,6 +37,7 @@
 use std::collections::VecDeque;
 
 use super::sql::{self, Dialect, Summary};
+use super::sql_memo;
 use super::{
     detect::Detection, Call, ConnParser, DbCall, DbSystem, Exchange, Failure, ParserCounters,
     Piece, Side, Spec, Start, Verdict,
@@ -502,6 +503,9 @@ pub struct MysqlConn {
     prepared: Vec<Prepared>,
     /// The latest COM_STMT_PREPARE: MariaDB executes id 0xFFFFFFFF as it.
     last_prepare: Option<Box<Summary>>,
+    /// Statements summarized lately: clients repeat theirs with other
+    /// literals. Boxed on the first statement.
+    statements: Option<Box<sql_memo::Memo>>,
     /// A PREPARE response was ended without knowing whether an EOF closes
     /// its last block (DEPRECATE_EOF unknown): an EOF with this sequence id
     /// right after is part of it.
@@ -536,6 +540,7 @@ impl MysqlConn {
             recovery: Recovery::NextCommand { armed: false },
             prepared: Vec::new(),
             last_prepare: None,
+            statements: None,
             trailing_eof: None,
             unexpected: false,
             unexpected_ns: 0,
@@ -1236,13 +1241,15 @@ impl MysqlConn {
         match code {
             COM_QUERY => match query_text(args, self.caps.query_attributes) {
                 Some(text) => {
-                    let s = statement_summary(text, truncated);
+                    let memo = self.statements.get_or_insert_default();
+                    let s = statement_summary(text, truncated, memo);
                     (s.operation, s.collection, None)
                 }
                 None => (sql::OTHER, None, None),
             },
             COM_STMT_PREPARE => {
-                let s = statement_summary(args, truncated);
+                let memo = self.statements.get_or_insert_default();
+                let s = statement_summary(args, truncated, memo);
                 self.last_prepare = Some(Box::new(s.clone()));
                 (cmd.name, s.collection.clone(), Some(s))
             }
@@ -2031,14 +2038,14 @@ fn binary_value_len(kind: u8, bytes: &[u8]) -> Option<usize> {
 /// followed by something, so that a cut right after `FROM a` (maybe `JOIN
 /// b` next) names no table. A table of a multi-statement query is not
 /// reported: it would be the first statement's only.
-fn statement_summary(text: &[u8], truncated: bool) -> Summary {
+fn statement_summary(text: &[u8], truncated: bool, memo: &mut sql_memo::Memo) -> Summary {
     // Some clients (mysqlslap) send the C string's terminating NUL too.
     let text = match text.iter().rposition(|&b| b != 0) {
         Some(last) => text.get(..=last).unwrap_or(text),
         None => &[],
     };
     if !truncated {
-        return first_statement(text);
+        return first_statement(text, memo);
     }
     let whole_words = text
         .iter()
@@ -2048,11 +2055,11 @@ fn statement_summary(text: &[u8], truncated: bool) -> Summary {
     let mut marked = Vec::with_capacity(whole_words.len() + 2);
     marked.extend_from_slice(whole_words);
     marked.extend_from_slice(b" ?");
-    first_statement(&marked)
+    first_statement(&marked, memo)
 }
 
-fn first_statement(text: &[u8]) -> Summary {
-    let mut summary = sql::summarize(text, Dialect::Mysql);
+fn first_statement(text: &[u8], memo: &mut sql_memo::Memo) -> Summary {
+    let mut summary = memo.summarize(text, Dialect::Mysql);
     // Without a semicolon byte there is no second statement (see
     // `sql::statements`); the check skips setting up a tokenizer for it.
     if summary.collection.is_some()

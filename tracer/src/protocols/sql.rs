@@ -104,7 +104,20 @@ const MAX_TOKENS: usize = 4096;
 
 /// The verb and table of one statement.
 pub fn summarize(statement: &[u8], dialect: Dialect) -> Summary {
-    let mut tokens = Tokens::new(statement, dialect).take(MAX_TOKENS).peekable();
+    summarize_reading(statement, dialect).0
+}
+
+/// `summarize`, and how many leading bytes of the statement it looked at:
+/// every statement that starts with those bytes has the same summary.
+/// When that is all of the statement, its end was looked at too, and only
+/// the same statement has the same summary for certain.
+pub fn summarize_reading(statement: &[u8], dialect: Dialect) -> (Summary, usize) {
+    let mut tokens = Tokens::new(statement, dialect);
+    let summary = summarize_tokens((&mut tokens).take(MAX_TOKENS).peekable());
+    (summary, tokens.reached.min(statement.len()))
+}
+
+fn summarize_tokens(mut tokens: Stream<'_, '_>) -> Summary {
     let Some(Token::Word(first)) = tokens.next() else {
         return other();
     };
@@ -231,10 +244,10 @@ fn verb(word: &[u8]) -> Option<&'static str> {
     VERBS.get(i).copied()
 }
 
-type Stream<'a> = std::iter::Peekable<std::iter::Take<Tokens<'a>>>;
+type Stream<'t, 'a> = std::iter::Peekable<std::iter::Take<&'t mut Tokens<'a>>>;
 
 /// `WITH ... AS (...) verb`: the verb of the main statement.
-fn with_verb(tokens: Stream<'_>) -> Summary {
+fn with_verb(tokens: Stream<'_, '_>) -> Summary {
     let mut depth = 0u32;
     for token in tokens {
         match token {
@@ -255,7 +268,7 @@ fn with_verb(tokens: Stream<'_>) -> Summary {
 }
 
 /// SELECT: the one table after the top-level FROM.
-fn after_from(tokens: &mut Stream<'_>) -> Option<String> {
+fn after_from(tokens: &mut Stream<'_, '_>) -> Option<String> {
     let mut depth = 0u32;
     while let Some(token) = tokens.next() {
         match token {
@@ -291,7 +304,7 @@ fn after_from(tokens: &mut Stream<'_>) -> Option<String> {
 
 /// A table name followed by an optional alias and then the end or one of
 /// `then` (a join or a second table means no single collection).
-fn single_table(tokens: &mut Stream<'_>, then: &[&str]) -> Option<String> {
+fn single_table(tokens: &mut Stream<'_, '_>, then: &[&str]) -> Option<String> {
     let name = table(tokens)?;
     let ends = |t: &Option<&Token<'_>>| match t {
         None | Some(Token::Punct(b';')) => true,
@@ -315,7 +328,7 @@ fn single_table(tokens: &mut Stream<'_>, then: &[&str]) -> Option<String> {
 
 /// A possibly qualified table name (`s.t`, `"s"."t"`), as written without
 /// quotes.
-fn table(tokens: &mut Stream<'_>) -> Option<String> {
+fn table(tokens: &mut Stream<'_, '_>) -> Option<String> {
     let mut name = String::new();
     loop {
         let part = match tokens.next()? {
@@ -350,7 +363,7 @@ fn is_reserved(word: &[u8]) -> bool {
     .any(|k| k.as_bytes().eq_ignore_ascii_case(word))
 }
 
-fn skip_words(tokens: &mut Stream<'_>, words: &[&str]) {
+fn skip_words(tokens: &mut Stream<'_, '_>, words: &[&str]) {
     while let Some(Token::Word(w)) = tokens.peek() {
         if !words.iter().any(|k| k.as_bytes().eq_ignore_ascii_case(w)) {
             return;
@@ -404,6 +417,9 @@ struct Tokens<'a> {
     text: &'a [u8],
     at: usize,
     dialect: Dialect,
+    /// No byte at or past this has been looked at (it may exceed the
+    /// text's length).
+    reached: usize,
 }
 
 impl<'a> Tokens<'a> {
@@ -412,6 +428,7 @@ impl<'a> Tokens<'a> {
             text,
             at: 0,
             dialect,
+            reached: 0,
         }
     }
 
@@ -516,8 +533,11 @@ impl<'a> Tokens<'a> {
     fn dollar_quoted(&mut self) -> bool {
         let rest = &self.text[self.at..];
         let Some(end) = rest[1..].iter().position(|&b| b == b'$') else {
+            self.reached = self.text.len();
             return false;
         };
+        // A tag refused leaves `at` here, short of the `$` looked for.
+        self.reached = self.reached.max(self.at + end + 2);
         let tag = &rest[..end + 2];
         if !tag[1..tag.len() - 1]
             .iter()
@@ -540,6 +560,17 @@ impl<'a> Iterator for Tokens<'a> {
     type Item = Token<'a>;
 
     fn next(&mut self) -> Option<Token<'a>> {
+        let token = self.token();
+        // Reading a token looks at most two bytes past where it leaves
+        // `at` (`skip_blank`'s `--` test), but for a refused `$tag$`,
+        // which notes its own reach.
+        self.reached = self.reached.max(self.at.saturating_add(3));
+        token
+    }
+}
+
+impl<'a> Tokens<'a> {
+    fn token(&mut self) -> Option<Token<'a>> {
         if !self.skip_blank() {
             return None;
         }
@@ -819,6 +850,77 @@ mod tests {
                 let some_token = Tokens::new(&text, dialect).next().is_some();
                 let expected: Vec<&[u8]> = if some_token { vec![&text[..]] } else { vec![] };
                 assert_eq!(found, expected, "{text:?}");
+            }
+        }
+    }
+
+    /// What `summarize_reading` promises: the bytes it says it read decide
+    /// the summary, whatever follows them. Random statements from SQL-ish
+    /// pieces, each summarized again with its unread rest replaced.
+    #[test]
+    fn the_bytes_read_decide_the_summary() {
+        let mut rng = XorShift(13);
+        let pieces: &[&[u8]] = &[
+            b"SELECT ",
+            b"INSERT ",
+            b"INTO ",
+            b"UPDATE ",
+            b"DELETE ",
+            b"FROM ",
+            b"WITH ",
+            b"COPY ",
+            b"SET ",
+            b"WHERE ",
+            b"AS ",
+            b"ONLY ",
+            b"t ",
+            b"s.t",
+            b"`q`",
+            b"\"x\" ",
+            b"'l'",
+            b"E'\\''",
+            b"$1",
+            b"$a$ ; $a$",
+            b"--",
+            b"-- c\n",
+            b"# c\n",
+            b"/*",
+            b"*/",
+            b"(",
+            b")",
+            b",",
+            b";",
+            b".",
+            b" ",
+            b"\n",
+            b"1",
+            b"x",
+            b"\0",
+        ];
+        for _ in 0..20_000 {
+            let mut text = Vec::new();
+            for _ in 0..rng.below_usize(10) {
+                text.extend_from_slice(pieces[rng.below_usize(pieces.len())]);
+            }
+            for dialect in [Dialect::Postgres, Dialect::Mysql] {
+                let (summary, read) = summarize_reading(&text, dialect);
+                assert_eq!(summary, summarize(&text, dialect));
+                if read == text.len() {
+                    continue;
+                }
+                for _ in 0..4 {
+                    let mut other = text[..read].to_vec();
+                    for _ in 0..rng.below_usize(6) {
+                        other.extend_from_slice(pieces[rng.below_usize(pieces.len())]);
+                    }
+                    assert_eq!(
+                        summarize(&other, dialect),
+                        summary,
+                        "{:?} read {read}, then {:?}",
+                        String::from_utf8_lossy(&text),
+                        String::from_utf8_lossy(&other)
+                    );
+                }
             }
         }
     }
