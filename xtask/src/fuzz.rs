@@ -105,21 +105,29 @@ pub fn run(root: &Path, args: &FuzzArgs) -> Result<()> {
 
 fn run_target(fuzz_dir: &Path, target: &str, corpus: &Path, limit: &str) -> Result<Figures> {
     let started = Instant::now();
-    let out = cargo_fuzz(fuzz_dir)
+    // libFuzzer's progress goes to a file one can follow during long runs.
+    let logs = fuzz_dir.join("logs");
+    fs::create_dir_all(&logs).context("creating tracer/fuzz/logs")?;
+    let log_path = logs.join(format!("{target}.log"));
+    let log_file =
+        fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
+    let status = cargo_fuzz(fuzz_dir)
         .args(["run", "-O", "-s", "none", target])
         .arg(corpus)
-        .args(["--", limit, "-print_final_stats=1"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .output()
+        // Inputs up to 8 KiB: room for several messages and every step
+        // kind, while the executions stay fast.
+        .args(["--", limit, "-max_len=8192", "-print_final_stats=1"])
+        .stdout(Stdio::null())
+        .stderr(log_file)
+        .status()
         .with_context(|| format!("running fuzz target {target}"))?;
-    let log = String::from_utf8_lossy(&out.stderr);
-    if !out.status.success() {
+    let log = fs::read_to_string(&log_path).unwrap_or_default();
+    if !status.success() {
         let tail: Vec<&str> = log.lines().rev().take(60).collect();
         bail!(
             "fuzz target {target} failed; the input that broke it is saved under \
              tracer/fuzz/artifacts/{target}/ (replay: cd tracer/fuzz && cargo +nightly fuzz run \
-             -O {target} FILE):\n{}",
+             -O -s none {target} FILE):\n{}",
             tail.into_iter().rev().collect::<Vec<_>>().join("\n")
         );
     }
