@@ -11,7 +11,7 @@
 //! Default settings. On a 2-CPU machine the pipeline burst outruns the
 //! daemon, which shares the CPUs with nginx and the attackers: its rings
 //! pass half full, and the kernel side captures chunks to 512 bytes only
-//! (`tracer_kernel_drops_total{cause="capture_shed"}`, about 1,300 here)
+//! (`tracer_kernel_drops_total{cause="capture_shed"}`, 300 to 1,700 here)
 //! instead of losing whole events. Without that, about 800 events were
 //! lost (`ringbuf_full`) and with them one of the valid exchanges.
 
@@ -54,7 +54,9 @@ fn hostile_traffic_leaves_valid_counts_exact_and_memory_bounded() {
     }
     let dir = TestDir::new("hostile");
     let tracer = Tracer::start(&dir, &[]);
-    let nginx = Nginx::start(&dir, "");
+    // The whole pipeline on one connection (nginx closes after 1,000
+    // requests by default).
+    let nginx = Nginx::start(&dir, "        keepalive_requests 200000;\n");
     let addr = nginx.addr();
 
     // Slowloris: half a header each, held open for the whole test.
@@ -75,7 +77,6 @@ fn hostile_traffic_leaves_valid_counts_exact_and_memory_bounded() {
         let drain = thread::spawn(move || {
             let mut sink = Vec::new();
             let _ = reader.read_to_end(&mut sink);
-            sink.len()
         });
         let mut burst = Vec::with_capacity(PIPELINED * 32);
         for _ in 0..PIPELINED {
@@ -83,7 +84,7 @@ fn hostile_traffic_leaves_valid_counts_exact_and_memory_bounded() {
         }
         burst.extend_from_slice(b"GET /pipe HTTP/1.1\r\nHost: e\r\nConnection: close\r\n\r\n");
         s.write_all(&burst).expect("pipeline write");
-        drain.join().expect("drain thread")
+        drain.join().expect("drain thread");
     });
 
     // Megabyte header lines: nginx answers 400 and closes.
@@ -116,8 +117,7 @@ fn hostile_traffic_leaves_valid_counts_exact_and_memory_bounded() {
             .unwrap_or_else(|e| panic!("/metrics during the attack: {e}"));
         assert_eq!(metrics.status, 200, "/metrics during the attack");
     }
-    let drained = pipeline.join().expect("pipeline thread");
-    assert!(drained > 0, "nginx answered the pipeline");
+    pipeline.join().expect("pipeline thread");
     big.join().expect("big header thread");
 
     tracer.barrier(&nginx);
@@ -126,6 +126,11 @@ fn hostile_traffic_leaves_valid_counts_exact_and_memory_bounded() {
         log.under("/valid").count() as u64,
         VALID,
         "nginx's log of the valid requests"
+    );
+    assert_eq!(
+        log.under("/pipe").count(),
+        PIPELINED + 1,
+        "nginx served the whole pipeline"
     );
     tracer.expect(&[
         Want::server("nginx", "/valid")

@@ -1,6 +1,7 @@
-//! Private by default: secrets sent in every position of real traffic never
-//! reach any output of the tracer, while the traffic itself is still counted
-//! exactly.
+//! Private by default: secrets sent in every position of HTTP/1.1 requests
+//! and of Redis commands never reach any output of the tracer, while the
+//! traffic itself is still counted exactly. (HTTP/2, gRPC and SQL statement
+//! literals are not sent here.)
 //!
 //! The traffic: curl against nginx with secrets in the path (an email
 //! address, a JWT, a random token, a base64 blob), the query string, the

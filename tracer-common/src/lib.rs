@@ -14,11 +14,12 @@ use core::mem::size_of;
 /// MySQL client read or write at once.
 pub const MAX_CAPTURE: usize = 16384;
 
-/// Bytes a chunk is captured to while its CPU's ring is more than half
+/// Bytes a chunk of a connection that does not pipeline (HTTP/1.x,
+/// unrecognised) is captured to while its CPU's ring is more than half
 /// full (`stat::CAPTURE_SHED`): enough for the head of most HTTP/1.x
-/// messages and database commands, so that payload is given up before whole
-/// events are.
+/// messages, so that payload is given up before whole events are.
 pub const SHED_CAPTURE: usize = 512;
+
 /// Default runtime capture limit in bytes.
 pub const DEFAULT_CAPTURE: u32 = 4096;
 /// Ring buffers the kernel side spreads its events over: CPU `c` writes to

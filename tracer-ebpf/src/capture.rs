@@ -170,8 +170,10 @@ pub fn on_data_exit<C: EbpfContext>(ctx: &C, ret: i64, direction: u8, buffer: Bu
     }
     // Under pressure payload goes before whole events do: a ring more than
     // half full means the daemon is behind. After the copy, so that the
-    // copy loop is verified once.
-    if captured > SHED_CAPTURE && ring_under_pressure() {
+    // copy loop is verified once. Not on connections that pipeline (HTTP/2,
+    // the databases): a cut there loses whole messages, and HTTP/2's frame
+    // following beyond the capture has a budget sized for a full one.
+    if !pipelined && captured > SHED_CAPTURE && ring_under_pressure() {
         captured = SHED_CAPTURE;
         count(stat::CAPTURE_SHED);
     }

@@ -50,7 +50,7 @@ pub struct CaptureArgs {
     #[arg(long, env = "TRACER_CAPTURE_BYTES", default_value_t = tracer_common::DEFAULT_CAPTURE)]
     pub capture_bytes: u32,
 
-    /// Kernel-to-daemon ring buffers in MiB, in total (a power of two, 1 to 1024): one ring per CPU, up to 16, each an equal share rounded down to a power of two. A ring more than half full gets chunks captured to 512 bytes only (counted as capture_shed) before whole events are lost.
+    /// Kernel-to-daemon ring buffers in MiB, in total (a power of two, 1 to 1024): one ring per CPU, up to 16, each an equal share rounded down to a power of two. A ring more than half full gets chunks of HTTP/1.x and unrecognised connections captured to 512 bytes only (counted as capture_shed) before whole events are lost.
     #[arg(long, env = "TRACER_RING_BUFFER_MIB", default_value_t = 8)]
     pub ring_buffer_mib: u32,
 

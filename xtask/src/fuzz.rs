@@ -71,7 +71,7 @@ pub fn run(root: &Path, args: &FuzzArgs) -> Result<()> {
         args.targets.iter().map(String::as_str).collect()
     };
     let status = cargo_fuzz(&fuzz_dir)
-        .args(["build", "-O", "-s", "none"])
+        .args(["build", "-O", "-a", "-s", "none"])
         .status()
         .context("running cargo +nightly fuzz build")?;
     if !status.success() {
@@ -112,7 +112,7 @@ fn run_target(fuzz_dir: &Path, target: &str, corpus: &Path, limit: &str) -> Resu
     let log_file =
         fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
     let status = cargo_fuzz(fuzz_dir)
-        .args(["run", "-O", "-s", "none", target])
+        .args(["run", "-O", "-a", "-s", "none", target])
         .arg(corpus)
         // Inputs up to 8 KiB: room for several messages and every step
         // kind, while the executions stay fast.
@@ -127,7 +127,7 @@ fn run_target(fuzz_dir: &Path, target: &str, corpus: &Path, limit: &str) -> Resu
         bail!(
             "fuzz target {target} failed; the input that broke it is saved under \
              tracer/fuzz/artifacts/{target}/ (replay: cd tracer/fuzz && cargo +nightly fuzz run \
-             -O -s none {target} FILE):\n{}",
+             -O -a -s none {target} FILE):\n{}",
             tail.into_iter().rev().collect::<Vec<_>>().join("\n")
         );
     }

@@ -101,15 +101,16 @@ fn main() -> Result<()> {
             )?;
             // Ten seconds per target: enough to replay every seed and try
             // the mutations nearest to them.
-            bootstrap::fuzz_toolchain()?;
-            let fuzzed = fuzz::run(
-                &root,
-                &fuzz::FuzzArgs {
-                    runs: None,
-                    seconds: Some(10),
-                    targets: Vec::new(),
-                },
-            );
+            let fuzzed = bootstrap::fuzz_toolchain().and_then(|()| {
+                fuzz::run(
+                    &root,
+                    &fuzz::FuzzArgs {
+                        runs: None,
+                        seconds: Some(10),
+                        targets: Vec::new(),
+                    },
+                )
+            });
             println!(
                 "all tests: {} passed, {} failed",
                 tally.passed, tally.failed

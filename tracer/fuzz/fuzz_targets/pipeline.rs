@@ -1,8 +1,8 @@
 //! The whole user-space pipeline from ring-buffer records: the record
 //! decoder, the connection table, reassembly and the parsers. A script (see
 //! the crate's documentation) becomes the records the kernel side writes for
-//! one connection (open, data with positions, truncated chunks, close, and
-//! the next connection); with settings bit 2 the input is raw records
+//! one connection (open, data with positions, chunks of which nothing was
+//! captured, close, and the next connection); with settings bit 2 the input is raw records
 //! instead (a length byte, then the record), for the decoder alone.
 #![no_main]
 

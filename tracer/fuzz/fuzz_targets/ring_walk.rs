@@ -1,8 +1,8 @@
 //! The ring reader's walk over kernel memory (`source::rings`), on a ring
 //! laid out as the kernel's: records of any length and flags, headers
-//! overwritten with anything, producer positions anywhere. The walk must
-//! stay inside the mapping, hand out exactly the length a header claims,
-//! and never move the consumer position backwards.
+//! overwritten with anything, producer positions published ahead of or
+//! behind the reader (8-byte aligned, as the kernel's). Every record handed
+//! out must fit the ring, and the consumer position must never go back.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;

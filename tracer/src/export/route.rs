@@ -27,7 +27,8 @@
 //! - 16 or more token characters that look random rather than written: at
 //!   least a third of the letters are capitals that follow another letter
 //!   (`sYqWbQkLmNvXzRtP`, where camel case such as `GetUserPreferences` has
-//!   one per word), or fewer than a quarter of the letters are vowels
+//!   one per word), or, in a segment of letters and digits only with 12 or
+//!   more letters, fewer than a quarter of them are vowels
 //!   (`kqzvxwpmtrbnlhgf`; words run near 40%) → `{id}`;
 //! - anything else is kept verbatim.
 //!
@@ -199,7 +200,11 @@ fn looks_random(bytes: &[u8], letters: usize) -> bool {
         .iter()
         .filter(|b| matches!(b.to_ascii_lowercase(), b'a' | b'e' | b'i' | b'o' | b'u'))
         .count();
-    (has_lowercase && inner_capitals * 3 >= letters) || (letters >= 12 && vowels * 4 < letters)
+    // Only letters and digits for the vowel test: a separator means words
+    // (`chunk-vendors.js`), whose consonants run together at the joints.
+    let plain = bytes.iter().all(u8::is_ascii_alphanumeric);
+    (has_lowercase && inner_capitals * 3 >= letters)
+        || (plain && letters >= 12 && vowels * 4 < letters)
 }
 
 /// 8-4-4-4-12 hex digits separated by '-'.
@@ -439,6 +444,7 @@ mod tests {
             "c++-programming-guide",
             "release-notes.html",
             "eyJustAWord",
+            "chunk-vendors.js",
         ] {
             assert_eq!(template(&format!("/{word}")), format!("/{word}"), "{word}");
         }

@@ -1,6 +1,7 @@
 //! `tracer watch`: one line per request/response pair on stdout, for an
-//! operator debugging one machine. Prints the path masked as `http_route` is
-//! (no query string; ids, tokens and email addresses as `{id}`), never a
+//! operator debugging one machine. Prints the method and the path as the
+//! metrics have them (methods outside the standard nine as `_OTHER`; no
+//! query string; ids, tokens and email addresses as `{id}`), never a
 //! header value, statement text or key (see `describe`).
 
 use std::{
@@ -10,7 +11,7 @@ use std::{
 };
 
 use crate::{
-    export::route,
+    export::{metrics::calls::normalize_method, route},
     pipeline::records::{ip_of, Record, Sink},
     protocols::{Call, Side},
 };
@@ -117,7 +118,8 @@ impl<W: Write> Sink for PrintSink<W> {
 fn describe(call: &Call) -> (&str, String, String) {
     match call {
         Call::Http(http) => (
-            &http.method,
+            // As the metrics have it: a method is the client's to choose.
+            normalize_method(&http.method),
             route::template(&http.path),
             http.status.to_string(),
         ),

@@ -8,7 +8,11 @@
 //! decoded only as far as the dynamic table needs (its size) and dropped.
 //!
 //! The dynamic table keeps, per entry, its size and the reduced value of
-//! the headers above, so no other header value is ever stored. It can be
+//! the headers above, so no other header value is kept in it. The memos
+//! (`hpack/blocks.rs`, `huffman_memo.rs`) hold recent raw blocks and
+//! strings for the life of the connection, in memory only: their `Debug`
+//! shows lengths, never bytes, and a block with a never-indexed literal
+//! (how encoders mark credentials) is not kept. It can be
 //! partly unknown: a connection picked up mid-stream, or one that lost a
 //! header block, has entries we never saw. Those are modelled as an
 //! unknown tail behind the entries inserted since: references into the
@@ -293,6 +297,9 @@ pub struct Decoder {
     /// The block being decoded referred to the dynamic table, or updated
     /// its size.
     read_table: bool,
+    /// The block being decoded holds a never-indexed literal (RFC 7541
+    /// 6.2.3, how encoders mark credentials): it is not kept by the memo.
+    sensitive: bool,
     /// The block being decoded is recorded for the memo: its insertions
     /// are kept in `Memo::inserted`.
     recording: bool,
@@ -323,6 +330,7 @@ impl Decoder {
             unknown_tail: false,
             changed: false,
             read_table: false,
+            sensitive: false,
             recording: false,
             memo: None,
         }
@@ -373,7 +381,7 @@ impl Decoder {
             }
             Seen::Again(_) | Seen::New => {
                 let result = self.decode_fields(block, headers);
-                if let (Ok(()), Some(memo)) = (result, self.memo.as_mut()) {
+                if let (Ok(()), false, Some(memo)) = (result, self.sensitive, self.memo.as_mut()) {
                     memo.blocks.note(block);
                 }
                 result
@@ -424,6 +432,7 @@ impl Decoder {
     /// Decodes the block's fields one by one.
     fn decode_fields(&mut self, block: &[u8], headers: &mut Headers) -> Result<(), Undecodable> {
         self.read_table = false;
+        self.sensitive = false;
         let mut input = Input(block);
         while let Some(&first) = input.0.first() {
             let step = if first & 0x80 != 0 {
@@ -435,6 +444,7 @@ impl Decoder {
                 input.integer(5).map(|size| self.resize(size))
             } else {
                 // Without indexing (0000) or never indexed (0001).
+                self.sensitive |= first & 0xf0 == 0x10;
                 self.literal(&mut input, 4, false, headers)
             };
             if step.is_err() {

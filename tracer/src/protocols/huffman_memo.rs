@@ -27,7 +27,7 @@ pub const MAX_KEPT: usize = 16;
 
 /// One remembered string; `raw_len` 0 is an empty slot (an empty string is
 /// never looked up).
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Clone, Copy, Default)]
 struct Slot {
     raw_len: u8,
     /// Octets of `prefix` that hold decoded octets: the first ones, as
@@ -38,6 +38,16 @@ struct Slot {
     /// The raw string as [`key`] reads it.
     key: Key,
     prefix: [u8; MAX_KEPT],
+}
+
+/// Lengths only: the key and prefix are a header value.
+impl std::fmt::Debug for Slot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Slot")
+            .field("raw_len", &self.raw_len)
+            .field("decoded", &self.decoded)
+            .finish()
+    }
 }
 
 /// The memo; a fixed size, boxed by its owner until first needed.

@@ -14,7 +14,8 @@
 //! Payloads are skipped by counting. Only a prefix of a payload is looked
 //! at, and copied only when it spans pieces: the statement text of
 //! COM_QUERY and COM_STMT_PREPARE up to `MAX_STATEMENT`, the first bytes of
-//! a response packet. Rows are never copied.
+//! a response packet; and the prefix that decided a statement's summary,
+//! kept by the statement memo (`sql_memo.rs`). Rows are never copied.
 //!
 //! The server speaks first: its greeting, the client's handshake response
 //! (which says whether TLS or compression follows: then there is nothing to

@@ -26,7 +26,6 @@ pub struct Memo {
     next: usize,
 }
 
-#[derive(Debug)]
 struct Slot {
     dialect: Dialect,
     /// The bytes that decided the summary.
@@ -35,6 +34,18 @@ struct Slot {
     /// same statement matches.
     whole: bool,
     summary: Summary,
+}
+
+/// The prefix's length only: it is statement text.
+impl std::fmt::Debug for Slot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Slot")
+            .field("dialect", &self.dialect)
+            .field("prefix", &self.prefix.len())
+            .field("whole", &self.whole)
+            .field("summary", &self.summary)
+            .finish()
+    }
 }
 
 impl Slot {

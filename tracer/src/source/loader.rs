@@ -562,8 +562,15 @@ fn check_capabilities() -> Result<(), StartError> {
         .unwrap_or(0);
     let has = |cap: u32| effective & (1 << cap) != 0;
     let mut missing = Vec::new();
-    if !(has(CAP_BPF) && has(CAP_PERFMON) || has(CAP_SYS_ADMIN)) {
-        missing.push("CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN)");
+    // Name only what is missing: naming a capability the process holds
+    // sends the operator after the wrong one.
+    if !has(CAP_SYS_ADMIN) {
+        if !has(CAP_BPF) {
+            missing.push("CAP_BPF (or CAP_SYS_ADMIN)");
+        }
+        if !has(CAP_PERFMON) {
+            missing.push("CAP_PERFMON (or CAP_SYS_ADMIN)");
+        }
     }
     if !has(CAP_SYS_PTRACE) {
         missing.push("CAP_SYS_PTRACE");

@@ -153,6 +153,13 @@ impl Source for RingMemory {
             // kernel never publishes) must not send the walk backwards.
             if self.pos >= self.end {
                 self.end = self.producer_pos();
+                // Records start 8-byte aligned; a position that is not is
+                // corrupt (the kernel never publishes one), and reading a
+                // header there would be a misaligned atomic load.
+                if !self.end.is_multiple_of(8) {
+                    self.end = self.pos;
+                    return Next::Empty;
+                }
                 if self.pos >= self.end {
                     return Next::Empty;
                 }

@@ -913,7 +913,7 @@ fn encode_peer(
 }
 
 /// OpenTelemetry's method normalisation: known methods as is, else `_OTHER`.
-fn normalize_method(method: &str) -> &'static str {
+pub fn normalize_method(method: &str) -> &'static str {
     KNOWN_METHODS
         .into_iter()
         .find(|m| *m == method)

@@ -39,7 +39,7 @@ pub(super) struct Blocks {
     next: usize,
 }
 
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct Slot {
     /// The block; empty when the slot is.
     bytes: Vec<u8>,
@@ -129,6 +129,16 @@ impl Blocks {
                 inserts,
             });
         }
+    }
+}
+
+/// Lengths only: the bytes may hold header values.
+impl std::fmt::Debug for Slot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Slot")
+            .field("bytes", &self.bytes.len())
+            .field("decoded", &self.decoded.is_some())
+            .finish()
     }
 }
 

@@ -18,9 +18,18 @@ pub struct InMemoryRing {
     producer_pos: usize,
 }
 
-fn map(addr: *mut libc::c_void, len: usize, flags: libc::c_int, fd: i32, off: usize) -> *mut u8 {
+/// # Safety
+/// With `MAP_FIXED` in `flags`, `addr..addr + len` must be a mapping of the
+/// caller's that nothing else uses.
+unsafe fn map(
+    addr: *mut libc::c_void,
+    len: usize,
+    flags: libc::c_int,
+    fd: i32,
+    off: usize,
+) -> *mut u8 {
     let prot = libc::PROT_READ | libc::PROT_WRITE;
-    // SAFETY: a fresh mapping; MAP_FIXED only over our own reservation.
+    // SAFETY: the caller's promise for MAP_FIXED; otherwise a fresh mapping.
     let ptr = unsafe { libc::mmap(addr, len, prot, flags, fd, off as libc::off_t) };
     assert_ne!(
         ptr,
@@ -35,6 +44,7 @@ impl InMemoryRing {
     /// A ring whose consumer and producer positions both start at `start`
     /// (positions run on past the size, as the kernel's do).
     pub fn at(start: usize) -> Self {
+        assert!(start.is_multiple_of(8), "ring positions are 8-byte aligned");
         // SAFETY: sysconf has no preconditions.
         let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
         let size = page;
@@ -45,18 +55,16 @@ impl InMemoryRing {
         let grown = unsafe { libc::ftruncate(fd, (page + size) as libc::off_t) };
         assert_eq!(grown, 0, "ftruncate: {}", io::Error::last_os_error());
         let anonymous = libc::MAP_SHARED | libc::MAP_ANONYMOUS;
-        let consumer = map(std::ptr::null_mut(), page, anonymous, -1, 0);
-        let base = map(std::ptr::null_mut(), page + 2 * size, anonymous, -1, 0);
         let fixed = libc::MAP_SHARED | libc::MAP_FIXED;
-        map(base.cast(), page + size, fixed, fd, 0);
-        // SAFETY: inside the reservation.
-        map(
-            unsafe { base.add(page + size) }.cast(),
-            size,
-            fixed,
-            fd,
-            page,
-        );
+        // SAFETY: fresh mappings, then MAP_FIXED only over the reservation
+        // just made (`base`), which nothing else knows of yet.
+        let (consumer, base) = unsafe {
+            let consumer = map(std::ptr::null_mut(), page, anonymous, -1, 0);
+            let base = map(std::ptr::null_mut(), page + 2 * size, anonymous, -1, 0);
+            map(base.cast(), page + size, fixed, fd, 0);
+            map(base.add(page + size).cast(), size, fixed, fd, page);
+            (consumer, base)
+        };
         // SAFETY: the mappings keep the memfd's pages alive without the fd.
         unsafe { libc::close(fd) };
         let consumer = Mapping {
@@ -120,6 +128,7 @@ impl InMemoryRing {
     /// Rewrites the header of the record at position `pos` (the commit of a
     /// busy record, or a corrupt length).
     pub fn set_header(&self, pos: usize, header: u32) {
+        assert!(pos.is_multiple_of(8), "records start 8-byte aligned");
         let at = self.memory.page + (pos & self.memory.mask);
         // SAFETY: `at` is in the data and 8-byte aligned for record positions.
         let word = unsafe {
@@ -138,6 +147,10 @@ impl InMemoryRing {
 
     /// Publishes the producer position, as the kernel does after a reserve.
     pub fn publish(&mut self, pos: usize) {
+        assert!(
+            pos.is_multiple_of(8),
+            "the kernel publishes 8-byte aligned positions"
+        );
         self.producer_pos = pos;
         // SAFETY: the producer page starts with the producer position.
         unsafe { self.memory.producer.ptr.cast::<AtomicUsize>().as_ref() }
