@@ -1,11 +1,12 @@
 #!/usr/bin/perl
 # Prepared statements over MariaDB's binary protocol (COM_STMT_PREPARE,
-# COM_STMT_EXECUTE, COM_STMT_CLOSE), for tests/tests/mysql.rs.
+# COM_STMT_EXECUTE, COM_STMT_CLOSE), for tests/tests/mysql.rs and privacy.rs.
 #
-# Usage: mysql_prepared.pl PORT ROUNDS
+# Usage: mysql_prepared.pl PORT ROUNDS [VALUE]
 # Connects to 127.0.0.1:PORT as root over TCP with server-side prepared
 # statements, creates a table, prepares an INSERT, a SELECT, an UPDATE and a
-# DELETE once, executes each ROUNDS times, then executes the INSERT once more
+# DELETE once, executes each ROUNDS times (inserting "VALUE N", `value` by
+# default, as the parameter of round N), then executes the INSERT once more
 # with a duplicate key (error 1062). Prints its own tally on stdout, one
 # `name count` per line: prepares, executions per verb, and failures by error
 # number.
@@ -13,8 +14,9 @@ use strict;
 use warnings;
 use DBI;
 
-my ($port, $rounds) = @ARGV;
-die "usage: $0 PORT ROUNDS\n" unless defined $rounds;
+my ($port, $rounds, $value) = @ARGV;
+die "usage: $0 PORT ROUNDS [VALUE]\n" unless defined $rounds;
+$value //= "value";
 my $dbh = DBI->connect(
     "DBI:MariaDB:host=127.0.0.1;port=$port;mariadb_server_prepare=1",
     "root", "", { RaiseError => 1, PrintError => 0, AutoCommit => 1 });
@@ -35,7 +37,7 @@ for my $verb (sort keys %statements) {
     $tally{PREPARE}++;
 }
 for my $i (1 .. $rounds) {
-    $sth{INSERT}->execute($i, "value $i");
+    $sth{INSERT}->execute($i, "$value $i");
     $tally{INSERT}++;
     $sth{SELECT}->execute($i);
     my $rows = $sth{SELECT}->fetchall_arrayref;

@@ -105,6 +105,12 @@ const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
 
 impl Postgres {
     pub fn start(dir: &TestDir) -> Self {
+        Self::start_with_hba(dir, "")
+    }
+
+    /// As [`Postgres::start`], with `rules` (`pg_hba.conf` lines) ahead of
+    /// initdb's, so that they win: the first matching line decides.
+    pub fn start_with_hba(dir: &TestDir, rules: &str) -> Self {
         let data = dir.join("pgdata");
         let socket_dir = dir.join("pgsock");
         std::fs::create_dir_all(&socket_dir).expect("create the socket directory");
@@ -120,6 +126,9 @@ impl Postgres {
                 .args(["-A", "trust", "-U", "postgres", "-D"])
                 .arg(&data),
         );
+        let hba = data.join("pg_hba.conf");
+        let initdb_rules = std::fs::read_to_string(&hba).expect("read pg_hba.conf");
+        std::fs::write(&hba, format!("{rules}{initdb_rules}")).expect("write pg_hba.conf");
         let port = free_port();
         let mut cmd = Command::new("runuser");
         cmd.args(["-u", "postgres", "--"])
@@ -171,6 +180,26 @@ impl Postgres {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Completed calls per statement verb (upper case), as
+    /// `pg_stat_statements` counts them, leaving out the statements that
+    /// read or reset it.
+    pub fn statement_counts(&self) -> BTreeMap<String, u64> {
+        let rows = self.psql_socket(
+            "SELECT upper(split_part(ltrim(query), ' ', 1)), sum(calls) FROM pg_stat_statements \
+             WHERE query NOT LIKE '%pg_stat_statements%' GROUP BY 1",
+        );
+        rows.lines()
+            .filter_map(|l| {
+                let (verb, n) = l.split_once('|')?;
+                Some((
+                    verb.trim_end_matches(';').to_string(),
+                    n.trim().parse().ok()?,
+                ))
+            })
+            .filter(|(_, n): &(String, u64)| *n > 0)
+            .collect()
+    }
+
     /// The connection string of a TCP client (traced).
     pub fn tcp_args(&self) -> Vec<String> {
         [
@@ -185,6 +214,25 @@ impl Postgres {
         .to_vec()
     }
 }
+
+/// The tracer's verb for each `Com_*` counter the suite's MySQL workloads
+/// move. An executed prepared statement counts under its statement's verb
+/// on both sides (`Com_stmt_execute` is their sum); `COM_STMT_CLOSE` has no
+/// reply, so it is no operation.
+pub const COM_VERBS: [(&str, &str); 12] = [
+    ("Com_select", "SELECT"),
+    ("Com_insert", "INSERT"),
+    ("Com_update", "UPDATE"),
+    ("Com_delete", "DELETE"),
+    ("Com_create_db", "CREATE"),
+    ("Com_create_table", "CREATE"),
+    ("Com_drop_db", "DROP"),
+    ("Com_drop_table", "DROP"),
+    ("Com_change_db", "USE"),
+    ("Com_set_option", "SET"),
+    ("Com_stmt_prepare", "PREPARE"),
+    ("Com_stmt_reset", "STMT_RESET"),
+];
 
 /// MariaDB on 127.0.0.1 without grant tables (no password anywhere).
 #[derive(Debug)]
@@ -236,6 +284,23 @@ impl Mariadb {
                 .args(["-u", "root", "-N", "-B", "-e", sql]),
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Statements per verb the server ran between two [`Mariadb::com_status`]
+    /// readings, named as the tracer names them (see [`COM_VERBS`]).
+    pub fn verbs_between(
+        before: &BTreeMap<String, u64>,
+        after: &BTreeMap<String, u64>,
+    ) -> BTreeMap<String, u64> {
+        let mut verbs = BTreeMap::new();
+        for (counter, verb) in COM_VERBS {
+            let n = after.get(counter).copied().unwrap_or(0)
+                - before.get(counter).copied().unwrap_or(0);
+            if n > 0 {
+                *verbs.entry(verb.to_string()).or_default() += n;
+            }
+        }
+        verbs
     }
 
     /// `SHOW GLOBAL STATUS` counters named `Com_*`, by name.

@@ -23,25 +23,6 @@ const DB_COUNT: &str = "db_client_operation_duration_seconds_count";
 
 const MYSQL: [(&str, &str); 1] = [("db_system_name", "mysql")];
 
-/// The tracer's verb for each `Com_*` counter the workloads move. An
-/// executed prepared statement counts under its statement's verb on both
-/// sides (`Com_stmt_execute` is their sum); `COM_STMT_CLOSE` has no reply, so
-/// it is no operation.
-const VERBS: [(&str, &str); 12] = [
-    ("Com_select", "SELECT"),
-    ("Com_insert", "INSERT"),
-    ("Com_update", "UPDATE"),
-    ("Com_delete", "DELETE"),
-    ("Com_create_db", "CREATE"),
-    ("Com_create_table", "CREATE"),
-    ("Com_drop_db", "DROP"),
-    ("Com_drop_table", "DROP"),
-    ("Com_change_db", "USE"),
-    ("Com_set_option", "SET"),
-    ("Com_stmt_prepare", "PREPARE"),
-    ("Com_stmt_reset", "STMT_RESET"),
-];
-
 /// Waits until the tracer's MySQL operations per verb equal `want`, then
 /// returns the scrape; fails with both when they never do.
 fn counted_per_verb(tracer: &Tracer, want: &BTreeMap<String, u64>) -> Scrape {
@@ -60,18 +41,6 @@ fn counted_per_verb(tracer: &Tracer, want: &BTreeMap<String, u64>) -> Scrape {
         scrape.lines("tracer_", &[("protocol", "mysql")]),
     );
     scrape
-}
-
-fn by_verb(after: &BTreeMap<String, u64>, before: &BTreeMap<String, u64>) -> BTreeMap<String, u64> {
-    let mut want = BTreeMap::new();
-    for (counter, verb) in VERBS {
-        let n =
-            after.get(counter).copied().unwrap_or(0) - before.get(counter).copied().unwrap_or(0);
-        if n > 0 {
-            *want.entry(verb.to_string()).or_default() += n;
-        }
-    }
-    want
 }
 
 #[test]
@@ -112,7 +81,7 @@ fn mysqlslap_and_mariadb_counted_exactly_against_com_counters() {
         String::from_utf8_lossy(&out.stderr).contains("1146"),
         "the statement did not fail with 1146"
     );
-    let want = by_verb(&db.com_status(), &before);
+    let want = Mariadb::verbs_between(&before, &db.com_status());
     assert!(want.get("INSERT").copied().unwrap_or(0) > 100, "{want:?}");
 
     let scrape = counted_per_verb(&tracer, &want);
@@ -150,7 +119,7 @@ fn prepared_statements_counted_exactly_against_com_counters() {
         })
         .collect();
     let after = db.com_status();
-    let want = by_verb(&after, &before);
+    let want = Mariadb::verbs_between(&before, &after);
     // The client's own tally and the server's agree on what ran.
     for verb in ["INSERT", "SELECT", "UPDATE", "DELETE"] {
         assert_eq!(

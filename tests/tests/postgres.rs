@@ -14,32 +14,12 @@
 //! `END`), so those two verbs are checked against pgbench's own count of
 //! the transactions it ran, one `BEGIN` and one `END` each.
 
-use std::collections::BTreeMap;
 use std::process::Command;
 
 use tracer_e2e::databases::{run_ok, Postgres};
 use tracer_e2e::{privileged, require_tool, wait_until, TestDir, Tracer};
 
 const DB_COUNT: &str = "db_client_operation_duration_seconds_count";
-
-/// Completed calls per verb, as pg_stat_statements counts them, leaving out
-/// the statements the test itself runs over the socket.
-fn server_counts(pg: &Postgres) -> BTreeMap<String, u64> {
-    let rows = pg.psql_socket(
-        "SELECT upper(split_part(ltrim(query), ' ', 1)), sum(calls) FROM pg_stat_statements \
-         WHERE query NOT LIKE '%pg_stat_statements%' GROUP BY 1",
-    );
-    rows.lines()
-        .filter_map(|l| {
-            let (verb, n) = l.split_once('|')?;
-            Some((
-                verb.trim_end_matches(';').to_string(),
-                n.trim().parse().ok()?,
-            ))
-        })
-        .filter(|(_, n): &(String, u64)| *n > 0)
-        .collect()
-}
 
 /// `N` from pgbench's "number of transactions actually processed: N/M".
 fn processed(stdout: &str) -> u64 {
@@ -130,7 +110,7 @@ fn pgbench_and_psql_counted_exactly_against_pg_stat_statements() {
         "psql did not fail once: {stderr}"
     );
 
-    let mut want = server_counts(&pg);
+    let mut want = pg.statement_counts();
     want.insert("BEGIN".into(), transactions);
     want.insert("END".into(), transactions);
     assert!(
