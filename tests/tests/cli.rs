@@ -1,5 +1,5 @@
 //! The command line outside the data path: `tracer check` proves both attach
-//! paths load (tracepoints attach here; the 19 kprobe programs, the two
+//! paths load (tracepoints attach here; the 24 kprobe programs, the two
 //! frame programs reached by tail call included, pass the
 //! verifier even though this kernel cannot attach kprobes), bad flags are
 //! rejected up front with an error naming the flag, and SIGTERM stops the
@@ -12,8 +12,8 @@ use tracer_e2e::tracer::{run_cli, try_get};
 use tracer_e2e::{privileged, TestDir, Tracer};
 
 #[test]
-fn check_reports_tracepoint_mode_and_19_verified_kprobe_programs() {
-    if !privileged("check_reports_tracepoint_mode_and_19_verified_kprobe_programs") {
+fn check_reports_tracepoint_mode_and_24_verified_kprobe_programs() {
+    if !privileged("check_reports_tracepoint_mode_and_24_verified_kprobe_programs") {
         return;
     }
     let dir = TestDir::new("check");
@@ -35,8 +35,8 @@ fn check_reports_tracepoint_mode_and_19_verified_kprobe_programs() {
         .and_then(|n| n.trim().parse::<u32>().ok());
     assert_eq!(
         verified,
-        Some(19),
-        "`tracer check` should load all 19 kprobe programs through the verifier\nstdout:\n{stdout}"
+        Some(24),
+        "`tracer check` should load all 24 kprobe programs through the verifier\nstdout:\n{stdout}"
     );
 }
 

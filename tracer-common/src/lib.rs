@@ -93,8 +93,15 @@ pub mod stat {
     /// CPU's ring was more than half full: under pressure payload is shed
     /// before whole events are. The rest of the chunk is a counted gap.
     pub const CAPTURE_SHED: u32 = 6;
+    /// A chunk's position, taken from its socket's TCP sequence counter,
+    /// lay behind bytes already handed out for that direction: two threads
+    /// moved bytes on one socket at once without a lock between them, and
+    /// the later syscall's exit saw the other's bytes too. The overlapping
+    /// chunk is delivered where the counter says; the reassembler keeps the
+    /// first bytes it got for each position.
+    pub const POSITION_OVERLAP: u32 = 7;
     /// Number of counters.
-    pub const COUNT: u32 = 7;
+    pub const COUNT: u32 = 8;
     /// Metric label of each counter, by index.
     pub const NAMES: [&str; COUNT as usize] = [
         "ringbuf_full",
@@ -104,6 +111,7 @@ pub mod stat {
         "read_failed",
         "frames_lost",
         "capture_shed",
+        "position_overlap",
     ];
 }
 
@@ -256,6 +264,13 @@ pub struct ConnInfo {
     /// Per direction: the stream position of the next HTTP/2 frame header,
     /// or [`NO_FRAME`] when the direction's frames are not followed.
     pub next_frame: [u64; 2],
+    /// The kernel's `struct sock` of the connection, or 0 when unknown
+    /// (offsets missing from the kernel's BTF, a socket adopted mid-stream
+    /// before its first chunk): positions then add up syscall results.
+    pub sk: u64,
+    /// Per [`direction`]: the socket's sequence counter (`copied_seq`,
+    /// `write_seq`) at position 0, valid while `sk` is not 0.
+    pub seq_base: [u32; 2],
 }
 
 /// [`ConnInfo::next_frame`] of a direction not followed as HTTP/2.
@@ -273,7 +288,62 @@ impl ConnInfo {
             split: [[0; 2]; 2],
             split_len: [0; 2],
             next_frame: [NO_FRAME; 2],
+            sk: 0,
+            seq_base: [0; 2],
         }
+    }
+}
+
+/// Byte offsets of the kernel structure fields the kernel side walks to turn
+/// a descriptor into its socket and read the socket's sequence counters,
+/// taken from the running kernel's BTF by the loader (the `SOCK_OFFSETS`
+/// global). All zero: unknown, positions add up syscall results instead.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockOffsets {
+    /// `task_struct.files`
+    pub task_files: u32,
+    /// `files_struct.fdt`
+    pub files_fdt: u32,
+    /// `fdtable.max_fds`
+    pub fdt_max_fds: u32,
+    /// `fdtable.fd`
+    pub fdt_fd: u32,
+    /// `file.private_data` (the `struct socket` of a socket's file)
+    pub file_private: u32,
+    /// `socket.sk`
+    pub socket_sk: u32,
+    /// `sock.sk_protocol` (a plain `u16` since Linux 5.6)
+    pub sk_protocol: u32,
+    /// `sock.sk_shutdown` (a plain `u8` since Linux 6.4)
+    pub sk_shutdown: u32,
+    /// `inet_connection_sock.icsk_ulp_ops`: set once an upper layer (kernel
+    /// TLS) owns the socket, whose counters then count its records, not the
+    /// process's bytes.
+    pub icsk_ulp_ops: u32,
+    /// `tcp_sock.copied_seq`: the next byte the process will read; one more
+    /// once it has read the peer's FIN.
+    pub copied_seq: u32,
+    /// `tcp_sock.rcv_nxt`: the next byte expected from the peer.
+    pub rcv_nxt: u32,
+    /// `tcp_sock.write_seq`: one past the last byte the process wrote.
+    pub write_seq: u32,
+}
+
+impl SockOffsets {
+    /// Whether the loader found every field.
+    pub const fn known(&self) -> bool {
+        self.task_files != 0
+            && self.files_fdt != 0
+            && self.fdt_fd != 0
+            && self.file_private != 0
+            && self.socket_sk != 0
+            && self.sk_protocol != 0
+            && self.sk_shutdown != 0
+            && self.icsk_ulp_ops != 0
+            && self.copied_seq != 0
+            && self.rcv_nxt != 0
+            && self.write_seq != 0
     }
 }
 
@@ -335,7 +405,8 @@ const _: () = assert!(size_of::<Tuple>() == 40);
 const _: () = assert!(size_of::<EventHeader>() == 24);
 const _: () = assert!(size_of::<DataEvent>() == 56);
 const _: () = assert!(size_of::<ConnEvent>() == 112);
-const _: () = assert!(size_of::<ConnInfo>() == 88);
+const _: () = assert!(size_of::<ConnInfo>() == 104);
+const _: () = assert!(size_of::<SockOffsets>() == 48);
 const _: () = assert!(MAX_CAPTURE.is_power_of_two());
 const _: () = assert!(DEFAULT_CAPTURE as usize <= MAX_CAPTURE);
 
@@ -344,6 +415,8 @@ mod pod {
     // SAFETY: plain-old-data: repr(C), every field an integer or array of
     // integers, padding explicit, so any bit pattern is a valid value.
     unsafe impl aya::Pod for super::ConnInfo {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::SockOffsets {}
 }
 
 #[cfg(test)]

@@ -21,6 +21,7 @@ use crate::{
     capture_limit, frames,
     maps::{count, output, ring_under_pressure, DataScratch, FRAME_PROGRAM, SCRATCH, SOCKETS},
     regs::{Caller, SyscallArgs},
+    seq,
 };
 
 /// Where the syscall's payload lives in user memory.
@@ -34,8 +35,12 @@ pub enum Buffer {
     Vector,
     /// `(fd, msghdr, flags)`: recvmsg, sendmsg; a receive may only peek.
     Message,
-    /// Bytes moved without passing through user memory (sendfile): a gap.
+    /// Bytes moved without passing through user memory (sendfile,
+    /// splice): a gap.
     None,
+    /// `(fd, mmsghdr, count, flags, ...)`: sendmmsg, recvmmsg; the return
+    /// value counts messages. Their bytes are a gap.
+    Messages,
 }
 
 /// Where a chunk's bytes are in user memory.
@@ -61,49 +66,128 @@ pub struct IoVec {
     pub len: u64,
 }
 
-/// A read/write-family syscall returned `ret` bytes moved in `direction`.
+/// A read/write-family syscall returned `ret` (bytes, or messages for
+/// `Buffer::Messages`) moved in `direction` on its first argument.
 #[inline(always)]
 pub fn on_data_exit<C: EbpfContext>(ctx: &C, ret: i64, direction: u8, buffer: Buffer) {
     if ret <= 0 {
         return;
     }
-    let Some(Caller {
+    let Some(caller) = Caller::current() else {
+        return;
+    };
+    let fd = caller.args.arg0();
+    let len = match buffer {
+        Buffer::Messages => message_bytes(caller.args.arg1(), ret as u64),
+        _ => ret as u64,
+    };
+    capture(ctx, caller, fd, len, direction, buffer);
+}
+
+/// `splice` returned `ret` bytes moved. One end is a pipe; the other may be
+/// a traced socket, written (`fd_out`, the third argument) or read (`fd_in`,
+/// the first). The bytes never pass through user memory: a gap.
+#[inline(always)]
+pub fn on_splice_exit<C: EbpfContext>(ctx: &C, ret: i64) {
+    if ret <= 0 {
+        return;
+    }
+    let Some(caller) = Caller::current() else {
+        return;
+    };
+    let (fd_in, fd_out) = (caller.args.arg0(), caller.args.arg2());
+    let (fd, direction) = if SOCKETS
+        .get_ptr(&conn_key(caller.tgid, fd_out as u32))
+        .is_some()
+    {
+        (fd_out, tracer_common::direction::EGRESS)
+    } else {
+        (fd_in, tracer_common::direction::INGRESS)
+    };
+    capture(ctx, caller, fd, ret as u64, direction, Buffer::None);
+}
+
+/// Messages of a `sendmmsg`/`recvmmsg` whose lengths are added up; beyond
+/// them the socket's counters (when known) still place the next chunk.
+const MAX_MESSAGES: u64 = 16;
+
+/// Bytes moved by the first `messages` entries of a `struct mmsghdr` array:
+/// each is a 56-byte `user_msghdr` and the `unsigned int msg_len` the
+/// kernel filled in, padded to 64 bytes (x86-64).
+fn message_bytes(vec: u64, messages: u64) -> u64 {
+    let mut total = 0u64;
+    let mut i = 0u64;
+    while i < MAX_MESSAGES && i < messages {
+        // SAFETY: bpf_probe_read_user checks the address and fails cleanly.
+        match unsafe { bpf_probe_read_user((vec + i * 64 + 56) as *const u32) } {
+            Ok(len) => total += len as u64,
+            Err(_) => {
+                count(stat::READ_FAILED);
+                break;
+            }
+        }
+        i += 1;
+    }
+    total
+}
+
+/// `len` bytes moved in `direction` on the caller's descriptor `fd`: when it
+/// is a traced socket, place them in its stream and copy what `buffer` lets
+/// us into the ring buffer.
+#[inline(always)]
+fn capture<C: EbpfContext>(
+    ctx: &C,
+    caller: Caller,
+    fd: u64,
+    len: u64,
+    direction: u8,
+    buffer: Buffer,
+) {
+    let Caller {
         pid_tgid,
         tgid,
         args,
-    }) = Caller::current()
-    else {
-        return;
-    };
-    let fd = args.arg0();
+    } = caller;
     let Some(info) = SOCKETS.get_ptr_mut(&conn_key(tgid, fd as u32)) else {
         return;
     };
     // A peek is not consumed: counting it would see the same bytes twice.
     let flags = match buffer {
-        Buffer::FlatWithFlags => args.arg3(),
+        Buffer::FlatWithFlags | Buffer::Messages => args.arg3(),
         Buffer::Message if direction == tracer_common::direction::INGRESS => args.arg2(),
         _ => 0,
     };
-    if flags & MSG_PEEK != 0 {
+    if flags & MSG_PEEK != 0 || len == 0 {
         return;
     }
     let dir = (direction & 1) as usize;
-    let len = ret as u64;
     // SAFETY: pointer into a live map value, aligned (u64 fields of a
-    // repr(C) struct). Threads writing one socket at once (multiplexing
-    // HTTP/2 and gRPC clients) each get a range of their own: the
-    // fetch-and-add never hands out a position twice.
-    // The target has no compare-and-swap, so `AtomicU64::fetch_add` does
-    // not exist for it; the intrinsic lowers to BPF's atomic fetch-add. Not
-    // Relaxed: LLVM 22 lowers a relaxed one to the plain `lock +=`, whose
-    // register then still holds the addend, not the old value.
-    let (conn_id, pos) = unsafe {
-        let cell = core::ptr::addr_of_mut!((*info).pos[dir]);
-        (
-            (*info).conn_id,
-            atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(cell, len),
-        )
+    // repr(C) struct).
+    let conn_id = unsafe { (*info).conn_id };
+    // SAFETY: as above.
+    let (unseen, pos) = match unsafe { seq::place(info, fd as u32, dir, len) } {
+        Some(placed) => placed,
+        None => {
+            // Without the socket's counters: threads writing one socket at
+            // once each get a range of their own, as the fetch-and-add
+            // never hands out a position twice.
+            // The target has no compare-and-swap, so
+            // `AtomicU64::fetch_add` does not exist for it; the intrinsic
+            // lowers to BPF's atomic fetch-add. Not Relaxed: LLVM 22 lowers
+            // a relaxed one to the plain `lock +=`, whose register then
+            // still holds the addend, not the old value.
+            // SAFETY: as above.
+            let pos = unsafe {
+                let cell = core::ptr::addr_of_mut!((*info).pos[dir]);
+                atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(cell, len)
+            };
+            (pos, pos)
+        }
+    };
+    // Bytes with no user memory behind them join the unseen ones in one gap.
+    let (pos, len) = match buffer {
+        Buffer::None | Buffer::Messages => (unseen, pos + len - unseen),
+        _ => (pos, len),
     };
 
     // SAFETY: no arguments.
@@ -115,6 +199,34 @@ pub fn on_data_exit<C: EbpfContext>(ctx: &C, ret: i64, direction: u8, buffer: Bu
     // SAFETY: this CPU's slot, exclusively ours until this program returns
     // (programs run with migration disabled and do not nest on a CPU).
     let scratch: &mut DataScratch = unsafe { &mut *scratch };
+    if unseen < pos {
+        // Bytes moved where no hook saw them (io_uring, a splice by a
+        // process we do not see): a gap, so the parsers skip exactly them.
+        // SAFETY: no arguments.
+        let now = unsafe { bpf_ktime_get_ns() };
+        scratch.event = DataEvent {
+            header: EventHeader {
+                kind: kind::DATA,
+                _pad: [0; 3],
+                tgid,
+                conn_id,
+                ts_ns: now,
+            },
+            pos: unseen,
+            pid: pid_tgid as u32,
+            fd: fd as i32,
+            orig_len: (pos - unseen).min(u32::MAX as u64) as u32,
+            cap_len: 0,
+            direction: dir as u8,
+            frames: 0,
+            _pad: [0; 6],
+        };
+        output(
+            scratch as *const DataScratch as *const c_void,
+            size_of::<DataEvent>() as u64,
+            now,
+        );
+    }
     // SAFETY: pointer into a live map value; only the kernel side writes
     // this byte, and a racing first write of another thread sets the same.
     let mut pipelined = unsafe { (*info).pipelined } != 0;
@@ -140,7 +252,7 @@ pub fn on_data_exit<C: EbpfContext>(ctx: &C, ret: i64, direction: u8, buffer: Bu
             segments: args.arg2(),
         }),
         Buffer::Message => message_iov(args.arg1()),
-        Buffer::None => None,
+        Buffer::None | Buffer::Messages => None,
     };
     let mut captured = match user {
         Some(User::Flat(buf)) => copy_at(scratch, 0, buf, want),
@@ -179,7 +291,7 @@ pub fn on_data_exit<C: EbpfContext>(ctx: &C, ret: i64, direction: u8, buffer: Bu
     }
     // Only the capture limit truncates; failed copies and iovec overflow
     // have counters of their own.
-    if len > limit && !matches!(buffer, Buffer::None) {
+    if len > limit && !matches!(buffer, Buffer::None | Buffer::Messages) {
         count(stat::TRUNCATED);
     }
 
@@ -239,7 +351,7 @@ fn sniff(buffer: &Buffer, args: &SyscallArgs) -> Option<[u8; SNIFF_LEN]> {
             let iov = unsafe { bpf_probe_read_user((args.arg1() + 16) as *const u64) }.ok()?;
             first_segment(iov)?
         }
-        Buffer::None => return None,
+        Buffer::None | Buffer::Messages => return None,
     };
     // SAFETY: as above.
     unsafe { bpf_probe_read_user(first as *const [u8; SNIFF_LEN]) }.ok()

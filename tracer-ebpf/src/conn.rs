@@ -21,6 +21,7 @@ use crate::{
         SOCKETS,
     },
     regs::{Caller, SyscallArgs},
+    seq,
 };
 
 const NR_CONNECT: u64 = 42;
@@ -153,7 +154,8 @@ pub fn on_accept_exit(ret: i64) {
         }
     }
     let fd = ret as u32;
-    let info = ConnInfo::new(next_conn_id(), tuple, role::SERVER);
+    let mut info = ConnInfo::new(next_conn_id(), tuple, role::SERVER);
+    seq::attach(&mut info, seq::socket_of(fd), 0, 0);
     if register(conn_key(tgid, fd), &info) {
         emit(kind::OPEN, pid_tgid, fd as i32, &info, comm());
     }
@@ -302,7 +304,9 @@ fn on_client_established(change: &StateChange) {
         return;
     };
     // SAFETY: pointer into a live map value; only this connection's hooks
-    // write it and the local port is first known now.
+    // write it and the local port is first known now. Its counters are tied
+    // to it at its first chunk (`seq::place`): `copied_seq` is not yet
+    // final when this state change is announced.
     let info = unsafe {
         (*info).tuple = change.tuple;
         *info

@@ -7,10 +7,16 @@
 //!  inet_sock_set_state ──┼──▶ SOCKETS (tgid,fd) ──┤
 //!  close enter ──────────┘          │             │
 //!                                   ▼             │
-//!  read/readv/recvfrom/recvmsg ─▶ capture ────────┼──▶ DATA events ──▶ EVENTS ring buffer ──▶ daemon
-//!  write/writev/sendto/sendmsg/sendfile exits     │
+//!  read-family exits ──────────▶ capture ─────────┼──▶ DATA events ──▶ EVENTS ring buffer ──▶ daemon
+//!  write-family exits ─────────┘    │             │
+//!                       positions from the socket's
+//!                       TCP sequence counters (seq.rs)
 //!  sched_process_exit ────────────────────────────┘──▶ PROC_EXIT events
 //! ```
+//!
+//! Read family: read, readv, preadv2, recvfrom, recvmsg, recvmmsg, and splice
+//! from a socket. Write family: write, writev, pwritev2, sendto, sendmsg,
+//! sendmmsg, sendfile, and splice into a socket.
 //!
 //! Every data hook runs at syscall *exit* only and reads the syscall's
 //! arguments from the task's saved user registers (`bpf_task_pt_regs`): one
@@ -24,7 +30,10 @@
 #![no_std]
 #![no_main]
 #![feature(core_intrinsics)]
-#![allow(internal_features, reason = "atomic_xadd: the BPF target has no AtomicU64::fetch_add")]
+#![allow(
+    internal_features,
+    reason = "atomic_xadd: the BPF target has no AtomicU64::fetch_add"
+)]
 
 mod capture;
 mod conn;
@@ -32,6 +41,7 @@ mod frames;
 mod maps;
 mod probes;
 mod regs;
+mod seq;
 
 /// Runtime capture limit in bytes, set by the loader (at most `MAX_CAPTURE`).
 #[no_mangle]

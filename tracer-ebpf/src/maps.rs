@@ -12,7 +12,7 @@ use core::ffi::c_void;
 use tracer_common::{ConnInfo, DataEvent, SockAddr, COMM_LEN, MAX_CAPTURE};
 
 /// Traced TCP sockets, keyed by `conn_key(tgid, fd)`: the filter every data
-/// hook consults first. 88-byte values: 65,536 entries is about 7 MiB with
+/// hook consults first. 104-byte values: 65,536 entries is about 8 MiB with
 /// keys and overhead. A plain hash (not LRU) so that a full table is visible:
 /// a new connection that does not fit is counted (`stat::CONN_MAP_FULL`) and
 /// not traced, instead of silently evicting a live one.

@@ -9,7 +9,7 @@ use aya_ebpf::{
 use tracer_common::direction::{EGRESS, INGRESS};
 
 use crate::{
-    capture::{on_data_exit, Buffer},
+    capture::{on_data_exit, on_splice_exit, Buffer},
     conn,
     regs::SyscallArgs,
 };
@@ -36,6 +36,19 @@ data_exit!(kp_exit_sendto, EGRESS, Buffer::Flat);
 data_exit!(kp_exit_writev, EGRESS, Buffer::Vector);
 data_exit!(kp_exit_sendmsg, EGRESS, Buffer::Message);
 data_exit!(kp_exit_sendfile64, EGRESS, Buffer::None);
+data_exit!(kp_exit_preadv2, INGRESS, Buffer::Vector);
+data_exit!(kp_exit_pwritev2, EGRESS, Buffer::Vector);
+data_exit!(kp_exit_recvmmsg, INGRESS, Buffer::Messages);
+data_exit!(kp_exit_sendmmsg, EGRESS, Buffer::Messages);
+
+#[kretprobe]
+pub fn kp_exit_splice(ctx: RetProbeContext) -> u32 {
+    if crate::hooks_only() {
+        return 0;
+    }
+    on_splice_exit(&ctx, ctx.ret::<i64>());
+    0
+}
 
 /// Reached by tail call from the data programs of an HTTP/2 connection
 /// (`maps::FRAME_PROGRAM` slot 0), never attached.

@@ -5,7 +5,7 @@ use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use tracer_common::direction::{EGRESS, INGRESS};
 
 use crate::{
-    capture::{on_data_exit, Buffer},
+    capture::{on_data_exit, on_splice_exit, Buffer},
     conn,
 };
 
@@ -41,6 +41,19 @@ data_exit!(tp_exit_sendto, EGRESS, Buffer::Flat);
 data_exit!(tp_exit_writev, EGRESS, Buffer::Vector);
 data_exit!(tp_exit_sendmsg, EGRESS, Buffer::Message);
 data_exit!(tp_exit_sendfile64, EGRESS, Buffer::None);
+data_exit!(tp_exit_preadv2, INGRESS, Buffer::Vector);
+data_exit!(tp_exit_pwritev2, EGRESS, Buffer::Vector);
+data_exit!(tp_exit_recvmmsg, INGRESS, Buffer::Messages);
+data_exit!(tp_exit_sendmmsg, EGRESS, Buffer::Messages);
+
+#[tracepoint]
+pub fn tp_exit_splice(ctx: TracePointContext) -> u32 {
+    if crate::hooks_only() {
+        return 0;
+    }
+    on_splice_exit(&ctx, ret(&ctx));
+    0
+}
 
 /// Reached by tail call from the data programs of an HTTP/2 connection
 /// (`maps::FRAME_PROGRAM` slot 0), never attached.

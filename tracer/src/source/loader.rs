@@ -10,7 +10,9 @@ use aya::{
     programs::{KProbe, TracePoint},
     Btf, Ebpf, EbpfLoader,
 };
-use tracer_common::{stat, ConnInfo, MAX_RINGS};
+use tracer_common::{stat, ConnInfo, SockOffsets, MAX_RINGS};
+
+use super::btf;
 
 use crate::error::StartError;
 use crate::pipeline::conntrack::KernelSockets;
@@ -55,7 +57,7 @@ const fn hook(
 }
 
 /// Every syscall hook, in both attach modes.
-const SYSCALL_HOOKS: [Hook; 17] = [
+const SYSCALL_HOOKS: [Hook; 22] = [
     hook(
         "tp_exit_read",
         "sys_exit_read",
@@ -109,6 +111,36 @@ const SYSCALL_HOOKS: [Hook; 17] = [
         "sys_exit_sendfile64",
         "kp_exit_sendfile64",
         "__x64_sys_sendfile64",
+    ),
+    hook(
+        "tp_exit_preadv2",
+        "sys_exit_preadv2",
+        "kp_exit_preadv2",
+        "__x64_sys_preadv2",
+    ),
+    hook(
+        "tp_exit_pwritev2",
+        "sys_exit_pwritev2",
+        "kp_exit_pwritev2",
+        "__x64_sys_pwritev2",
+    ),
+    hook(
+        "tp_exit_recvmmsg",
+        "sys_exit_recvmmsg",
+        "kp_exit_recvmmsg",
+        "__x64_sys_recvmmsg",
+    ),
+    hook(
+        "tp_exit_sendmmsg",
+        "sys_exit_sendmmsg",
+        "kp_exit_sendmmsg",
+        "__x64_sys_sendmmsg",
+    ),
+    hook(
+        "tp_exit_splice",
+        "sys_exit_splice",
+        "kp_exit_splice",
+        "__x64_sys_splice",
     ),
     hook(
         "tp_exit_accept",
@@ -356,6 +388,7 @@ pub fn load(opts: &LoadOptions) -> Result<Kernel, StartError> {
     raise_memlock_limit();
 
     let btf = Btf::from_sys_fs().map_err(|e| StartError::Btf(e.to_string()))?;
+    let offsets = sock_offsets();
     let self_tgid = std::process::id();
     let hooks_only: u8 = opts.hooks_only.into();
     let rings = RingLayout::new(opts.ring_buffer_bytes, possible_cpus());
@@ -363,6 +396,7 @@ pub fn load(opts: &LoadOptions) -> Result<Kernel, StartError> {
     loader
         .btf(Some(&btf))
         .override_global("CAPTURE_LIMIT", &opts.capture_limit, true)
+        .override_global("SOCK_OFFSETS", &offsets, true)
         .override_global("SELF_TGID", &self_tgid, true)
         .override_global("HOOKS_ONLY", &hooks_only, true)
         .override_global("RING_COUNT", &rings.count, true)
@@ -410,6 +444,23 @@ pub fn load(opts: &LoadOptions) -> Result<Kernel, StartError> {
     })
 }
 
+/// Where the kernel side finds a descriptor's socket and the socket's TCP
+/// sequence counters, which make stream positions exact whatever moved the
+/// bytes; without them positions add up the results of the syscalls hooked.
+fn sock_offsets() -> SockOffsets {
+    match btf::sock_offsets(BTF_PATH) {
+        Ok(offsets) => offsets,
+        Err(reason) => {
+            tracing::warn!(
+                %reason,
+                "stream positions add up hooked syscalls: bytes a traced socket moves by io_uring \
+                 or by a process the hooks cannot see will make later requests on it unmatched"
+            );
+            SockOffsets::default()
+        }
+    }
+}
+
 /// Loads every kprobe program without attaching: proves they pass the
 /// verifier on kernels where kprobes cannot attach (used by tests).
 pub fn verify_kprobe_programs(opts: &LoadOptions) -> Result<usize, StartError> {
@@ -419,6 +470,7 @@ pub fn verify_kprobe_programs(opts: &LoadOptions) -> Result<usize, StartError> {
     let mut ebpf = EbpfLoader::new()
         .btf(Some(&btf))
         .override_global("CAPTURE_LIMIT", &opts.capture_limit, true)
+        .override_global("SOCK_OFFSETS", &sock_offsets(), true)
         .load(OBJECT)
         .map_err(|e| StartError::Load(format!("{e:#}")))?;
     let mut loaded = 0;

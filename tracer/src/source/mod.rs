@@ -1,7 +1,9 @@
-//! The kernel source: loads and attaches the programs (`loader`), reads the
+//! The kernel source: loads and attaches the programs (`loader`, with field
+//! offsets from the kernel's BTF in `btf`), reads the
 //! per-CPU rings in place and merges them by time (`rings`), and drives the
 //! pipeline from them (`ingest`).
 
+pub mod btf;
 pub mod ingest;
 pub mod loader;
 pub mod rings;
