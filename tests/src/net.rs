@@ -158,12 +158,16 @@ pub fn read_response<R: BufRead>(reader: &mut R, head_request: bool) -> io::Resu
     Ok(response)
 }
 
-/// What curl reported for one transfer (`-w '%{http_code} %{num_connects}'`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What curl reported for one transfer (`-w '%{http_code} %{num_connects}
+/// %{time_pretransfer} %{time_total}'`).
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct CurlTransfer {
     pub status: u16,
     /// New connections this transfer opened (0 when it reused one).
     pub connects: u32,
+    /// Seconds from just before curl sent the request to the end of the
+    /// response, by curl's own clock (`time_total - time_pretransfer`).
+    pub exchange_s: f64,
 }
 
 /// Runs curl once over `urls` (in order, one transfer each, reusing the
@@ -176,7 +180,7 @@ pub fn curl(extra: &[&str], urls: &[String]) -> Vec<CurlTransfer> {
         "--max-time",
         "60",
         "-w",
-        "%{http_code} %{num_connects}\\n",
+        "%{http_code} %{num_connects} %{time_pretransfer} %{time_total}\\n",
     ])
     .args(extra);
     for url in urls {
@@ -197,8 +201,14 @@ pub fn curl(extra: &[&str], urls: &[String]) -> Vec<CurlTransfer> {
             let mut f = l.split_whitespace();
             let status = f.next().and_then(|s| s.parse().ok());
             let connects = f.next().and_then(|s| s.parse().ok());
-            match (status, connects) {
-                (Some(status), Some(connects)) => CurlTransfer { status, connects },
+            let pretransfer: Option<f64> = f.next().and_then(|s| s.parse().ok());
+            let total: Option<f64> = f.next().and_then(|s| s.parse().ok());
+            match (status, connects, pretransfer, total) {
+                (Some(status), Some(connects), Some(pretransfer), Some(total)) => CurlTransfer {
+                    status,
+                    connects,
+                    exchange_s: total - pretransfer,
+                },
                 _ => panic!("unexpected curl -w output line {l:?}"),
             }
         })
