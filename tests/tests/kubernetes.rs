@@ -612,6 +612,9 @@ fn watch_filters_by_namespace_and_pod_and_prints_the_pod() {
             "red",
             "--pod",
             "red/alpha",
+            // "process identified" lines: when beta's records stopped waiting.
+            "--log",
+            "info,tracer=debug,kube_client=off",
         ],
     );
     let tracer = tracer_with(&dir, &api, &[]);
@@ -630,11 +633,29 @@ fn watch_filters_by_namespace_and_pod_and_prints_the_pod() {
     );
     get_n(&sa, "/mine", 3);
     get_n(&sb, "/theirs", 4);
-    // A request after beta's: once watch prints it, alpha's earlier
-    // exchanges were all handled. Beta's may still wait in watch's own
-    // pipeline for its first pod lookup (records wait per process for their
-    // identity), so the absence of /theirs below is as strong as that
-    // lookup is quick: it does not prove the filter on its own.
+    // Beta's records wait in watch's pipeline until watch has identified
+    // beta's process (records wait per process for their pod); after that
+    // they pass the filter at the next batch. So: wait for watch to name
+    // beta's pod, then send alpha a request; once watch prints it, beta's
+    // records went through the filter before it, and no /theirs line
+    // means the filter held them back.
+    let beta_pid = format!("pid={} ", sb.pid());
+    let identified = wait_until(METRICS_TIMEOUT, || {
+        watch
+            .stderr()
+            .lines()
+            .any(|l| {
+                l.contains("process identified")
+                    && l.contains(&beta_pid)
+                    && l.contains("pod=blue/beta")
+            })
+            .then_some(())
+    });
+    assert!(
+        identified.is_some(),
+        "watch never identified beta's process: {}",
+        watch.stderr()
+    );
     get_n(&sa, "/last", 1);
     tracer.barrier(&sa);
     tracer.barrier(&sb);

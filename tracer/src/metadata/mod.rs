@@ -423,6 +423,14 @@ async fn serve(
             let identity = resolver
                 .resolve(request.tgid, &request.comm, POD_WAIT, &request.slot.hurry)
                 .await;
+            // Once per process, not per event.
+            tracing::debug!(
+                pid = request.tgid,
+                service = %identity.service_name,
+                pod = %identity.pod.as_ref().map_or(String::new(), |p| format!("{}/{}", p.namespace, p.name)),
+                partial = identity.partial,
+                "process identified"
+            );
             let _ = request.slot.set(Arc::new(identity));
         });
     }
