@@ -90,7 +90,10 @@ pub fn try_get(addr: SocketAddr, path: &str) -> std::io::Result<Response> {
     stream.write_all(
         format!("GET {path} HTTP/1.1\r\nHost: e2e\r\nConnection: close\r\n\r\n").as_bytes(),
     )?;
-    read_response(&mut BufReader::new(stream), false)
+    // Reads of at most 512 bytes: the test process is traced too, and a
+    // longer chunk is one the kernel side may shed under pressure
+    // (`capture_shed`), which tests count exactly.
+    read_response(&mut BufReader::with_capacity(512, stream), false)
 }
 
 /// A running `tracer run`, stopped (SIGTERM) on drop.

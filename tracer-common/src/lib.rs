@@ -16,7 +16,7 @@ pub const MAX_CAPTURE: usize = 16384;
 
 /// Bytes a chunk of a connection that does not pipeline (HTTP/1.x,
 /// unrecognised) is captured to while its CPU's ring is more than half
-/// full (`stat::CAPTURE_SHED`): enough for the head of most HTTP/1.x
+/// full or the daemon is short of memory (`stat::CAPTURE_SHED`): enough for the head of most HTTP/1.x
 /// messages, so that payload is given up before whole events are.
 pub const SHED_CAPTURE: usize = 512;
 
@@ -90,8 +90,9 @@ pub mod stat {
     /// found on that connection.
     pub const FRAMES_LOST: u32 = 5;
     /// A chunk was captured to `SHED_CAPTURE` bytes only, because its
-    /// CPU's ring was more than half full: under pressure payload is shed
-    /// before whole events are. The rest of the chunk is a counted gap.
+    /// CPU's ring was more than half full or the daemon was short of memory
+    /// (90% of its budget in use): under pressure payload is shed before
+    /// whole events are. The rest of the chunk is a counted gap.
     pub const CAPTURE_SHED: u32 = 6;
     /// A chunk's position, taken from its socket's TCP sequence counter,
     /// lay behind bytes already handed out for that direction: two threads

@@ -19,7 +19,10 @@ use tracer_common::{
 
 use crate::{
     capture_limit, frames,
-    maps::{count, output, ring_under_pressure, DataScratch, FRAME_PROGRAM, SCRATCH, SOCKETS},
+    maps::{
+        count, memory_short, output, ring_under_pressure, DataScratch, FRAME_PROGRAM, SCRATCH,
+        SOCKETS,
+    },
     regs::{Caller, SyscallArgs},
     seq,
 };
@@ -281,11 +284,12 @@ fn capture<C: EbpfContext>(
         }
     }
     // Under pressure payload goes before whole events do: a ring more than
-    // half full means the daemon is behind. After the copy, so that the
-    // copy loop is verified once. Not on connections that pipeline (HTTP/2,
-    // the databases): a cut there loses whole messages, and HTTP/2's frame
-    // following beyond the capture has a budget sized for a full one.
-    if !pipelined && captured > SHED_CAPTURE && ring_under_pressure() {
+    // half full means the daemon is behind; the daemon short of memory
+    // says so itself. After the copy, so that the copy loop is verified
+    // once. Not on connections that pipeline (HTTP/2, the databases): a cut
+    // there loses whole messages, and HTTP/2's frame following beyond the
+    // capture has a budget sized for a full one.
+    if !pipelined && captured > SHED_CAPTURE && (ring_under_pressure() || memory_short()) {
         captured = SHED_CAPTURE;
         count(stat::CAPTURE_SHED);
     }

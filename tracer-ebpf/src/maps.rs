@@ -37,6 +37,17 @@ pub static CONNECTING: LruHashMap<u64, Connecting> = LruHashMap::with_max_entrie
 #[map]
 pub static PEER_TO_LOCAL: LruHashMap<SockAddr, SockAddr> = LruHashMap::with_max_entries(16384, 0);
 
+/// Slot 0 non-zero while the daemon is short of memory (90% of its budget
+/// in use, `tracer/src/budget.rs`): payload is shed as under ring pressure.
+#[map]
+pub static SHEDDING: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Whether the daemon asked for payload to be shed.
+#[inline(always)]
+pub fn memory_short() -> bool {
+    SHEDDING.get(0).is_some_and(|flag| *flag != 0)
+}
+
 /// Events to the daemon, one ring per CPU (up to `MAX_RINGS`, CPUs beyond
 /// share): a single ring shared by all CPUs made every event pay for its
 /// lock and positions bouncing between CPUs, about a third of the cost of

@@ -8,6 +8,7 @@ use anyhow::{Context, Result};
 use tokio::sync::watch;
 
 use crate::{
+    budget::{Budget, Pressure},
     cli::{CaptureArgs, RecordArgs, RunArgs, WatchArgs},
     config::{Config, PipelineConfig},
     export::metrics::{EventKind, Limits, Metrics, Observation},
@@ -18,7 +19,7 @@ use crate::{
     pipeline::records::{ip_of, Record, Sink},
     protocols::{ParserCounters, Protocol, Side},
     source::ingest,
-    source::loader::{self, AttachMode, Kernel},
+    source::loader::{self, AttachMode, Kernel, Shedding},
 };
 
 /// Prints a line to stdout; a closed stdout (piped into `head`) is not an
@@ -118,6 +119,10 @@ pub async fn run(args: RunArgs) -> Result<()> {
         metrics_addr = %args.metrics_addr,
         capture_bytes = config.load.capture_limit,
         kubernetes = stage.kube_stats.is_some(),
+        memory_mib = config.budget.bytes >> 20,
+        memory_from = ?config.budget.source,
+        ring_buffer_mib = config.load.ring_buffer_bytes >> 20,
+        max_connections = config.max_connections,
         "kernel programs attached"
     );
     let metrics = Arc::new(Metrics::with_limits(
@@ -133,8 +138,15 @@ pub async fn run(args: RunArgs) -> Result<()> {
         events,
         control,
         stats,
+        shedding,
         ..
     } = kernel;
+    tokio::spawn(watch_memory(
+        config.budget.clone(),
+        shedding,
+        metrics.clone(),
+        stopped(stop_rx.clone()),
+    ));
     let stats = Arc::new(Mutex::new(stats));
     let before_scrape = {
         let (metrics, stats, kube) = (metrics.clone(), stats.clone(), stage.kube_stats.clone());
@@ -194,6 +206,47 @@ pub async fn run(args: RunArgs) -> Result<()> {
     server.await.context("metrics server task")??;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Once a second: memory in use against the budget; at 90% the kernel side
+/// sheds payload capture until usage is below 80% again.
+async fn watch_memory(
+    budget: Budget,
+    mut shedding: Shedding,
+    metrics: Arc<Metrics>,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    let mut pressure = Pressure::default();
+    let mut was_shedding = false;
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => return,
+            _ = tick.tick() => {}
+        }
+        let Some(used) = budget.used() else {
+            continue;
+        };
+        let shed = pressure.update(used, budget.bytes);
+        if shed != was_shedding {
+            shedding.set(shed);
+            was_shedding = shed;
+            if shed {
+                tracing::warn!(
+                    used_mib = used >> 20,
+                    budget_mib = budget.bytes >> 20,
+                    "90% of the memory budget in use: payload capture is shed until below 80%"
+                );
+            } else {
+                tracing::info!(
+                    used_mib = used >> 20,
+                    "memory below 80% of the budget again"
+                );
+            }
+        }
+        metrics.set_memory(budget.bytes, used, shed);
+    }
 }
 
 /// What the pipeline does between batches of events: hand over exchanges

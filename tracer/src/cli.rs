@@ -50,13 +50,17 @@ pub struct CaptureArgs {
     #[arg(long, env = "TRACER_CAPTURE_BYTES", default_value_t = tracer_common::DEFAULT_CAPTURE)]
     pub capture_bytes: u32,
 
-    /// Kernel-to-daemon ring buffers in MiB, in total (a power of two, 1 to 1024): one ring per CPU, up to 16, each an equal share rounded down to a power of two. A ring more than half full gets chunks of HTTP/1.x and unrecognised connections captured to 512 bytes only (counted as capture_shed) before whole events are lost.
-    #[arg(long, env = "TRACER_RING_BUFFER_MIB", default_value_t = 8)]
-    pub ring_buffer_mib: u32,
+    /// Memory the tracer may use in all, in MiB (at least 50). It sizes the ring buffers (a 64th, 1 to 64 MiB) and the connection tables (4 KiB per connection after 48 MiB for the daemon itself). Default: the memory limit of the tracer's cgroup (memory.max, which also pays for BPF maps), else 512. At 90% of it in use, payload capture is shed (tracer_memory_pressure, capture_shed) until usage is below 80%.
+    #[arg(long, env = "TRACER_MEMORY_MIB")]
+    pub memory_mib: Option<u32>,
 
-    /// Connections traced at once. At capacity the kernel traces no new ones and the daemon evicts its least recently active ones; both are counted.
-    #[arg(long, env = "TRACER_MAX_CONNECTIONS", default_value_t = 65536)]
-    pub max_connections: u32,
+    /// Kernel-to-daemon ring buffers in MiB, in total (a power of two, 1 to 1024), instead of the share of --memory-mib: one ring per CPU, up to 16, each an equal share rounded down to a power of two. A ring more than half full gets chunks of HTTP/1.x and unrecognised connections captured to 512 bytes only (counted as capture_shed) before whole events are lost.
+    #[arg(long, env = "TRACER_RING_BUFFER_MIB")]
+    pub ring_buffer_mib: Option<u32>,
+
+    /// Connections traced at once (16 to 4194304), instead of the share of --memory-mib. At capacity the kernel traces no new ones and the daemon evicts its least recently active ones; both are counted.
+    #[arg(long, env = "TRACER_MAX_CONNECTIONS")]
+    pub max_connections: Option<u32>,
 
     /// Name a service after an executable: EXE=NAME (repeatable). Default: the executable's name. Applies to processes outside pods; a pod's service comes from its annotation, app.kubernetes.io/name label or owner.
     #[arg(

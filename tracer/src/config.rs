@@ -8,6 +8,7 @@ use thiserror::Error;
 use tracer_common::MAX_CAPTURE;
 
 use crate::{
+    budget::{Budget, TooSmall},
     cli::{CaptureArgs, PipelineArgs},
     metadata::KubeOptions,
     source::loader::LoadOptions,
@@ -29,6 +30,8 @@ pub enum ConfigError {
     RequestTimeout(Duration),
     #[error("--pod-grace-period {0:?}: must be at most 24h")]
     PodGrace(Duration),
+    #[error(transparent)]
+    Memory(#[from] TooSmall),
 }
 
 /// The pipeline's own settings (`run`, `watch`), validated.
@@ -68,6 +71,7 @@ pub struct Config {
     pub service_names: HashMap<String, String>,
     pub max_routes_per_service: usize,
     pub max_connections: usize,
+    pub budget: Budget,
 }
 
 impl Config {
@@ -75,12 +79,19 @@ impl Config {
         if args.capture_bytes == 0 || args.capture_bytes as usize > MAX_CAPTURE {
             return Err(ConfigError::CaptureBytes(args.capture_bytes));
         }
-        if !args.ring_buffer_mib.is_power_of_two() || args.ring_buffer_mib > 1024 {
-            return Err(ConfigError::RingBuffer(args.ring_buffer_mib));
-        }
-        if !(16..=4 << 20).contains(&args.max_connections) {
-            return Err(ConfigError::MaxConnections(args.max_connections));
-        }
+        let budget = Budget::resolve(args.memory_mib)?;
+        let ring_buffer_mib = match args.ring_buffer_mib {
+            Some(mib) if !mib.is_power_of_two() || mib > 1024 => {
+                return Err(ConfigError::RingBuffer(mib))
+            }
+            Some(mib) => mib,
+            None => (budget.ring_bytes >> 20) as u32,
+        };
+        let max_connections = match args.max_connections {
+            Some(n) if !(16..=4 << 20).contains(&n) => return Err(ConfigError::MaxConnections(n)),
+            Some(n) => n,
+            None => budget.max_connections as u32,
+        };
         if !(1..=10_000).contains(&args.max_routes_per_service) {
             return Err(ConfigError::MaxRoutes(args.max_routes_per_service));
         }
@@ -97,13 +108,14 @@ impl Config {
             load: LoadOptions {
                 mode: args.attach,
                 capture_limit: args.capture_bytes,
-                ring_buffer_bytes: args.ring_buffer_mib << 20,
-                max_connections: args.max_connections,
+                ring_buffer_bytes: ring_buffer_mib << 20,
+                max_connections,
                 hooks_only,
             },
             service_names,
             max_routes_per_service: args.max_routes_per_service,
-            max_connections: args.max_connections as usize,
+            max_connections: max_connections as usize,
+            budget,
         })
     }
 }
@@ -118,6 +130,10 @@ mod tests {
     fn parse(extra: &[&str]) -> Result<Config, ConfigError> {
         let mut argv = vec!["tracer", "watch"];
         argv.extend_from_slice(extra);
+        // A budget of its own: the default would be this test's cgroup's.
+        if !extra.contains(&"--memory-mib") {
+            argv.extend(["--memory-mib", "512"]);
+        }
         let cli = Cli::try_parse_from(argv).expect("clap accepts the flags");
         let Command::Watch(w) = cli.command else {
             unreachable!("parsed watch")
@@ -141,8 +157,25 @@ mod tests {
         assert_eq!(e, ConfigError::CaptureBytes(16385));
         let e = parse(&["--ring-buffer-mib", "3"]).unwrap_err();
         assert!(e.to_string().contains("--ring-buffer-mib"));
+        let e = parse(&["--max-connections", "8"]).unwrap_err();
+        assert!(e.to_string().starts_with("--max-connections 8"));
+        let e = parse(&["--memory-mib", "32"]).unwrap_err();
+        assert!(e.to_string().starts_with("--memory-mib is 32 MiB"), "{e}");
         let e = parse(&["--service-name", "nginx"]).unwrap_err();
         assert!(e.to_string().contains("EXE=NAME"));
+    }
+
+    #[test]
+    fn the_budget_sizes_what_no_flag_sets() {
+        let c = parse(&["--memory-mib", "128"]).unwrap();
+        assert_eq!(c.load.ring_buffer_bytes, 2 << 20);
+        assert_eq!(c.max_connections, 16384);
+        assert_eq!(c.load.max_connections, 16384);
+        let c = parse(&["--memory-mib", "128", "--ring-buffer-mib", "16"]).unwrap();
+        assert_eq!(c.load.ring_buffer_bytes, 16 << 20);
+        assert_eq!(c.max_connections, 16384);
+        let c = parse(&["--memory-mib", "128", "--max-connections", "16"]).unwrap();
+        assert_eq!((c.max_connections, c.load.ring_buffer_bytes), (16, 2 << 20));
     }
 
     #[test]

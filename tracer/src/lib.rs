@@ -15,6 +15,7 @@
 //! the command line.
 
 pub mod app;
+pub mod budget;
 pub mod cli;
 pub mod config;
 pub mod error;

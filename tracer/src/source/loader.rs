@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use aya::{
-    maps::{HashMap, Map, MapData, PerCpuArray, ProgramArray},
+    maps::{Array, HashMap, Map, MapData, PerCpuArray, ProgramArray},
     programs::{KProbe, TracePoint},
     Btf, Ebpf, EbpfLoader,
 };
@@ -275,6 +275,20 @@ pub struct Kernel {
     /// What the pipeline may change in the kernel's tables.
     pub control: KernelControl,
     pub stats: PerCpuArray<MapData, u64>,
+    /// Tells the kernel side to shed payload (`budget::Pressure`).
+    pub shedding: Shedding,
+}
+
+/// The kernel side's `SHEDDING` switch.
+pub struct Shedding(Array<MapData, u32>);
+
+impl Shedding {
+    /// Asks the kernel side to shed payload capture (or to stop).
+    pub fn set(&mut self, on: bool) {
+        if let Err(e) = self.0.set(0, u32::from(on), 0) {
+            tracing::warn!(error = %e, "could not switch payload shedding");
+        }
+    }
 }
 
 /// The one channel through which the pipeline steers the kernel side: the
@@ -424,6 +438,7 @@ pub fn load(opts: &LoadOptions) -> Result<Kernel, StartError> {
         .collect::<Result<Vec<_>, _>>()?;
     let sockets = take_map(&mut ebpf, "SOCKETS")?;
     let stats = take_map(&mut ebpf, "STATS")?;
+    let shedding = Shedding(take_map(&mut ebpf, "SHEDDING")?);
 
     for (program, category, name) in COMMON_TRACEPOINTS {
         attach_tracepoint(&mut ebpf, program, category, name)?;
@@ -441,6 +456,7 @@ pub fn load(opts: &LoadOptions) -> Result<Kernel, StartError> {
         events,
         control: KernelControl { sockets },
         stats,
+        shedding,
     })
 }
 

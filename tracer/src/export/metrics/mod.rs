@@ -121,6 +121,9 @@ pub struct Metrics {
     late_events: Counter,
     pending_records: Gauge,
     identity_queue_full: Counter,
+    memory_budget: Gauge,
+    memory_used: Gauge,
+    memory_pressure: Gauge,
     kubernetes: Option<KubeMetrics>,
 }
 
@@ -253,6 +256,28 @@ impl Metrics {
              counted",
             pending_records.clone(),
         );
+        let memory_budget = Gauge::default();
+        registry.register_with_unit(
+            "tracer_memory_budget",
+            "Memory the tracer may use in all (--memory-mib, else its cgroup's memory.max)",
+            Unit::Bytes,
+            memory_budget.clone(),
+        );
+        let memory_used = Gauge::default();
+        registry.register_with_unit(
+            "tracer_memory_used",
+            "Memory in use against the budget: the cgroup's memory.current when the budget is \
+             the cgroup's limit, else the daemon's resident set",
+            Unit::Bytes,
+            memory_used.clone(),
+        );
+        let memory_pressure = Gauge::default();
+        registry.register(
+            "tracer_memory_pressure",
+            "1 while payload capture is shed because 90% of the memory budget is in use (until \
+             below 80%); the chunks shed are counted in tracer_kernel_drops_total{cause=\"capture_shed\"}",
+            memory_pressure.clone(),
+        );
         let identity_queue_full = Counter::default();
         registry.register(
             "tracer_identity_queue_full",
@@ -280,8 +305,21 @@ impl Metrics {
             late_events,
             pending_records,
             identity_queue_full,
+            memory_budget,
+            memory_used,
+            memory_pressure,
             kubernetes,
         }
+    }
+
+    /// The memory budget, what is in use against it, and whether payload
+    /// is being shed.
+    pub fn set_memory(&self, budget: u64, used: u64, shedding: bool) {
+        self.memory_budget
+            .set(i64::try_from(budget).unwrap_or(i64::MAX));
+        self.memory_used
+            .set(i64::try_from(used).unwrap_or(i64::MAX));
+        self.memory_pressure.set(i64::from(shedding));
     }
 
     /// Records one exchange (see [`CallMetrics::observe`]).
