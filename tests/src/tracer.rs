@@ -16,7 +16,7 @@
 //!    print the relevant series, the tracer's own counters and its stderr.
 
 use std::fmt::Write as _;
-use std::io::{BufReader, Write};
+use std::io::{BufReader, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
@@ -83,6 +83,25 @@ pub fn printed_lines(watch: &Guard) -> Vec<String> {
     complete.lines().map(str::to_string).collect()
 }
 
+/// Bytes [`try_get`] reads per call at most. Each read of a traced socket
+/// is one event, truncated and counted when it is longer than the capture
+/// limit, and shed to 512 bytes under pressure: reads this short keep the
+/// suite's own scrapes out of `tracer_truncated_events_total` with any
+/// `--capture-bytes` from 512 up (`tests/forced_loss.rs` counts truncations
+/// exactly) and out of `capture_shed` (`tests/memory_budget.rs`).
+pub const READ_CHUNK: usize = 512;
+
+/// A reader that reads at most [`READ_CHUNK`] bytes per call, even into a
+/// larger buffer.
+struct Capped<R>(R);
+
+impl<R: Read> Read for Capped<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = buf.len().min(READ_CHUNK);
+        self.0.read(&mut buf[..n])
+    }
+}
+
 /// `GET path` on a fresh connection, without panicking on network errors.
 pub fn try_get(addr: SocketAddr, path: &str) -> std::io::Result<Response> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
@@ -90,10 +109,8 @@ pub fn try_get(addr: SocketAddr, path: &str) -> std::io::Result<Response> {
     stream.write_all(
         format!("GET {path} HTTP/1.1\r\nHost: e2e\r\nConnection: close\r\n\r\n").as_bytes(),
     )?;
-    // Reads of at most 512 bytes: the test process is traced too, and a
-    // longer chunk is one the kernel side may shed under pressure
-    // (`capture_shed`), which tests count exactly.
-    read_response(&mut BufReader::with_capacity(512, stream), false)
+    let mut reader = BufReader::with_capacity(READ_CHUNK, Capped(stream));
+    read_response(&mut reader, false)
 }
 
 /// A running `tracer run`, stopped (SIGTERM) on drop.

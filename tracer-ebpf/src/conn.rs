@@ -259,10 +259,27 @@ pub fn on_state_change(change: &StateChange) {
             // Server side: keep the local address until accept() asks for it.
             let _ = PEER_TO_LOCAL.insert(&change.tuple.remote, &change.tuple.local, 0);
         }
-        (_, TCP_CLOSE) => {
-            let _ = CONNECTING.remove(&change.sk);
-        }
+        (_, TCP_CLOSE) => on_closed(change.sk),
         _ => {}
+    }
+}
+
+/// A TCP socket reached `CLOSE`. One still connecting (refused, timed out,
+/// reset, or closed mid-connect) was never announced: no OPEN, no data, so
+/// it leaves the table now. Otherwise a process that exits without closing
+/// it would leave its entry for good: process exit closes descriptors
+/// without `close`, and the daemon forgets only the connections it was told
+/// of.
+fn on_closed(sk: u64) {
+    // SAFETY: plain map lookup; the value is copied out at once.
+    let Some(pending) = (unsafe { CONNECTING.get(&sk) }).copied() else {
+        return;
+    };
+    let _ = CONNECTING.remove(&sk);
+    // SAFETY: plain map lookup; the value is copied out at once.
+    let registered = unsafe { SOCKETS.get(&pending.key) }.map(|info| info.conn_id);
+    if registered == Some(pending.conn_id) {
+        let _ = SOCKETS.remove(&pending.key);
     }
 }
 
@@ -287,6 +304,7 @@ fn on_syn_sent(change: &StateChange) {
     }
     let pending = Connecting {
         key,
+        conn_id: info.conn_id,
         pid: pid_tgid as u32,
         _pad: 0,
         comm: comm(),

@@ -26,8 +26,9 @@ pub static SOCKETS: HashMap<u64, ConnInfo> = HashMap::with_max_entries(65536, 0)
 pub static DUP_REFS: LruHashMap<u64, u32> = LruHashMap::with_max_entries(4096, 0);
 
 /// Where a client socket's `connect` came from, keyed by the kernel's `sock`
-/// address, from `SYN_SENT` until `ESTABLISHED` or `CLOSE`. LRU: an entry
-/// whose socket vanished without a `CLOSE` transition ages out.
+/// address, from `SYN_SENT` until `ESTABLISHED` or `CLOSE` (where a socket
+/// that never got established leaves `SOCKETS` too). LRU: an entry whose
+/// socket vanished without a `CLOSE` transition ages out.
 #[map]
 pub static CONNECTING: LruHashMap<u64, Connecting> = LruHashMap::with_max_entries(8192, 0);
 
@@ -220,6 +221,9 @@ pub static FRAME_PROGRAM: ProgramArray = ProgramArray::with_max_entries(2, 0);
 #[derive(Clone, Copy)]
 pub struct Connecting {
     pub key: u64,
+    /// The connection id registered at `SYN_SENT`: the fd may be closed and
+    /// reused by another socket before this one's `CLOSE`.
+    pub conn_id: u64,
     pub pid: u32,
     pub _pad: u32,
     pub comm: [u8; COMM_LEN],

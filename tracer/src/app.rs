@@ -2,7 +2,10 @@
 //! that predate us, run the pipeline on the ring buffer, and serve metrics
 //! (`run`) or print exchanges (`watch`) until SIGINT or SIGTERM.
 
-use std::sync::{Arc, Mutex};
+use std::{
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context, Result};
 use tokio::sync::watch;
@@ -137,6 +140,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         ebpf,
         events,
         control,
+        socket_counter,
         stats,
         shedding,
         ..
@@ -148,11 +152,18 @@ pub async fn run(args: RunArgs) -> Result<()> {
         stopped(stop_rx.clone()),
     ));
     let stats = Arc::new(Mutex::new(stats));
+    let kernel_table = Mutex::new((socket_counter, Every::new(KERNEL_TABLE_EVERY)));
     let before_scrape = {
         let (metrics, stats, kube) = (metrics.clone(), stats.clone(), stage.kube_stats.clone());
         Arc::new(move || {
             if let Ok(stats) = stats.lock() {
                 metrics.set_kernel_stats(&loader::read_stats(&stats));
+            }
+            if let Ok(mut table) = kernel_table.lock() {
+                let (counter, every) = &mut *table;
+                if every.due(Instant::now()) {
+                    metrics.set_kernel_connections(counter.count() as i64);
+                }
             }
             if let Some(kube) = &kube {
                 metrics.set_kube_stats(kube);
@@ -246,6 +257,34 @@ async fn watch_memory(
             }
         }
         metrics.set_memory(budget.bytes, used, shed);
+    }
+}
+
+/// How often at most a scrape refreshes `tracer_kernel_connections`: the
+/// count walks the kernel table's keys, a syscall per entry, and a full
+/// table has `--max-connections` of them.
+const KERNEL_TABLE_EVERY: Duration = Duration::from_secs(5);
+
+/// Says yes at most once per period.
+struct Every {
+    period: Duration,
+    last: Option<Instant>,
+}
+
+impl Every {
+    fn new(period: Duration) -> Self {
+        Self { period, last: None }
+    }
+
+    fn due(&mut self, now: Instant) -> bool {
+        if self
+            .last
+            .is_some_and(|last| now.duration_since(last) < self.period)
+        {
+            return false;
+        }
+        self.last = Some(now);
+        true
     }
 }
 
@@ -437,5 +476,21 @@ async fn stopped(mut rx: watch::Receiver<bool>) {
         if rx.changed().await.is_err() {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_says_yes_once_per_period() {
+        let start = Instant::now();
+        let mut every = Every::new(Duration::from_secs(5));
+        assert!(every.due(start));
+        assert!(!every.due(start + Duration::from_secs(4)));
+        assert!(every.due(start + Duration::from_secs(5)));
+        assert!(!every.due(start + Duration::from_secs(9)));
+        assert!(every.due(start + Duration::from_secs(11)));
     }
 }

@@ -91,6 +91,23 @@ fn conn_event(
     out
 }
 
+/// A CLOSE carrying the kernel's byte counts per direction (ingress,
+/// egress), as the kernel side sends it.
+fn close_after(
+    conn_id: u64,
+    tgid: u32,
+    fd: i32,
+    tuple: &Tuple,
+    ts: u64,
+    bytes: [u64; 2],
+) -> Vec<u8> {
+    let mut out = close(conn_id, tgid, fd, tuple, ts);
+    let at = size_of::<ConnEvent>() - 16;
+    out[at..at + 8].copy_from_slice(&bytes[0].to_ne_bytes());
+    out[at + 8..].copy_from_slice(&bytes[1].to_ne_bytes());
+    out
+}
+
 fn open(
     conn_id: u64,
     tgid: u32,
@@ -361,6 +378,14 @@ impl Harness {
 
     fn close(&mut self, c: &Conn, ts: u64) {
         self.p.handle(&close(c.id, c.tgid, c.fd, &c.tuple, ts));
+    }
+
+    /// A CLOSE with the kernel's counts: every byte sent or lost so far.
+    fn close_counted(&mut self, c: &Conn, ts: u64) {
+        let moved = |dir| self.pos.get(&(c.id, dir)).copied().unwrap_or(0);
+        let bytes = [moved(IN), moved(OUT)];
+        self.p
+            .handle(&close_after(c.id, c.tgid, c.fd, &c.tuple, ts, bytes));
     }
 
     fn records(&self) -> &[Record] {
@@ -779,6 +804,43 @@ fn close_delivers_chunks_held_behind_a_hole() {
     assert_eq!(h.summary(), [ex("GET", "/x", 200)]);
     assert_eq!(h.p.counters.reassembly.gaps, 1);
     assert_eq!(h.p.counters.parser[HTTP1].resyncs, 0);
+}
+
+/// Chunks lost after the last one that arrived leave no hole a later chunk
+/// could reveal: the kernel's byte counts on the CLOSE do. The lost tail is
+/// a counted gap, and the request whose answer was in it is unmatched, not
+/// an exchange the close cut short (its server did answer).
+#[test]
+fn close_counts_the_chunks_lost_after_the_last_one() {
+    let mut h = Harness::new();
+    let c = h.server(1, DEAD, 5, 8080, 100);
+    h.send(&c, IN, 1_000, &get("/answered"));
+    h.send(&c, OUT, 1_100, &ok(200, "yes"));
+    h.send(&c, IN, 2_000, &get("/lost-answer"));
+    let answer = ok(200, "lost");
+    h.lose(&c, OUT, answer.len() as u64);
+    h.lose(&c, IN, get("/lost").len() as u64);
+    h.close_counted(&c, 3_000);
+    assert_eq!(h.summary(), [ex("GET", "/answered", 200)]);
+    let r = h.p.counters.reassembly;
+    assert_eq!(
+        (r.gaps, r.gap_bytes),
+        (2, (answer.len() + get("/lost").len()) as u64)
+    );
+    let p = h.p.counters.parser[HTTP1];
+    assert_eq!(
+        (p.resyncs, p.unmatched_requests, p.unmatched_responses),
+        (2, 1, 0)
+    );
+
+    // Nothing lost: the same counts add nothing.
+    let d = h.server(2, DEAD, 6, 8080, 4_000);
+    h.send(&d, IN, 4_100, &get("/whole"));
+    h.send(&d, OUT, 4_200, &ok(200, ""));
+    h.close_counted(&d, 4_300);
+    assert_eq!(h.summary().last(), Some(&ex("GET", "/whole", 200)));
+    assert_eq!(h.p.counters.reassembly.gaps, 2);
+    assert_eq!(h.p.counters.parser[HTTP1].resyncs, 2);
 }
 
 #[test]

@@ -77,11 +77,22 @@ pub struct BenchArgs {
 }
 
 /// The tracer binary and the extra arguments every `tracer run` gets.
-struct TracerBin<'a> {
+pub(crate) struct TracerBin<'a> {
     path: &'a Path,
     extra: &'a [String],
     /// The metadata part's runs: nginx in a pod the tracer learns from an API server.
     pod: Option<&'a metadata::InPod>,
+}
+
+impl<'a> TracerBin<'a> {
+    /// The binary alone: no extra arguments, no pod.
+    pub(crate) fn plain(path: &'a Path) -> Self {
+        Self {
+            path,
+            extra: &[],
+            pod: None,
+        }
+    }
 }
 
 /// wrk's connections and threads: the load the reference figures in the
@@ -92,14 +103,14 @@ const WRK_THREADS: u32 = 1;
 const RECORD_SECONDS: u64 = 5;
 const RECORD_LOAD_SECONDS: u64 = 3;
 
-const SERVER_COUNT: &str = "http_server_request_duration_seconds_count";
+pub(crate) const SERVER_COUNT: &str = "http_server_request_duration_seconds_count";
 /// nginx runs from a copy of its binary under this name. The tracer names a
 /// service after its executable, so this keeps our nginx's requests apart
 /// from those of any other nginx on the machine (the end-to-end suite's, on
 /// a shared machine), which would otherwise inflate the count.
-const NGINX_SERVICE: &str = "bench-nginx";
+pub(crate) const NGINX_SERVICE: &str = "bench-nginx";
 /// Counters whose non-zero values explain a count below what was served.
-const LOSS_COUNTERS: [&str; 7] = [
+pub(crate) const LOSS_COUNTERS: [&str; 7] = [
     "tracer_kernel_drops_total",
     "tracer_user_drops_total",
     "tracer_truncated_events_total",
@@ -115,21 +126,7 @@ const TARGET_CPU_US: f64 = 5.0;
 const TARGET_RSS_MIB: f64 = 64.0;
 
 pub fn run(root: &Path, tracer: &Path, args: &BenchArgs) -> Result<()> {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
-        bail!("cargo xtask bench needs root: the tracer loads eBPF programs (run it with sudo)");
-    }
-    if !tracer.is_file() {
-        bail!(
-            "tracer binary {} not found (cargo build --release -p tracer)",
-            tracer.display()
-        );
-    }
-    for tool in ["nginx", "wrk", "python3"] {
-        if which(tool).is_none() {
-            bail!("{tool} is not on PATH (cargo xtask bootstrap --peers installs it)");
-        }
-    }
+    preflight("bench", tracer, &["nginx", "wrk", "python3"])?;
     let started = Instant::now();
     let dir = WorkDir::new()?;
     let mut report = Report::default();
@@ -171,6 +168,29 @@ pub fn run(root: &Path, tracer: &Path, args: &BenchArgs) -> Result<()> {
             failed.join(", "),
             dir.path.display()
         );
+    }
+    Ok(())
+}
+
+/// What every run of `cargo xtask <command>` needs: root, the tracer
+/// binary, and `tools` on PATH.
+pub(crate) fn preflight(command: &str, tracer: &Path, tools: &[&str]) -> Result<()> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!(
+            "cargo xtask {command} needs root: the tracer loads eBPF programs (run it with sudo)"
+        );
+    }
+    if !tracer.is_file() {
+        bail!(
+            "tracer binary {} not found (cargo build --release -p tracer)",
+            tracer.display()
+        );
+    }
+    for tool in tools {
+        if which(tool).is_none() {
+            bail!("{tool} is not on PATH (cargo xtask bootstrap --peers installs it)");
+        }
     }
     Ok(())
 }
@@ -730,17 +750,31 @@ impl IdleClient {
 /// nginx as the brief and the reference figures have it: one worker, a
 /// `return 200` location, a buffered access log (so logging costs little),
 /// room for the idle connections of the memory part.
-struct Nginx {
-    proc: Proc,
-    port: u16,
-    log: PathBuf,
+pub(crate) struct Nginx {
+    pub(crate) proc: Proc,
+    pub(crate) port: u16,
+    pub(crate) log: PathBuf,
 }
 
 impl Nginx {
     fn start(dir: &WorkDir, name: &str) -> Result<Self> {
+        Self::start_with_log_format(dir, name, None)
+    }
+
+    /// `log_format`: what each access-log line holds (nginx's `log_format`
+    /// syntax); None for the combined format.
+    pub(crate) fn start_with_log_format(
+        dir: &WorkDir,
+        name: &str,
+        log_format: Option<&str>,
+    ) -> Result<Self> {
         let port = free_port()?;
         let d = dir.path.display();
         let log = dir.path.join(format!("nginx-{name}-access.log"));
+        let (format_decl, format_name) = match log_format {
+            Some(format) => (format!("log_format custom '{format}';\n    "), "custom"),
+            None => (String::new(), "combined"),
+        };
         let conf = format!(
             r#"user root;
 worker_processes 1;
@@ -749,7 +783,7 @@ pid {d}/nginx-{name}.pid;
 error_log {d}/nginx-{name}-error.log warn;
 events {{ worker_connections 30000; }}
 http {{
-    access_log {log} combined buffer=64k;
+    {format_decl}access_log {log} {format_name} buffer=64k;
     client_body_temp_path {d}/client_body;
     proxy_temp_path {d}/proxy;
     fastcgi_temp_path {d}/fastcgi;
@@ -787,7 +821,7 @@ http {{
 
     /// Stops nginx gracefully (SIGQUIT flushes the buffered access log) and
     /// counts the requests it answered.
-    fn stop_and_count(&mut self) -> Result<u64> {
+    pub(crate) fn stop_and_count(&mut self) -> Result<u64> {
         self.proc.stop(libc::SIGQUIT, Duration::from_secs(30))?;
         let log = fs::read(&self.log).with_context(|| format!("reading {}", self.log.display()))?;
         Ok(log.iter().filter(|&&b| b == b'\n').count() as u64)
@@ -795,13 +829,18 @@ http {{
 }
 
 /// A running `tracer run`.
-struct Tracer {
-    proc: Proc,
-    addr: SocketAddr,
+pub(crate) struct Tracer {
+    pub(crate) proc: Proc,
+    pub(crate) addr: SocketAddr,
 }
 
 impl Tracer {
-    fn start(bin: &TracerBin, dir: &WorkDir, name: &str, hooks_only: bool) -> Result<Self> {
+    pub(crate) fn start(
+        bin: &TracerBin,
+        dir: &WorkDir,
+        name: &str,
+        hooks_only: bool,
+    ) -> Result<Self> {
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?));
         let mut cmd = Command::new(bin.path);
         cmd.arg("run").arg("--metrics-addr").arg(addr.to_string());
@@ -818,7 +857,7 @@ impl Tracer {
         Ok(Self { proc, addr })
     }
 
-    fn scrape(&self) -> Result<Scrape> {
+    pub(crate) fn scrape(&self) -> Result<Scrape> {
         match http_get(self.addr, "/metrics")? {
             (200, body) => Ok(Scrape(body)),
             (status, body) => bail!("/metrics answered {status}: {}", body.trim()),
@@ -827,7 +866,7 @@ impl Tracer {
 
     /// Polls until `value` has not changed for a second; the value and the
     /// last scrape.
-    fn settle(&mut self, value: impl Fn(&Scrape) -> f64) -> Result<(f64, Scrape)> {
+    pub(crate) fn settle(&mut self, value: impl Fn(&Scrape) -> f64) -> Result<(f64, Scrape)> {
         const POLL: Duration = Duration::from_millis(250);
         const QUIET: u32 = 4;
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -853,21 +892,21 @@ impl Tracer {
 
 /// What wrk reported.
 #[derive(Debug, Clone)]
-struct Wrk {
-    rps: f64,
+pub(crate) struct Wrk {
+    pub(crate) rps: f64,
     p50_us: f64,
     p99_us: f64,
     /// Anything wrong wrk reported (socket errors, non-2xx answers).
-    errors: Vec<String>,
+    pub(crate) errors: Vec<String>,
 }
 
-fn wrk_command(port: u16, seconds: u64) -> String {
+pub(crate) fn wrk_command(port: u16, seconds: u64) -> String {
     format!(
         "wrk -t{WRK_THREADS} -c{WRK_CONNECTIONS} -d{seconds}s --latency http://127.0.0.1:{port}/"
     )
 }
 
-fn run_wrk(dir: &WorkDir, name: &str, port: u16, seconds: u64) -> Result<Wrk> {
+pub(crate) fn run_wrk(dir: &WorkDir, name: &str, port: u16, seconds: u64) -> Result<Wrk> {
     let mut cmd = Command::new("wrk");
     cmd.args([
         format!("-t{WRK_THREADS}"),
@@ -930,15 +969,15 @@ fn parse_duration_us(s: &str) -> Option<f64> {
 
 /// A child process with its output in files, stopped when dropped so that no
 /// peer outlives the bench, even on an error path.
-struct Proc {
+pub(crate) struct Proc {
     name: String,
     child: Child,
-    stdout: PathBuf,
+    pub(crate) stdout: PathBuf,
     stderr: PathBuf,
 }
 
 impl Proc {
-    fn spawn(name: &str, cmd: &mut Command, dir: &Path) -> Result<Self> {
+    pub(crate) fn spawn(name: &str, cmd: &mut Command, dir: &Path) -> Result<Self> {
         Self::spawn_with(name, cmd, dir, true)
     }
 
@@ -963,18 +1002,18 @@ impl Proc {
         })
     }
 
-    fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
 
-    fn check_running(&mut self) -> Result<()> {
+    pub(crate) fn check_running(&mut self) -> Result<()> {
         if let Some(status) = self.child.try_wait()? {
             bail!("{} exited ({status}):\n{}", self.name, self.stderr_tail());
         }
         Ok(())
     }
 
-    fn wait_timeout(&mut self, timeout: Duration) -> Result<Option<ExitStatus>> {
+    pub(crate) fn wait_timeout(&mut self, timeout: Duration) -> Result<Option<ExitStatus>> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = self.child.try_wait()? {
@@ -987,7 +1026,7 @@ impl Proc {
         }
     }
 
-    fn signal(&self, signal: i32) {
+    pub(crate) fn signal(&self, signal: i32) {
         let Ok(pid) = i32::try_from(self.child.id()) else {
             return;
         };
@@ -997,7 +1036,7 @@ impl Proc {
     }
 
     /// Sends `signal` and waits for the exit; SIGKILL after `timeout`.
-    fn stop(&mut self, signal: i32, timeout: Duration) -> Result<ExitStatus> {
+    pub(crate) fn stop(&mut self, signal: i32, timeout: Duration) -> Result<ExitStatus> {
         if let Some(status) = self.child.try_wait()? {
             return Ok(status);
         }
@@ -1013,7 +1052,7 @@ impl Proc {
         )
     }
 
-    fn stderr_tail(&self) -> String {
+    pub(crate) fn stderr_tail(&self) -> String {
         let text = fs::read_to_string(&self.stderr).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(20)..].join("\n")
@@ -1033,8 +1072,8 @@ impl Drop for Proc {
 }
 
 /// The bench's scratch directory, removed at the end unless kept.
-struct WorkDir {
-    path: PathBuf,
+pub(crate) struct WorkDir {
+    pub(crate) path: PathBuf,
     /// The copy of the nginx binary named [`NGINX_SERVICE`].
     nginx: PathBuf,
     keep: std::cell::Cell<bool>,
@@ -1042,7 +1081,12 @@ struct WorkDir {
 
 impl WorkDir {
     fn new() -> Result<Self> {
-        let path = std::env::temp_dir().join(format!("tracer-bench-{}", std::process::id()));
+        Self::named("tracer-bench")
+    }
+
+    /// `/tmp/<prefix>-<our pid>`.
+    pub(crate) fn named(prefix: &str) -> Result<Self> {
+        let path = std::env::temp_dir().join(format!("{prefix}-{}", std::process::id()));
         // A leftover from an earlier run with the same pid is stale.
         let _ = fs::remove_dir_all(&path);
         fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
@@ -1057,7 +1101,7 @@ impl WorkDir {
         })
     }
 
-    fn keep(&self) {
+    pub(crate) fn keep(&self) {
         self.keep.set(true);
     }
 }
@@ -1070,7 +1114,11 @@ impl Drop for WorkDir {
     }
 }
 
-fn wait_for(timeout: Duration, what: &str, mut ready: impl FnMut() -> Result<bool>) -> Result<()> {
+pub(crate) fn wait_for(
+    timeout: Duration,
+    what: &str,
+    mut ready: impl FnMut() -> Result<bool>,
+) -> Result<()> {
     let deadline = Instant::now() + timeout;
     while !ready()? {
         if Instant::now() > deadline {
@@ -1081,12 +1129,12 @@ fn wait_for(timeout: Duration, what: &str, mut ready: impl FnMut() -> Result<boo
     Ok(())
 }
 
-fn free_port() -> Result<u16> {
+pub(crate) fn free_port() -> Result<u16> {
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("finding a free port")?;
     Ok(listener.local_addr()?.port())
 }
 
-fn which(tool: &str) -> Option<PathBuf> {
+pub(crate) fn which(tool: &str) -> Option<PathBuf> {
     std::env::var_os("PATH").and_then(|paths| {
         std::env::split_paths(&paths)
             .map(|p| p.join(tool))
@@ -1096,7 +1144,7 @@ fn which(tool: &str) -> Option<PathBuf> {
 
 /// Processes named `tracer` other than `own`: they hook the same syscalls
 /// and tax every configuration, "off" included.
-fn foreign_tracers(own: &[u32]) -> Vec<u32> {
+pub(crate) fn foreign_tracers(own: &[u32]) -> Vec<u32> {
     let Ok(entries) = fs::read_dir("/proc") else {
         return Vec::new();
     };
@@ -1111,7 +1159,7 @@ fn foreign_tracers(own: &[u32]) -> Vec<u32> {
 }
 
 /// Waits up to `timeout` for foreign tracers to go; those still there.
-fn wait_for_quiet(timeout: Duration) -> Vec<u32> {
+pub(crate) fn wait_for_quiet(timeout: Duration) -> Vec<u32> {
     let deadline = Instant::now() + timeout;
     let mut said = false;
     loop {
@@ -1252,7 +1300,7 @@ fn proc_cpu(pid: u32) -> Result<Cpu> {
 }
 
 /// A `Vm*` line of /proc/PID/status, in KiB.
-fn vm_kib(pid: u32, key: &str) -> Result<u64> {
+pub(crate) fn vm_kib(pid: u32, key: &str) -> Result<u64> {
     let status = fs::read_to_string(format!("/proc/{pid}/status"))
         .with_context(|| format!("reading /proc/{pid}/status"))?;
     status
@@ -1266,7 +1314,7 @@ fn vm_kib(pid: u32, key: &str) -> Result<u64> {
 
 /// A GET without a client library. HTTP/1.0 so that the answer is never
 /// chunked: the body is everything up to the close.
-fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
+pub(crate) fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())?;
@@ -1286,7 +1334,7 @@ fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
 
 /// One `/metrics` answer in OpenMetrics text.
 #[derive(Debug, Clone)]
-struct Scrape(String);
+pub(crate) struct Scrape(pub(crate) String);
 
 /// One sample line: name, labels, value.
 type Sample<'a> = (&'a str, Vec<(&'a str, &'a str)>, f64);
@@ -1297,7 +1345,7 @@ impl Scrape {
     }
 
     /// Sum of the samples of `name` whose labels include all of `want`.
-    fn sum(&self, name: &str, want: &[(&str, &str)]) -> f64 {
+    pub(crate) fn sum(&self, name: &str, want: &[(&str, &str)]) -> f64 {
         self.samples()
             .filter(|(n, labels, _)| *n == name && want.iter().all(|w| labels.contains(w)))
             .map(|(_, _, v)| v)
@@ -1305,7 +1353,7 @@ impl Scrape {
     }
 
     /// Non-zero samples of the given metrics, as `name{labels} value`.
-    fn nonzero(&self, names: &[&str]) -> Vec<String> {
+    pub(crate) fn nonzero(&self, names: &[&str]) -> Vec<String> {
         self.samples()
             .filter(|(n, _, v)| names.contains(n) && *v != 0.0)
             .map(|(n, labels, v)| {
@@ -1406,14 +1454,7 @@ impl Report {
         let mut md = String::new();
         let m = &mut md;
         let _ = writeln!(m, "## Benchmark results\n");
-        let _ = writeln!(m, "| machine | |\n| --- | --- |");
-        let _ = writeln!(m, "| CPU | {} |", cpu_model());
-        let _ = writeln!(m, "| cores (`nproc`) | {} |", nproc());
-        let _ = writeln!(m, "| kernel (`uname -r`) | {} |", kernel_release());
-        let _ = writeln!(m, "| memory | {} |", mem_total());
-        let _ = writeln!(m, "| nginx | {} |", tool_version("nginx", &["-v"]));
-        let _ = writeln!(m, "| wrk | {} |", tool_version("wrk", &["-v"]));
-        let _ = writeln!(m);
+        machine_table(m, &[("nginx", "-v"), ("wrk", "-v")]);
         let _ = writeln!(
             m,
             "Command: `{}` (took {:.0} s)\n",
@@ -1822,7 +1863,7 @@ fn median(mut v: Vec<f64>) -> Option<f64> {
     })
 }
 
-fn fmt_int(v: f64) -> String {
+pub(crate) fn fmt_int(v: f64) -> String {
     let digits = format!("{:.0}", v.round());
     let (sign, digits) = digits
         .strip_prefix('-')
@@ -1845,13 +1886,27 @@ fn fmt_us(us: f64) -> String {
     }
 }
 
-fn fmt_kib(kib: u64) -> String {
+pub(crate) fn fmt_kib(kib: u64) -> String {
     format!("{:.1} MiB", kib as f64 / 1024.0)
 }
 
-fn command_line() -> String {
+pub(crate) fn command_line() -> String {
     let args: Vec<String> = std::env::args().skip(1).collect();
     format!("cargo xtask {}", args.join(" "))
+}
+
+/// The machine a report was measured on, with the version of each of
+/// `tools` (the command and its version flag), as a markdown table.
+pub(crate) fn machine_table(m: &mut String, tools: &[(&str, &str)]) {
+    let _ = writeln!(m, "| machine | |\n| --- | --- |");
+    let _ = writeln!(m, "| CPU | {} |", cpu_model());
+    let _ = writeln!(m, "| cores (`nproc`) | {} |", nproc());
+    let _ = writeln!(m, "| kernel (`uname -r`) | {} |", kernel_release());
+    let _ = writeln!(m, "| memory | {} |", mem_total());
+    for (tool, flag) in tools {
+        let _ = writeln!(m, "| {tool} | {} |", tool_version(tool, &[flag]));
+    }
+    let _ = writeln!(m);
 }
 
 fn cpu_model() -> String {

@@ -1,7 +1,7 @@
 //! Installs what is missing, and only that, saying what it installs: the
 //! compiler and linker that build the kernel programs, and the real peers
 //! (nginx, wrk, curl, Prometheus, Redis, PostgreSQL, MariaDB, h2load, gRPC)
-//! the end-to-end suite drives. Everything
+//! the end-to-end suite drives, and ab for the soak. Everything
 //! comes from Debian's packages or crates.io, the only registries here.
 
 use std::{path::PathBuf, process::Command, sync::Once};
@@ -14,7 +14,7 @@ const DEBIAN_BPF_RUSTC: [&str; 2] = ["rustc-web", "rust-web-src"];
 
 /// The peers the tests and benchmarks run, by the command (or, for an
 /// absolute path, the file) each provides.
-const PEERS: [(&str, &str); 18] = [
+const PEERS: [(&str, &str); 19] = [
     ("nginx", "nginx-light"),
     ("wrk", "wrk"),
     ("curl", "curl"),
@@ -28,6 +28,8 @@ const PEERS: [(&str, &str); 18] = [
     ("mariadbd", "mariadb-server"),
     ("mysqlslap", "mariadb-client"),
     ("h2load", "nghttp2-client"),
+    // ApacheBench: the short connections of `cargo xtask soak`.
+    ("ab", "apache2-utils"),
     // Talks to the Kubernetes stand-in in tests/tests/kube_standin.rs.
     ("kubectl", "kubernetes-client"),
     // Binaries and modules only: no service started on port 80.

@@ -1,10 +1,12 @@
 //! What cargo cannot do alone: install the BPF toolchain and the real test
 //! peers, build and run the tracer with privileges, run the whole test suite
-//! (unit, golden and the privileged end-to-end suite), and run benchmarks.
+//! (unit, golden and the privileged end-to-end suite), and run benchmarks
+//! and the soak.
 
 mod bench;
 mod bootstrap;
 mod fuzz;
+mod soak;
 
 use std::{
     path::{Path, PathBuf},
@@ -46,6 +48,11 @@ enum Cmd {
     /// (nginx under wrk), replay throughput and idle-connection memory, and
     /// print a markdown report (see docs/benchmarks.md).
     Bench(bench::BenchArgs),
+    /// Bootstrap the peers, build the release binary (unless --tracer), then
+    /// soak it: keep-alive load at saturation, a churn of short connections,
+    /// and both connection tables back to rest; print a markdown report and
+    /// fail if a criterion is missed (see docs/benchmarks.md).
+    Soak(soak::SoakArgs),
 }
 
 fn main() -> Result<()> {
@@ -61,7 +68,7 @@ fn main() -> Result<()> {
         Cmd::Run { args } => {
             bootstrap::bpf_toolchain()?;
             cargo(&root, &["build", "--release", "-p", "tracer"])?;
-            let bin = root.join("target/release/tracer");
+            let bin = release_tracer(&root);
             let mut cmd = Command::new(bin);
             cmd.arg("run").args(args);
             exec(cmd)
@@ -89,7 +96,7 @@ fn main() -> Result<()> {
                 "tracer-e2e",
             ]))?;
             cargo(&root, &["build", "--release", "-p", "tracer"])?;
-            let bin = root.join("target/release/tracer");
+            let bin = release_tracer(&root);
             // --tests: the suite has no doc-tests, and an empty doc-test run
             // would be the last "test result" line.
             let e2e = tally.run(
@@ -134,9 +141,30 @@ fn main() -> Result<()> {
             bootstrap::bpf_toolchain()?;
             bootstrap::test_peers()?;
             cargo(&root, &["build", "--release", "-p", "tracer"])?;
-            bench::run(&root, &root.join("target/release/tracer"), &args)
+            bench::run(&root, &release_tracer(&root), &args)
+        }
+        Cmd::Soak(args) => {
+            bootstrap::test_peers()?;
+            let tracer = match &args.tracer {
+                Some(path) => path.clone(),
+                None => {
+                    bootstrap::bpf_toolchain()?;
+                    cargo(&root, &["build", "--release", "-p", "tracer"])?;
+                    release_tracer(&root)
+                }
+            };
+            soak::run(&tracer, &args)
         }
     }
+}
+
+/// Where `cargo build --release -p tracer` puts the binary: under
+/// CARGO_TARGET_DIR when it is set (relative to the workspace, where our
+/// cargo runs), else under target/.
+fn release_tracer(root: &Path) -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| root.join("target"), |dir| root.join(dir));
+    target.join("release/tracer")
 }
 
 /// Passed and failed tests over several `cargo test` runs, read from their

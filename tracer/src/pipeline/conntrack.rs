@@ -191,7 +191,7 @@ impl<S: Sink> Pipeline<S> {
             kind::CLOSE => match read_event::<ConnEvent>(record) {
                 Some(event) => {
                     self.counters.close_events += 1;
-                    self.close(event.header.conn_id, event.header.ts_ns);
+                    self.close(event.header.conn_id, event.header.ts_ns, event.bytes);
                 }
                 None => self.counters.decode_errors += 1,
             },
@@ -459,11 +459,12 @@ impl<S: Sink> Pipeline<S> {
         adopted
     }
 
-    fn close(&mut self, conn_id: u64, ts_ns: u64) {
+    /// `totals`: the bytes the kernel saw move per direction, in all.
+    fn close(&mut self, conn_id: u64, ts_ns: u64, totals: [u64; 2]) {
         // Another thread's write can land after the close in the ring.
         self.remember_gone(conn_id);
         if let Some(conn) = self.remove(conn_id) {
-            self.finish(conn, ts_ns);
+            self.finish_at(conn, ts_ns, Some(totals));
         }
     }
 
@@ -496,14 +497,26 @@ impl<S: Sink> Pipeline<S> {
     /// The connection ended: deliver what reassembly held back, let the
     /// parser complete close-delimited responses, and leave the resulting
     /// exchanges in `self.exchanges` with the connection's context.
-    fn finish(&mut self, mut conn: Conn, ts_ns: u64) {
+    fn finish(&mut self, conn: Conn, ts_ns: u64) {
+        self.finish_at(conn, ts_ns, None);
+    }
+
+    /// [`Pipeline::finish`], knowing from the CLOSE how many bytes moved
+    /// per direction: bytes that never arrived after the last chunk (their
+    /// events were lost) are a counted gap, and the parser sees them as
+    /// lost rather than as a close in the middle of an exchange.
+    fn finish_at(&mut self, mut conn: Conn, ts_ns: u64, totals: Option<[u64; 2]>) {
         let counters = &mut self.counters;
         let exchanges = &mut self.exchanges;
         for (index, stream) in conn.streams.iter_mut().enumerate() {
             let parser = &mut conn.parser;
-            stream.flush(&mut counters.reassembly, &mut |piece| {
+            let mut sink = |piece: Piece<'_>| {
                 parser.on_piece(index == 1, piece, ts_ns, &mut counters.parser, exchanges)
-            });
+            };
+            match totals {
+                Some(totals) => stream.close_at(totals[index], &mut counters.reassembly, &mut sink),
+                None => stream.flush(&mut counters.reassembly, &mut sink),
+            }
         }
         conn.parser.on_close(ts_ns, &mut counters.parser, exchanges);
         deliver(

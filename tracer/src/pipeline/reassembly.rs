@@ -149,6 +149,29 @@ impl Reassembler {
         self.held = Vec::new();
     }
 
+    /// Connection closed after `end` bytes in this direction (the kernel's
+    /// count): delivers what is held, as [`Reassembler::flush`] does, then
+    /// the bytes between the last chunk that arrived and `end` as a gap.
+    /// Those are chunks whose events were lost after the last one that came
+    /// (a full ring): no later chunk can reveal that hole, only the count.
+    pub fn close_at(
+        &mut self,
+        end: u64,
+        counters: &mut ReassemblyCounters,
+        sink: &mut dyn FnMut(Piece<'_>),
+    ) {
+        self.flush(counters, sink);
+        // A stream that never delivered a chunk (joined mid-stream) has no
+        // position to measure from.
+        if let Some(next) = self.next.filter(|&next| end > next) {
+            let hole = end - next;
+            counters.gaps += 1;
+            counters.gap_bytes += hole;
+            sink(Piece::Gap(hole));
+            self.next = Some(end);
+        }
+    }
+
     fn held_bytes(&self) -> usize {
         self.held.iter().map(|h| h.data.len()).sum()
     }
@@ -423,6 +446,34 @@ mod tests {
         assert_eq!(flush(&mut r, &mut c), vec![]);
         let mut fresh = Reassembler::resume_anywhere();
         assert_eq!(flush(&mut fresh, &mut c), vec![]);
+    }
+
+    #[test]
+    fn close_at_counts_the_lost_tail() {
+        let mut r = Reassembler::new(0);
+        let mut c = ReassemblyCounters::default();
+        assert_eq!(push(&mut r, &mut c, 0, b"ab", 2), vec![d(b"ab")]);
+        assert_eq!(push(&mut r, &mut c, 5, b"c", 1), vec![]);
+        // Held behind a hole of 3, then 4 more bytes that never came.
+        let mut got = Vec::new();
+        r.close_at(10, &mut c, &mut |p| {
+            got.push(match p {
+                Piece::Data(d) => Got::Data(d.to_vec()),
+                Piece::Gap(n) => Got::Gap(n),
+            })
+        });
+        assert_eq!(got, vec![Got::Gap(3), d(b"c"), Got::Gap(4)]);
+        assert_eq!((c.gaps, c.gap_bytes), (2, 7));
+        // The kernel's count at or behind what was delivered: nothing lost.
+        let mut none = Vec::new();
+        r.close_at(10, &mut c, &mut |_| none.push(()));
+        r.close_at(3, &mut c, &mut |_| none.push(()));
+        assert!(none.is_empty());
+        assert_eq!((c.gaps, c.gap_bytes), (2, 7));
+        // Joined mid-stream and nothing delivered: no position to count from.
+        let mut fresh = Reassembler::resume_anywhere();
+        fresh.close_at(500, &mut c, &mut |_| none.push(()));
+        assert!(none.is_empty());
     }
 
     #[test]

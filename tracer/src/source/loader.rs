@@ -3,10 +3,10 @@
 //! the attach mode by probing the kernel, attaches every hook, and hands the
 //! ring buffer, the socket table and the stats map to the rest of the daemon.
 
-use std::path::Path;
+use std::{os::fd::AsFd, path::Path};
 
 use aya::{
-    maps::{Array, HashMap, Map, MapData, PerCpuArray, ProgramArray},
+    maps::{Array, HashMap, IterableMap, Map, MapData, PerCpuArray, ProgramArray},
     programs::{KProbe, TracePoint},
     Btf, Ebpf, EbpfLoader,
 };
@@ -274,6 +274,8 @@ pub struct Kernel {
     pub events: Vec<MapData>,
     /// What the pipeline may change in the kernel's tables.
     pub control: KernelControl,
+    /// The size of the socket table, for the metrics.
+    pub socket_counter: SocketCounter,
     pub stats: PerCpuArray<MapData, u64>,
     /// Tells the kernel side to shed payload (`budget::Pressure`).
     pub shedding: Shedding,
@@ -316,6 +318,45 @@ impl KernelSockets for KernelControl {
 
     fn lookup(&self, key: u64) -> Option<ConnInfo> {
         self.sockets.get(&key, 0).ok()
+    }
+}
+
+/// A second handle on the socket table, only ever read: the metrics server
+/// counts the table's entries with it, so the pipeline's handle stays the
+/// pipeline's alone and its hot path takes no lock.
+pub struct SocketCounter {
+    sockets: HashMap<MapData, u64, ConnInfo>,
+    capacity: usize,
+}
+
+impl SocketCounter {
+    fn new(sockets: &HashMap<MapData, u64, ConnInfo>, capacity: u32) -> Result<Self, StartError> {
+        let failed = |e: String| StartError::Load(format!("map SOCKETS, second handle: {e}"));
+        let fd = IterableMap::map(sockets)
+            .fd()
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|e| failed(e.to_string()))?;
+        let data = MapData::from_fd(fd).map_err(|e| failed(e.to_string()))?;
+        let sockets = HashMap::try_from(Map::HashMap(data)).map_err(|e| failed(e.to_string()))?;
+        Ok(Self {
+            sockets,
+            capacity: capacity as usize,
+        })
+    }
+
+    /// Entries in the table now, by a walk of its keys: one
+    /// `BPF_MAP_GET_NEXT_KEY` syscall per entry, so next to nothing for the
+    /// idle table and at most the table's capacity in syscalls. When a key
+    /// is deleted under the walk the kernel starts again from the first key,
+    /// so while connections churn the count can run high (never past the
+    /// capacity, where the walk stops); on a still table it is exact.
+    pub fn count(&self) -> usize {
+        self.sockets
+            .keys()
+            .take(self.capacity)
+            .filter(Result::is_ok)
+            .count()
     }
 }
 
@@ -437,6 +478,7 @@ pub fn load(opts: &LoadOptions) -> Result<Kernel, StartError> {
         })
         .collect::<Result<Vec<_>, _>>()?;
     let sockets = take_map(&mut ebpf, "SOCKETS")?;
+    let socket_counter = SocketCounter::new(&sockets, opts.max_connections)?;
     let stats = take_map(&mut ebpf, "STATS")?;
     let shedding = Shedding(take_map(&mut ebpf, "SHEDDING")?);
 
@@ -455,6 +497,7 @@ pub fn load(opts: &LoadOptions) -> Result<Kernel, StartError> {
         mode,
         events,
         control: KernelControl { sockets },
+        socket_counter,
         stats,
         shedding,
     })

@@ -117,6 +117,7 @@ pub struct Metrics {
     gaps: Counter,
     gap_bytes: Counter,
     connections: Gauge,
+    kernel_connections: Gauge,
     evictions: Counter,
     late_events: Counter,
     pending_records: Gauge,
@@ -237,6 +238,13 @@ impl Metrics {
             "Connections currently tracked by the daemon",
             connections.clone(),
         );
+        let kernel_connections = Gauge::default();
+        registry.register(
+            "tracer_kernel_connections",
+            "Entries in the kernel's table of traced sockets (one per traced descriptor), \
+             counted when /metrics is scraped, at most every 5 s",
+            kernel_connections.clone(),
+        );
         let evictions = Counter::default();
         registry.register(
             "tracer_connection_evictions",
@@ -301,6 +309,7 @@ impl Metrics {
             gaps,
             gap_bytes,
             connections,
+            kernel_connections,
             evictions,
             late_events,
             pending_records,
@@ -420,6 +429,11 @@ impl Metrics {
     /// Sets the number of tracked connections.
     pub fn set_connections(&self, n: i64) {
         self.connections.set(n);
+    }
+
+    /// Sets the number of entries in the kernel's socket table.
+    pub fn set_kernel_connections(&self, n: i64) {
+        self.kernel_connections.set(n);
     }
 
     /// Adds `n` connection evictions.
@@ -588,6 +602,7 @@ mod tests {
         );
         m.count_gaps(4, 4096);
         m.set_connections(17);
+        m.set_kernel_connections(16);
         m.count_evictions(5);
         m.count_late_events(6);
         let text = encoded(&m);
@@ -612,6 +627,7 @@ mod tests {
             ("tracer_stream_gaps_total", 4.0),
             ("tracer_stream_gap_bytes_total", 4096.0),
             ("tracer_connections", 17.0),
+            ("tracer_kernel_connections", 16.0),
             ("tracer_connection_evictions_total", 5.0),
             ("tracer_late_events_total", 6.0),
         ];
