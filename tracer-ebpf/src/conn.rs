@@ -243,7 +243,12 @@ pub fn on_dup_exit(ret: i64) {
         Some(refs) => unsafe { *refs + 1 },
         None => 2,
     };
-    let _ = DUP_REFS.insert(&info.conn_id, &refs, 0);
+    if DUP_REFS.insert(&info.conn_id, &refs, 0).is_err() {
+        // Without its count the first close would end the connection:
+        // the new descriptor goes untraced, counted.
+        let _ = SOCKETS.remove(&conn_key(tgid, new_fd as u32));
+        count(tracer_common::stat::CONN_MAP_FULL);
+    }
 }
 
 /// A TCP socket changed state.

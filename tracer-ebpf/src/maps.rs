@@ -21,9 +21,13 @@ pub static SOCKETS: HashMap<u64, ConnInfo> = HashMap::with_max_entries(65536, 0)
 
 /// Open descriptors of connections that were `dup`ed, keyed by connection id:
 /// CLOSE goes out when the last one closes. Only dup'ed connections have an
-/// entry. LRU: an entry of a process that died without closing ages out.
+/// entry. Sized like `SOCKETS` by the loader, which it cannot outgrow (each
+/// entry stands for two of `SOCKETS`'s). A plain hash, not LRU: an evicted
+/// count would let a connection's first close end it while its other
+/// descriptor still carries traffic. The daemon deletes the entry when it
+/// drops the connection (a process that exited without closing it).
 #[map]
-pub static DUP_REFS: LruHashMap<u64, u32> = LruHashMap::with_max_entries(4096, 0);
+pub static DUP_REFS: HashMap<u64, u32> = HashMap::with_max_entries(65536, 0);
 
 /// Where a client socket's `connect` came from, keyed by the kernel's `sock`
 /// address, from `SYN_SENT` until `ESTABLISHED` or `CLOSE` (where a socket

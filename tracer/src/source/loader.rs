@@ -297,6 +297,8 @@ impl Shedding {
 /// socket table (stop tracing a connection, adopt one found open).
 pub struct KernelControl {
     sockets: HashMap<MapData, u64, ConnInfo>,
+    /// Descriptor counts of `dup`ed connections, by connection id.
+    dup_refs: HashMap<MapData, u64, u32>,
 }
 
 impl KernelSockets for KernelControl {
@@ -309,6 +311,7 @@ impl KernelSockets for KernelControl {
         {
             let _ = self.sockets.remove(&key);
         }
+        let _ = self.dup_refs.remove(&conn_id);
     }
 
     fn adopt(&mut self, key: u64, info: &ConnInfo) -> bool {
@@ -457,6 +460,7 @@ pub fn load(opts: &LoadOptions) -> Result<Kernel, StartError> {
         .override_global("RING_COUNT", &rings.count, true)
         .override_global("WAKEUP_BYTES", &rings.wakeup_bytes, true)
         .map_max_entries("SOCKETS", opts.max_connections)
+        .map_max_entries("DUP_REFS", opts.max_connections)
         .map_max_entries("SCRATCH", possible_cpus());
     for (i, name) in RING_NAMES.iter().enumerate() {
         let used = i < rings.count as usize;
@@ -478,6 +482,7 @@ pub fn load(opts: &LoadOptions) -> Result<Kernel, StartError> {
         })
         .collect::<Result<Vec<_>, _>>()?;
     let sockets = take_map(&mut ebpf, "SOCKETS")?;
+    let dup_refs = take_map(&mut ebpf, "DUP_REFS")?;
     let socket_counter = SocketCounter::new(&sockets, opts.max_connections)?;
     let stats = take_map(&mut ebpf, "STATS")?;
     let shedding = Shedding(take_map(&mut ebpf, "SHEDDING")?);
@@ -496,7 +501,7 @@ pub fn load(opts: &LoadOptions) -> Result<Kernel, StartError> {
         ebpf,
         mode,
         events,
-        control: KernelControl { sockets },
+        control: KernelControl { sockets, dup_refs },
         socket_counter,
         stats,
         shedding,
