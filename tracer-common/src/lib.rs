@@ -316,8 +316,9 @@ pub struct SockOffsets {
     pub socket_sk: u32,
     /// `sock.sk_protocol` (a plain `u16` since Linux 5.6)
     pub sk_protocol: u32,
-    /// `sock.sk_shutdown` (a plain `u8` since Linux 6.4)
-    pub sk_shutdown: u32,
+    /// `sock.sk_flags` (`__sk_common.skc_flags`), whose `SOCK_DONE` bit says
+    /// the peer's FIN arrived (a reset or a local shutdown does not set it)
+    pub sk_flags: u32,
     /// `inet_connection_sock.icsk_ulp_ops`: set once an upper layer (kernel
     /// TLS) owns the socket, whose counters then count its records, not the
     /// process's bytes.
@@ -340,7 +341,7 @@ impl SockOffsets {
             && self.file_private != 0
             && self.socket_sk != 0
             && self.sk_protocol != 0
-            && self.sk_shutdown != 0
+            && self.sk_flags != 0
             && self.icsk_ulp_ops != 0
             && self.copied_seq != 0
             && self.rcv_nxt != 0

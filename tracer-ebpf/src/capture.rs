@@ -20,8 +20,8 @@ use tracer_common::{
 use crate::{
     capture_limit, frames,
     maps::{
-        count, memory_short, output, ring_under_pressure, DataScratch, FRAME_PROGRAM, SCRATCH,
-        SOCKETS,
+        count, memory_short, output, ring_under_pressure, DataScratch, DUP_REFS, FRAME_PROGRAM,
+        SCRATCH, SOCKETS,
     },
     regs::{Caller, SyscallArgs},
     seq,
@@ -186,6 +186,14 @@ fn capture<C: EbpfContext>(
             };
             (pos, pos)
         }
+    };
+    // A connection with several descriptors keeps a furthest position per
+    // descriptor: the bytes behind one may have gone through another, not
+    // unseen.
+    let unseen = if unseen < pos && DUP_REFS.get_ptr(&conn_id).is_some() {
+        pos
+    } else {
+        unseen
     };
     // Bytes with no user memory behind them join the unseen ones in one gap.
     let (pos, len) = match buffer {

@@ -327,11 +327,13 @@ fn on_client_established(change: &StateChange) {
         return;
     };
     // SAFETY: pointer into a live map value; only this connection's hooks
-    // write it and the local port is first known now. Its counters are tied
-    // to it at its first chunk (`seq::place`): `copied_seq` is not yet
-    // final when this state change is announced.
+    // write it and the local port is first known now. No byte has moved
+    // yet and the counters are set (`copied_seq` before the state
+    // changes): tie them to the connection now, not at its first chunk,
+    // where a reading and a writing thread would race.
     let info = unsafe {
         (*info).tuple = change.tuple;
+        seq::attach(&mut *info, change.sk, 0, 0);
         *info
     };
     let tgid = (pending.key >> 32) as u32;

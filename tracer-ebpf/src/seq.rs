@@ -19,7 +19,7 @@ static SOCK_OFFSETS: SockOffsets = SockOffsets {
     file_private: 0,
     socket_sk: 0,
     sk_protocol: 0,
-    sk_shutdown: 0,
+    sk_flags: 0,
     icsk_ulp_ops: 0,
     copied_seq: 0,
     rcv_nxt: 0,
@@ -31,8 +31,9 @@ static SOCK_OFFSETS: SockOffsets = SockOffsets {
 pub const NOT_COUNTING: u64 = 1;
 
 const IPPROTO_TCP: u16 = 6;
-/// `sk_shutdown` bit: the peer's FIN (or a reset) arrived.
-const RCV_SHUTDOWN: u8 = 1;
+/// `sk_flags` bit `SOCK_DONE` (`enum sock_flags`): set by `tcp_fin` when the
+/// peer's FIN arrives; a reset or a local shutdown leave it alone.
+const SOCK_DONE: u64 = 1 << 1;
 
 #[inline(always)]
 fn offsets() -> SockOffsets {
@@ -84,13 +85,13 @@ fn counter(off: &SockOffsets, sk: u64, dir: usize) -> Option<u32> {
         return read(sk + off.write_seq as u64);
     }
     let copied: u32 = read(sk + off.copied_seq as u64)?;
-    let shutdown: u8 = read(sk + off.sk_shutdown as u64)?;
-    if shutdown & RCV_SHUTDOWN == 0 {
+    let flags: u64 = read(sk + off.sk_flags as u64)?;
+    if flags & SOCK_DONE == 0 {
         return Some(copied);
     }
-    // A reset also sets RCV_SHUTDOWN but takes no sequence number; one
-    // arriving between the copy and this hook, after everything was read,
-    // shifts this last chunk by one byte (counted as an overlap).
+    // The FIN takes a sequence number; `copied_seq` counts it once the
+    // process has read up to it, that is once it has caught up with
+    // `rcv_nxt`.
     let next: u32 = read(sk + off.rcv_nxt as u64)?;
     Some(if copied == next {
         copied.wrapping_sub(1)

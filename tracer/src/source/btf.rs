@@ -128,10 +128,13 @@ impl<'a> Btf<'a> {
     /// anonymous struct and union members and through the first member
     /// (a `tcp_sock` starts with its `inet_connection_sock`, which starts
     /// with its `inet_sock`...). `None` for a bitfield.
-    fn member_offset(&self, ty: &Type, member: &str, depth: u32) -> Option<u32> {
+    fn member_offset(&self, ty: &Type, member: &str, depth: u32, budget: &mut u32) -> Option<u32> {
         if depth > 8 || !matches!(ty.kind(), KIND_STRUCT | KIND_UNION) {
             return None;
         }
+        // A malformed blob can nest a struct in itself many times over: the
+        // members looked at in all are bounded, not just the depth.
+        *budget = budget.checked_sub(u32::try_from(ty.vlen()).ok()?)?;
         let mut nested = Vec::new();
         for i in 0..ty.vlen() {
             let at = ty.data + 12 * i;
@@ -157,14 +160,16 @@ impl<'a> Btf<'a> {
         }
         nested.into_iter().find_map(|(type_id, base)| {
             let inner = self.resolve(type_id)?;
-            Some(base + self.member_offset(inner, member, depth + 1)?)
+            base.checked_add(self.member_offset(inner, member, depth + 1, budget)?)
         })
     }
 
     /// Byte offset of `member` in `struct strukt`.
     pub fn offset(&self, strukt: &str, member: &str) -> Option<u32> {
         let id = self.find_struct(strukt)?;
-        self.member_offset(&self.types[id as usize], member, 0)
+        // `task_struct`, the largest, has a few hundred members all told.
+        let mut budget = 100_000;
+        self.member_offset(&self.types[id as usize], member, 0, &mut budget)
     }
 
     /// The offsets of [`SockOffsets`], or what is missing.
@@ -181,7 +186,7 @@ impl<'a> Btf<'a> {
             file_private: field("file", "private_data")?,
             socket_sk: field("socket", "sk")?,
             sk_protocol: field("sock", "sk_protocol")?,
-            sk_shutdown: field("sock", "sk_shutdown")?,
+            sk_flags: field("sock", "skc_flags")?,
             icsk_ulp_ops: field("inet_connection_sock", "icsk_ulp_ops")?,
             copied_seq: field("tcp_sock", "copied_seq")?,
             rcv_nxt: field("tcp_sock", "rcv_nxt")?,
@@ -264,6 +269,38 @@ mod tests {
         );
         assert_eq!(btf.offset("outer", "missing"), None);
         assert_eq!(btf.offset("nothing", "a"), None);
+    }
+
+    #[test]
+    fn a_struct_nested_in_itself_ends() {
+        // struct loop { struct loop; struct loop; ... } (anonymous members).
+        let strings = b"\0loop\0".to_vec();
+        let members = 60_000u32;
+        let mut types = Vec::new();
+        for w in [1u32, (KIND_STRUCT << 24) | members, 4] {
+            types.extend_from_slice(&w.to_le_bytes());
+        }
+        for _ in 0..members {
+            for w in [0u32, 1, 0] {
+                types.extend_from_slice(&w.to_le_bytes());
+            }
+        }
+        let mut blob = Vec::new();
+        blob.extend_from_slice(&MAGIC.to_le_bytes());
+        blob.extend_from_slice(&[1, 0]);
+        for w in [
+            24u32,
+            0,
+            types.len() as u32,
+            types.len() as u32,
+            strings.len() as u32,
+        ] {
+            blob.extend_from_slice(&w.to_le_bytes());
+        }
+        blob.extend_from_slice(&types);
+        blob.extend_from_slice(&strings);
+        let btf = Btf::parse(&blob).unwrap();
+        assert_eq!(btf.offset("loop", "missing"), None);
     }
 
     #[test]
