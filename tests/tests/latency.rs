@@ -77,8 +77,11 @@ fn slow_handler_lands_between_100_and_250_ms() {
         (client_s - curl_s).abs() <= REQUESTS as f64 * TOLERANCE_S,
         "client side differs from curl's clock by more than {TOLERANCE_S} s a request; {report}"
     );
+    // The server's read can return on another CPU a little before the
+    // client's write does: a tenth of the tolerance the other way.
+    let inside = client_s - server_s;
     assert!(
-        server_s <= client_s && client_s - server_s <= REQUESTS as f64 * TOLERANCE_S,
+        (-(REQUESTS as f64) * TOLERANCE_S / 10.0..=REQUESTS as f64 * TOLERANCE_S).contains(&inside),
         "server side not inside the client's exchange; {report}"
     );
 }

@@ -23,7 +23,7 @@ use std::time::Duration;
 use tracer_e2e::tracer::tracer_bin;
 use tracer_e2e::{privileged, wait_until, Guard, Nginx, Peer, TestDir, Tracer, Want};
 
-const LIMIT_MIB: u64 = 192;
+const LIMIT_MIB: u64 = 256;
 const BODY: usize = 3000;
 const EXCHANGES: u64 = 25;
 
@@ -163,8 +163,10 @@ fn a_cgroup_limit_is_the_budget_and_pressure_sheds_payload_not_counts() {
     );
     assert_eq!(pressure(&tracer), 0, "idle, well under 90%");
 
-    // Ballast in the tracer's cgroup up to 92% of the limit, pages written.
-    let ballast_mib = (LIMIT_MIB * 92 / 100).saturating_sub(cgroup.usage() >> 20);
+    // Ballast in the tracer's cgroup, pages written.
+    // The interpreter itself takes about 8 MiB more: usage lands near 93%,
+    // well clear of the limit.
+    let ballast_mib = (LIMIT_MIB * 93 / 100).saturating_sub((cgroup.usage() >> 20) + 8);
     let mut ballast = Command::new(launcher[0]);
     ballast
         .args(&launcher[1..])
