@@ -1,7 +1,8 @@
 //! The command line outside the data path: `tracer check` proves both attach
 //! paths load (tracepoints attach here; the 24 kprobe programs, the two
 //! frame programs reached by tail call included, pass the
-//! verifier even though this kernel cannot attach kprobes), bad flags are
+//! verifier even though this kernel cannot attach kprobes) and positions
+//! come from the sockets' sequence counters, bad flags are
 //! rejected up front with an error naming the flag, and SIGTERM stops the
 //! daemon cleanly. A tracer that picked kprobes here, lost a program, accepted
 //! nonsense flags or ignored SIGTERM fails one of these.
@@ -37,6 +38,13 @@ fn check_reports_tracepoint_mode_and_24_verified_kprobe_programs() {
         verified,
         Some(24),
         "`tracer check` should load all 24 kprobe programs through the verifier\nstdout:\n{stdout}"
+    );
+    // This kernel's BTF has every field: positions come from the sockets.
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l == "stream positions: the sockets' TCP sequence counters"),
+        "`tracer check` should take positions from the sequence counters here\nstdout:\n{stdout}"
     );
 }
 

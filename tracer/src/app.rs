@@ -428,6 +428,10 @@ pub fn check(args: CaptureArgs) -> Result<()> {
     let kernel = loader::load(&config.load)?;
     say!("attach mode (auto picks): {:?}", kernel.mode);
     drop(kernel);
+    match loader::position_fields() {
+        Ok(()) => say!("stream positions: the sockets' TCP sequence counters"),
+        Err(reason) => say!("stream positions: sums of the hooked syscalls ({reason})"),
+    }
     let kprobes = loader::verify_kprobe_programs(&config.load)?;
     say!("kprobe programs loaded through the verifier: {kprobes}");
     let mut tp = config.load.clone();

@@ -33,7 +33,8 @@ pub enum Command {
     /// benchmarks and bug reports. The file is as sensitive as the traffic.
     Record(RecordArgs),
     /// Check privileges and kernel features, load every program of both attach
-    /// paths through the verifier, report the attach mode `auto` picks, and exit.
+    /// paths through the verifier, report the attach mode `auto` picks and
+    /// whether stream positions come from the sockets' sequence counters, and exit.
     Check(CaptureArgs),
 }
 

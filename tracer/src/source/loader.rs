@@ -508,6 +508,12 @@ pub fn load(opts: &LoadOptions) -> Result<Kernel, StartError> {
     })
 }
 
+/// Whether the running kernel's BTF has every field the kernel side needs to
+/// take positions from the sockets' sequence counters, or what is missing.
+pub fn position_fields() -> Result<(), String> {
+    btf::sock_offsets(BTF_PATH).map(|_| ())
+}
+
 /// Where the kernel side finds a descriptor's socket and the socket's TCP
 /// sequence counters, which make stream positions exact whatever moved the
 /// bytes; without them positions add up the results of the syscalls hooked.
