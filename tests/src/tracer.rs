@@ -72,8 +72,19 @@ pub fn run_cli(
 /// the guard's stdout file.
 pub fn spawn_watch(dir: &TestDir, args: &[&str]) -> Guard {
     let mut cmd = Command::new(tracer_bin());
-    cmd.arg("watch").args(args);
+    cmd.arg("watch").args(with_budget(args));
     Guard::spawn("tracer-watch", &mut cmd, dir)
+}
+
+/// `args` with `--memory-mib 512` unless they set it: the sizes the tests
+/// assume (8 MiB of rings, 65,536 connections), whatever memory limit the
+/// cgroup running the suite has.
+fn with_budget<'a>(args: &[&'a str]) -> Vec<&'a str> {
+    let mut args = args.to_vec();
+    if !args.contains(&"--memory-mib") {
+        args.extend(["--memory-mib", "512"]);
+    }
+    args
 }
 
 /// The complete lines `tracer watch` (or any guard) printed so far.
@@ -124,7 +135,7 @@ impl Tracer {
     /// Starts `tracer run --metrics-addr 127.0.0.1:<free> <extra>` and waits
     /// until `/readyz` answers 200 (probes attached, reader running).
     pub fn start(dir: &TestDir, extra: &[&str]) -> Self {
-        Self::start_via(dir, &[], &tracer_bin(), extra)
+        Self::start_via(dir, &[], &tracer_bin(), &with_budget(extra))
     }
 
     /// As [`Tracer::start`], with `bin` started by `launcher` (a command
