@@ -96,7 +96,7 @@ impl<W: Write> Sink for PrintSink<W> {
         // A closed stdout (piped into `head`) is not worth a panic.
         let _ = writeln!(
             self.out,
-            "{} {}[{}]{} {} peer={} {} {} {} {:.3}ms",
+            "{} {}[{}]{} {} peer={} {} {} {} {:.3}ms source={}",
             rfc3339(wall_ns),
             record.identity.service_name,
             record.tgid,
@@ -107,6 +107,7 @@ impl<W: Write> Sink for PrintSink<W> {
             target,
             status,
             record.duration_s() * 1e3,
+            record.source.as_str(),
         );
         let _ = self.out.flush();
     }
@@ -204,6 +205,7 @@ mod tests {
             }),
             peer_service: None,
             tgid,
+            source: crate::source::events::Source::Syscalls,
             local: addr(port),
             remote: addr(40000),
             exchange: Exchange {
@@ -233,9 +235,9 @@ mod tests {
         let mut sink = PrintSink::new(Filter::default(), Vec::new());
         sink.record(&record(42, "nginx", 8080));
         let line = String::from_utf8(sink.out).unwrap();
-        assert!(
-            line.ends_with(" nginx[42] server peer=127.0.0.1:40000 GET /items/{id} 200 2.500ms\n")
-        );
+        assert!(line.ends_with(
+            " nginx[42] server peer=127.0.0.1:40000 GET /items/{id} 200 2.500ms source=syscalls\n"
+        ));
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! Connection tracking: decodes ring-buffer records (from `ingest`), keeps one
-//! bounded table of live connections keyed by connection id, feeds each
+//! Connection tracking: takes the typed events of either source
+//! (`source::events`; the syscall hooks' records are decoded on the way in),
+//! keeps one bounded table of live connections keyed by connection id, feeds each
 //! direction's bytes through `reassembly` into the connection's protocol
 //! parser, and hands finished exchanges to a `Sink` as `Record`s. It also
 //! tells the kernel to stop tracing connections that turn out not to speak a
@@ -7,15 +8,11 @@
 
 use std::{
     collections::{HashMap, HashSet, VecDeque},
-    mem::size_of,
     sync::Arc,
 };
 
 use rustc_hash::FxBuildHasher;
-use tracer_common::{
-    conn_key, direction, kind, record_ts, role, ConnEvent, ConnInfo, DataEvent, EventHeader, Tuple,
-    USER_CONN_ID_BIT,
-};
+use tracer_common::{conn_key, role, ConnInfo, Tuple, USER_CONN_ID_BIT};
 
 use crate::{
     metadata::{procfs::ExistingConn, Identities, PeerService, Slot},
@@ -23,6 +20,7 @@ use crate::{
     pipeline::reassembly::{Reassembler, ReassemblyCounters},
     pipeline::records::{ip_of, Record, Sink},
     protocols::{Exchange, Parser, ParserCounters, Piece, Protocol, Side, Verdict},
+    source::events::{self, Data, Event, Malformed, Opened, Source},
 };
 
 /// The kernel's socket table, as far as the pipeline needs it.
@@ -73,6 +71,7 @@ struct Conn {
     tgid: u32,
     fd: i32,
     side: Side,
+    source: Source,
     tuple: Tuple,
     /// Filled by the metadata stage; records wait for it.
     identity: Slot,
@@ -84,6 +83,22 @@ struct Conn {
     last_ns: u64,
     /// This server port's protocol is already recorded.
     port_known: bool,
+}
+
+impl Conn {
+    /// Streams of a connection seen from its first byte.
+    fn from_start() -> [Reassembler; 2] {
+        [Reassembler::new(0), Reassembler::new(0)]
+    }
+
+    /// Streams of a connection picked up mid-stream: the first chunk of
+    /// each sets its position.
+    fn mid_stream() -> [Reassembler; 2] {
+        [
+            Reassembler::resume_anywhere(),
+            Reassembler::resume_anywhere(),
+        ]
+    }
 }
 
 /// Keys are connection ids and pids we choose or the kernel does: no
@@ -150,69 +165,50 @@ impl<S: Sink> Pipeline<S> {
         self.conns.len()
     }
 
-    /// One ring-buffer record.
+    /// One ring-buffer record of the syscall hooks.
     pub fn handle(&mut self, record: &[u8]) {
         self.counters.event_bytes += record.len() as u64;
-        let Some(&event_kind) = record.first() else {
-            self.counters.decode_errors += 1;
-            return;
-        };
-        if let Some(ts) = record_ts(record) {
-            if ts < self.newest_ns {
-                self.counters.late_events += 1;
-            } else {
-                self.newest_ns = ts;
-            }
-        }
-        match event_kind {
-            kind::DATA => match read_event::<DataEvent>(record) {
-                Some(event) => {
-                    self.counters.data_events += 1;
-                    let end = size_of::<DataEvent>() + event.cap_len as usize;
-                    // Frame heads, if any, fill the record's rest.
-                    let heads_end = if event.frames == 0 { end } else { record.len() };
-                    match (
-                        record.get(size_of::<DataEvent>()..end),
-                        record.get(end..heads_end),
-                    ) {
-                        (Some(payload), Some(heads)) => self.on_data(&event, payload, heads),
-                        _ => self.counters.decode_errors += 1,
-                    }
-                }
-                None => self.counters.decode_errors += 1,
-            },
-            kind::OPEN => match read_event::<ConnEvent>(record) {
-                Some(event) => {
-                    self.counters.open_events += 1;
-                    self.on_open(&event);
-                }
-                None => self.counters.decode_errors += 1,
-            },
-            kind::CLOSE => match read_event::<ConnEvent>(record) {
-                Some(event) => {
-                    self.counters.close_events += 1;
-                    self.close(event.header.conn_id, event.header.ts_ns, event.bytes);
-                }
-                None => self.counters.decode_errors += 1,
-            },
-            kind::PROC_EXIT => match read_event::<EventHeader>(record) {
-                Some(header) => {
-                    self.counters.exit_events += 1;
-                    self.on_process_exit(header.tgid, header.ts_ns);
-                }
-                None => self.counters.decode_errors += 1,
-            },
-            _ => self.counters.decode_errors += 1,
+        match events::decode(record) {
+            Ok(event) => self.on_event(event),
+            Err(Malformed) => self.counters.decode_errors += 1,
         }
     }
 
-    fn on_open(&mut self, event: &ConnEvent) {
-        let side = if event.role == role::CLIENT {
-            Side::Client
+    /// One event, from either source.
+    pub fn on_event(&mut self, event: Event<'_>) {
+        let ts = event.ts_ns();
+        if ts < self.newest_ns {
+            self.counters.late_events += 1;
         } else {
-            Side::Server
-        };
-        let tgid = event.header.tgid;
+            self.newest_ns = ts;
+        }
+        match event {
+            Event::Data(data) => {
+                self.counters.data_events += 1;
+                self.on_data(&data);
+            }
+            Event::Opened(open) => {
+                self.counters.open_events += 1;
+                self.on_open(&open);
+            }
+            Event::Closed {
+                conn_id,
+                ts_ns,
+                bytes,
+            } => {
+                self.counters.close_events += 1;
+                self.close(conn_id, ts_ns, bytes);
+            }
+            Event::ProcessExit { tgid, ts_ns } => {
+                self.counters.exit_events += 1;
+                self.on_process_exit(tgid, ts_ns);
+            }
+        }
+    }
+
+    fn on_open(&mut self, event: &Opened) {
+        let side = event.side;
+        let tgid = event.tgid;
         let known = match side {
             Side::Server => self
                 .known_ports
@@ -220,24 +216,26 @@ impl<S: Sink> Pipeline<S> {
                 .copied(),
             Side::Client => None,
         };
-        let parser = match known {
-            Some(protocol) => Parser::known(protocol, side),
-            None => Parser::detect(side),
+        let (parser, streams) = match (known, event.from_start) {
+            (Some(protocol), true) => (Parser::known(protocol, side), Conn::from_start()),
+            (None, true) => (Parser::detect(side), Conn::from_start()),
+            (_, false) => (Parser::mid_stream(side), Conn::mid_stream()),
         };
         let identity = self.identities.slot(tgid, &event.comm);
         self.insert(
-            event.header.conn_id,
+            event.conn_id,
             Conn {
                 tgid,
                 fd: event.fd,
                 side,
+                source: event.source,
                 tuple: event.tuple,
                 identity,
                 peer: None,
-                streams: [Reassembler::new(0), Reassembler::new(0)],
+                streams,
                 parser,
-                last_ns: event.header.ts_ns,
-                port_known: known.is_some(),
+                last_ns: event.ts_ns,
+                port_known: known.is_some() && event.from_start,
             },
         );
     }
@@ -275,10 +273,10 @@ impl<S: Sink> Pipeline<S> {
         }
     }
 
-    /// `heads`: the frame headers found beyond the capture (see
+    /// `event.heads`: the frame headers found beyond the capture (see
     /// `frame_heads`), used while the connection may speak HTTP/2.
-    fn on_data(&mut self, event: &DataEvent, payload: &[u8], heads: &[u8]) {
-        let conn_id = event.header.conn_id;
+    fn on_data(&mut self, event: &Data<'_>) {
+        let conn_id = event.conn_id;
         if !self.conns.contains_key(&conn_id) {
             if self.forgotten_set.contains(&conn_id) {
                 return;
@@ -294,16 +292,16 @@ impl<S: Sink> Pipeline<S> {
         let Some(conn) = self.conns.get_mut(&conn_id) else {
             return;
         };
-        let ts = event.header.ts_ns;
+        let ts = event.ts_ns;
         conn.last_ns = ts;
-        let outbound = event.direction == direction::EGRESS;
+        let outbound = event.outbound;
         let Conn {
             streams, parser, ..
         } = conn;
         let counters = &mut self.counters;
         let exchanges = &mut self.exchanges;
         let stream = &mut streams[usize::from(outbound)];
-        let len = u64::from(event.orig_len);
+        let (payload, len) = (event.payload, event.len);
         let framed = event.frames > 0
             && parser
                 .protocol()
@@ -313,8 +311,12 @@ impl<S: Sink> Pipeline<S> {
         };
         let mut placed = false;
         if framed {
-            placed =
-                frame_heads::split(payload, len, heads, event.frames, &mut |at, bytes, span| {
+            placed = frame_heads::split(
+                payload,
+                len,
+                event.heads,
+                event.frames,
+                &mut |at, bytes, span| {
                     stream.push(
                         event.pos + at,
                         bytes,
@@ -322,7 +324,8 @@ impl<S: Sink> Pipeline<S> {
                         &mut counters.reassembly,
                         &mut sink,
                     )
-                });
+                },
+            );
             if !placed {
                 counters.decode_errors += 1;
             }
@@ -385,38 +388,25 @@ impl<S: Sink> Pipeline<S> {
 
     /// Data for a connection we have no state for (its OPEN was lost, or it
     /// was evicted): adopt it mid-stream if the kernel still traces it.
-    fn adopt_unknown(&mut self, event: &DataEvent) -> bool {
-        let key = conn_key(event.header.tgid, event.fd as u32);
+    fn adopt_unknown(&mut self, event: &Data<'_>) -> bool {
+        let key = conn_key(event.tgid, event.fd as u32);
         let Some(info) = self.kernel.as_ref().and_then(|k| k.lookup(key)) else {
             return false;
         };
-        if info.conn_id != event.header.conn_id {
+        if info.conn_id != event.conn_id {
             return false;
         }
-        let side = if info.role == role::CLIENT {
-            Side::Client
-        } else {
-            Side::Server
-        };
-        let identity = self.identities.slot(event.header.tgid, &[0; 16]);
-        self.insert(
-            info.conn_id,
-            Conn {
-                tgid: event.header.tgid,
-                fd: event.fd,
-                side,
-                tuple: info.tuple,
-                identity,
-                peer: None,
-                streams: [
-                    Reassembler::resume_anywhere(),
-                    Reassembler::resume_anywhere(),
-                ],
-                parser: Parser::mid_stream(side),
-                last_ns: event.header.ts_ns,
-                port_known: false,
-            },
-        );
+        self.on_open(&Opened {
+            conn_id: info.conn_id,
+            ts_ns: event.ts_ns,
+            tgid: event.tgid,
+            fd: event.fd,
+            side: events::side_of(info.role),
+            tuple: info.tuple,
+            comm: [0; 16],
+            source: Source::Syscalls,
+            from_start: false,
+        });
         true
     }
 
@@ -445,10 +435,11 @@ impl<S: Sink> Pipeline<S> {
                     tgid: conn.tgid,
                     fd: conn.fd as i32,
                     side: conn.side,
+                    source: Source::Syscalls,
                     tuple: conn.tuple,
                     identity,
                     peer: None,
-                    streams: [Reassembler::new(0), Reassembler::new(0)],
+                    streams: Conn::from_start(),
                     parser: Parser::mid_stream(conn.side),
                     last_ns: 0,
                     port_known: false,
@@ -635,6 +626,7 @@ fn deliver<S: Sink>(
             identity: identity.clone().unwrap_or_else(placeholder_identity),
             peer_service: peer.clone(),
             tgid: conn.tgid,
+            source: conn.source,
             local: conn.tuple.local,
             remote: conn.tuple.remote,
             exchange,
@@ -650,15 +642,4 @@ fn deliver<S: Sink>(
             *pending_full += 1;
         }
     }
-}
-
-/// Reads a fixed-size event from the front of a record.
-fn read_event<T: Copy>(record: &[u8]) -> Option<T> {
-    if record.len() < size_of::<T>() {
-        return None;
-    }
-    // SAFETY: the length is checked above; T is a repr(C) plain-old-data
-    // type from tracer-common for which any bit pattern is valid, and the
-    // read is unaligned-safe.
-    Some(unsafe { std::ptr::read_unaligned(record.as_ptr().cast::<T>()) })
 }

@@ -8,6 +8,7 @@ use tracer_common::{SockAddr, AF_INET, AF_INET6};
 use crate::{
     metadata::{Identity, PeerService},
     protocols::{Exchange, Side},
+    source::events::Source,
 };
 
 /// One HTTP exchange, seen from one traced process.
@@ -19,6 +20,8 @@ pub struct Record {
     /// The callee's Service or pod (client side), when the cluster knows it.
     pub peer_service: Option<Arc<PeerService>>,
     pub tgid: u32,
+    /// The kernel source that saw the connection.
+    pub source: Source,
     pub local: SockAddr,
     pub remote: SockAddr,
     pub exchange: Exchange,

@@ -1,9 +1,11 @@
-//! The kernel source: loads and attaches the programs (`loader`, with field
+//! The kernel sources: decodes what they hand over into typed events
+//! (`events`), loads and attaches the programs (`loader`, with field
 //! offsets from the kernel's BTF in `btf`), reads the
 //! per-CPU rings in place and merges them by time (`rings`), and drives the
 //! pipeline from them (`ingest`).
 
 pub mod btf;
+pub mod events;
 pub mod ingest;
 pub mod loader;
 pub mod rings;
