@@ -52,6 +52,26 @@ pub mod kind {
     pub const CLOSE: u8 = 3;
     /// A process (thread group) exited; its sockets are gone without `close`.
     pub const PROC_EXIT: u8 = 4;
+    /// A TCP segment seen by the socket filter on an interface
+    /// ([`PacketEvent`](crate::PacketEvent)).
+    pub const PACKET: u8 = 5;
+}
+
+/// TCP header flags, as in the segment's flags byte.
+pub mod tcp_flag {
+    pub const FIN: u8 = 0x01;
+    pub const SYN: u8 = 0x02;
+    pub const RST: u8 = 0x04;
+    pub const PSH: u8 = 0x08;
+    pub const ACK: u8 = 0x10;
+}
+
+/// The kernel's `skb->pkt_type` values the socket filter sees.
+pub mod pkt_type {
+    /// Addressed to this host (received).
+    pub const HOST: u8 = 0;
+    /// Seen on its way out of an interface.
+    pub const OUTGOING: u8 = 4;
 }
 
 /// Direction of a data chunk, seen from the traced process.
@@ -101,8 +121,17 @@ pub mod stat {
     /// chunk is delivered where the counter says; the reassembler keeps the
     /// first bytes it got for each position.
     pub const POSITION_OVERLAP: u32 = 7;
+    /// The packet path's ring was full: a segment is lost.
+    pub const PACKET_RINGBUF_FULL: u32 = 8;
+    /// A segment carried more payload than the capture limit; the rest is
+    /// a counted gap.
+    pub const PACKET_TRUNCATED: u32 = 9;
+    /// A packet the socket filter could not read as TCP over IP (headers
+    /// cut short, an IPv6 extension chain longer than it walks) or an IP
+    /// fragment: skipped.
+    pub const PACKET_MALFORMED: u32 = 10;
     /// Number of counters.
-    pub const COUNT: u32 = 8;
+    pub const COUNT: u32 = 11;
     /// Metric label of each counter, by index.
     pub const NAMES: [&str; COUNT as usize] = [
         "ringbuf_full",
@@ -113,6 +142,9 @@ pub mod stat {
         "frames_lost",
         "capture_shed",
         "position_overlap",
+        "packet_ringbuf_full",
+        "packet_truncated",
+        "packet_malformed",
     ];
 }
 
@@ -386,6 +418,31 @@ pub fn switches_protocols(first: &[u8]) -> bool {
     first.starts_with(SWITCHING)
 }
 
+/// One TCP segment from the socket filter (`kind::PACKET`), followed by
+/// `cap_len` bytes of its payload. Addresses and ports as the segment has
+/// them (`src` sent it); sequence numbers in host order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PacketEvent {
+    /// `tgid` and `conn_id` are 0: a packet names no process.
+    pub header: EventHeader,
+    pub src: SockAddr,
+    pub dst: SockAddr,
+    /// The interface it was seen on.
+    pub ifindex: u32,
+    pub seq: u32,
+    pub ack: u32,
+    /// TCP payload bytes the segment carries.
+    pub payload_len: u32,
+    /// Payload bytes that follow (at most the capture limit).
+    pub cap_len: u32,
+    /// [`tcp_flag`] bits.
+    pub flags: u8,
+    /// [`pkt_type`]: received or outgoing.
+    pub pkt_type: u8,
+    pub _pad: [u8; 2],
+}
+
 /// Key of the socket table: a process's file descriptor.
 #[inline(always)]
 pub const fn conn_key(tgid: u32, fd: u32) -> u64 {
@@ -395,6 +452,10 @@ pub const fn conn_key(tgid: u32, fd: u32) -> u64 {
 /// Connection ids made by the daemon for sockets found in /proc at start-up
 /// carry this bit, so they never collide with ids the kernel hands out.
 pub const USER_CONN_ID_BIT: u64 = 1 << 63;
+
+/// Connection ids the daemon makes for flows the packet path sees carry
+/// these bits: apart from the kernel's and from those found in /proc.
+pub const PACKET_CONN_ID_BITS: u64 = USER_CONN_ID_BIT | 1 << 62;
 
 /// Kernel-made connection id: a per-CPU counter with the CPU number on top.
 #[inline(always)]
@@ -408,6 +469,7 @@ const _: () = assert!(size_of::<EventHeader>() == 24);
 const _: () = assert!(size_of::<DataEvent>() == 56);
 const _: () = assert!(size_of::<ConnEvent>() == 112);
 const _: () = assert!(size_of::<ConnInfo>() == 104);
+const _: () = assert!(size_of::<PacketEvent>() == 88);
 const _: () = assert!(size_of::<SockOffsets>() == 48);
 const _: () = assert!(MAX_CAPTURE.is_power_of_two());
 const _: () = assert!(DEFAULT_CAPTURE as usize <= MAX_CAPTURE);
