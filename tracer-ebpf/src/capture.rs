@@ -236,6 +236,7 @@ fn capture<C: EbpfContext>(
             scratch as *const DataScratch as *const c_void,
             size_of::<DataEvent>() as u64,
             now,
+            stat::RINGBUF_FULL,
         );
     }
     // SAFETY: pointer into a live map value; only the kernel side writes
@@ -349,6 +350,7 @@ fn capture<C: EbpfContext>(
         scratch as *const DataScratch as *const c_void,
         size as u64,
         now,
+        stat::RINGBUF_FULL,
     );
 }
 

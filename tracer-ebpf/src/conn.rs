@@ -88,6 +88,7 @@ fn emit(event_kind: u8, task: u64, fd: i32, info: &ConnInfo, comm: [u8; COMM_LEN
         event as *const ConnEvent as *const c_void,
         size_of::<ConnEvent>() as u64,
         now,
+        tracer_common::stat::RINGBUF_FULL,
     );
 }
 
@@ -362,5 +363,6 @@ pub fn on_process_exit() {
         &header as *const EventHeader as *const c_void,
         size_of::<EventHeader>() as u64,
         now,
+        tracer_common::stat::RINGBUF_FULL,
     );
 }

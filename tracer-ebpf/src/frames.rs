@@ -135,6 +135,7 @@ fn send(scratch: &mut DataScratch, captured: usize, frames: u8, extra: u64) {
         scratch as *const DataScratch as *const c_void,
         size as u64,
         now,
+        tracer_common::stat::RINGBUF_FULL,
     );
 }
 

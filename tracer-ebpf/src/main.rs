@@ -39,6 +39,7 @@ mod capture;
 mod conn;
 mod frames;
 mod maps;
+mod packets;
 mod probes;
 mod regs;
 mod seq;

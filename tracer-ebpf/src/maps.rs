@@ -83,9 +83,10 @@ macro_rules! rings {
             waiting > size / 2
         }
 
-        /// Copies `size` bytes at `data` into this CPU's ring as one record.
+        /// Copies `size` bytes at `data` into this CPU's ring as one record;
+        /// a full ring counts `full` (the source's `stat` index).
         #[inline(always)]
-        pub fn output(data: *const c_void, size: u64, now: u64) {
+        pub fn output(data: *const c_void, size: u64, now: u64, full: u32) {
             let flags = wakeup_flags(size, now);
             // SAFETY: no arguments.
             let cpu = unsafe { bpf_get_smp_processor_id() };
@@ -99,7 +100,7 @@ macro_rules! rings {
                 _ => -1,
             };
             if ret != 0 {
-                count(tracer_common::stat::RINGBUF_FULL);
+                count(full);
             }
         }
     };

@@ -432,6 +432,12 @@ pub fn check(args: CaptureArgs) -> Result<()> {
         Ok(()) => say!("stream positions: the sockets' TCP sequence counters"),
         Err(reason) => say!("stream positions: sums of the hooked syscalls ({reason})"),
     }
+    let mut packets = config.load.clone();
+    packets.source = loader::SourceChoice::Packets;
+    match loader::load(&packets) {
+        Ok(_) => say!("packet path (socket filter on AF_PACKET sockets): ok"),
+        Err(e) => say!("packet path: unavailable ({e})"),
+    }
     let kprobes = loader::verify_kprobe_programs(&config.load)?;
     say!("kprobe programs loaded through the verifier: {kprobes}");
     let mut tp = config.load.clone();

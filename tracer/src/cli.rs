@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::source::loader::AttachMode;
+use crate::source::loader::{AttachMode, SourceChoice};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -44,6 +44,19 @@ pub struct CaptureArgs {
     /// How to hook syscalls: `auto` uses syscall tracepoints when the kernel has them, else kprobes.
     #[arg(long, env = "TRACER_ATTACH", value_enum, default_value = "auto")]
     pub attach: AttachMode,
+
+    /// Where bytes come from: `syscalls` hooks the processes' socket syscalls; `packets` reads the TCP segments on the interfaces (an eBPF socket filter on AF_PACKET sockets), which also sees bytes moved by sendfile, splice or io_uring and processes in other network namespaces behind a veth; `both` runs the two, and the packet path skips the flows the syscall hooks already trace.
+    #[arg(long, env = "TRACER_SOURCE", value_enum, default_value = "syscalls")]
+    pub source: SourceChoice,
+
+    /// With --source packets or both: the interfaces to read, by name (comma-separated), e.g. lo,eth0. Default: every interface of the tracer's network namespace, including those that appear later (pod veths).
+    #[arg(
+        long,
+        env = "TRACER_INTERFACES",
+        value_delimiter = ',',
+        value_name = "LIST"
+    )]
+    pub interfaces: Vec<String>,
 
     /// Bytes captured per read or write (1 to 16384); the rest of a longer chunk is skipped and
     /// counted. HTTP/2 (also after an h2c upgrade), PostgreSQL, MySQL and Redis connections are

@@ -11,7 +11,10 @@ use crate::{
     budget::{Budget, TooSmall},
     cli::{CaptureArgs, PipelineArgs},
     metadata::KubeOptions,
-    source::loader::LoadOptions,
+    source::{
+        loader::{LoadOptions, SourceChoice},
+        packet_sockets::Interface,
+    },
 };
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -30,6 +33,10 @@ pub enum ConfigError {
     RequestTimeout(Duration),
     #[error("--pod-grace-period {0:?}: must be at most 24h")]
     PodGrace(Duration),
+    #[error("--interfaces {name:?}: no such interface here; the interfaces are: {known}")]
+    Interface { name: String, known: String },
+    #[error("--interfaces applies to the packet path: add --source packets or --source both")]
+    InterfacesWithoutPackets,
     #[error(transparent)]
     Memory(#[from] TooSmall),
 }
@@ -95,6 +102,7 @@ impl Config {
         if !(1..=10_000).contains(&args.max_routes_per_service) {
             return Err(ConfigError::MaxRoutes(args.max_routes_per_service));
         }
+        let interfaces = interfaces(args)?;
         let mut service_names = HashMap::new();
         for pair in &args.service_names {
             match pair.split_once('=') {
@@ -111,6 +119,8 @@ impl Config {
                 ring_buffer_bytes: ring_buffer_mib << 20,
                 max_connections,
                 hooks_only,
+                source: args.source,
+                interfaces,
             },
             service_names,
             max_routes_per_service: args.max_routes_per_service,
@@ -118,6 +128,25 @@ impl Config {
             budget,
         })
     }
+}
+
+/// The packet path's interfaces by index (empty: all), each checked to exist.
+fn interfaces(args: &CaptureArgs) -> Result<Vec<Interface>, ConfigError> {
+    if args.interfaces.is_empty() {
+        return Ok(Vec::new());
+    }
+    if args.source == SourceChoice::Syscalls {
+        return Err(ConfigError::InterfacesWithoutPackets);
+    }
+    args.interfaces
+        .iter()
+        .map(|name| {
+            Interface::by_name(name).ok_or_else(|| ConfigError::Interface {
+                name: name.clone(),
+                known: Interface::names().join(", "),
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -227,5 +256,28 @@ mod tests {
         assert!(parse_duration("soon").unwrap_err().contains("e.g. 30s"));
         let err = Cli::try_parse_from(["tracer", "run", "--request-timeout", "x"]).unwrap_err();
         assert!(err.to_string().contains("--request-timeout"));
+    }
+
+    #[test]
+    fn interfaces_need_the_packet_path_and_must_exist() {
+        assert_eq!(
+            parse(&["--interfaces", "lo"]).unwrap_err(),
+            ConfigError::InterfacesWithoutPackets
+        );
+        match parse(&["--source", "packets", "--interfaces", "lo,nope0"]).unwrap_err() {
+            ConfigError::Interface { name, known } => {
+                assert_eq!(name, "nope0");
+                assert!(known.split(", ").any(|n| n == "lo"), "{known}");
+            }
+            other => panic!("{other:?}"),
+        }
+        let c = parse(&["--source", "both", "--interfaces", "lo"]).unwrap();
+        assert_eq!(c.load.source, SourceChoice::Both);
+        assert_eq!(c.load.interfaces[0].index, 1);
+        assert!(parse(&["--source", "packets"])
+            .unwrap()
+            .load
+            .interfaces
+            .is_empty());
     }
 }

@@ -1,18 +1,22 @@
 //! Owns the kernel side: checks what the running kernel and process allow,
 //! loads the embedded eBPF object with its maps sized from the config, picks
-//! the attach mode by probing the kernel, attaches every hook, and hands the
+//! the attach mode by probing the kernel, attaches every hook (and the
+//! packet path's socket filter, `packet_sockets`), and hands the
 //! ring buffer, the socket table and the stats map to the rest of the daemon.
 
 use std::{os::fd::AsFd, path::Path};
 
 use aya::{
     maps::{Array, HashMap, IterableMap, Map, MapData, PerCpuArray, ProgramArray},
-    programs::{KProbe, TracePoint},
+    programs::{KProbe, SocketFilter, TracePoint},
     Btf, Ebpf, EbpfLoader,
 };
 use tracer_common::{stat, ConnInfo, SockOffsets, MAX_RINGS};
 
-use super::btf;
+use super::{
+    btf,
+    packet_sockets::{Interface, PacketSocket},
+};
 
 use crate::error::StartError;
 use crate::pipeline::conntrack::KernelSockets;
@@ -32,6 +36,27 @@ pub enum AttachMode {
     Tracepoint,
     /// kprobes / kretprobes on the `__x64_sys_*` entry points.
     Kprobe,
+}
+
+/// Which kernel sources run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SourceChoice {
+    /// The socket syscall hooks.
+    Syscalls,
+    /// The socket filter on the interfaces' packets.
+    Packets,
+    /// Both; the packet path skips flows the hooks trace.
+    Both,
+}
+
+impl SourceChoice {
+    pub fn syscalls(self) -> bool {
+        self != SourceChoice::Packets
+    }
+
+    pub fn packets(self) -> bool {
+        self != SourceChoice::Syscalls
+    }
 }
 
 /// One syscall hook: its tracepoint program and its kprobe program.
@@ -263,6 +288,9 @@ pub struct LoadOptions {
     pub max_connections: u32,
     /// Attach the hooks but make them return at once (benchmark floor).
     pub hooks_only: bool,
+    pub source: SourceChoice,
+    /// The packet path's interfaces; empty: all.
+    pub interfaces: Vec<Interface>,
 }
 
 /// The loaded and attached kernel side.
@@ -279,6 +307,8 @@ pub struct Kernel {
     pub stats: PerCpuArray<MapData, u64>,
     /// Tells the kernel side to shed payload (`budget::Pressure`).
     pub shedding: Shedding,
+    /// The packet path's AF_PACKET sockets: closing them detaches the filter.
+    pub packet_sockets: Vec<PacketSocket>,
 }
 
 /// The kernel side's `SHEDDING` switch.
@@ -440,7 +470,7 @@ pub fn read_stats(stats: &PerCpuArray<MapData, u64>) -> Vec<(&'static str, u64)>
 
 /// Checks privileges and kernel features, loads, and attaches.
 pub fn load(opts: &LoadOptions) -> Result<Kernel, StartError> {
-    preflight()?;
+    preflight(opts.source.packets())?;
     check_sock_state_format()?;
     let mode = resolve_mode(opts.mode)?;
     raise_memlock_limit();
@@ -461,7 +491,8 @@ pub fn load(opts: &LoadOptions) -> Result<Kernel, StartError> {
         .override_global("WAKEUP_BYTES", &rings.wakeup_bytes, true)
         .map_max_entries("SOCKETS", opts.max_connections)
         .map_max_entries("DUP_REFS", opts.max_connections)
-        .map_max_entries("SCRATCH", possible_cpus());
+        .map_max_entries("SCRATCH", possible_cpus())
+        .map_max_entries("PACKET_SCRATCH", possible_cpus());
     for (i, name) in RING_NAMES.iter().enumerate() {
         let used = i < rings.count as usize;
         loader.map_max_entries(name, if used { rings.bytes } else { PAGE });
@@ -487,16 +518,23 @@ pub fn load(opts: &LoadOptions) -> Result<Kernel, StartError> {
     let stats = take_map(&mut ebpf, "STATS")?;
     let shedding = Shedding(take_map(&mut ebpf, "SHEDDING")?);
 
-    for (program, category, name) in COMMON_TRACEPOINTS {
-        attach_tracepoint(&mut ebpf, program, category, name)?;
-    }
-    install_frame_programs(&mut ebpf, mode)?;
-    for hook in &SYSCALL_HOOKS {
-        match mode {
-            AttachMode::Kprobe => attach_kprobe(&mut ebpf, hook.kp_program, hook.symbol)?,
-            _ => attach_tracepoint(&mut ebpf, hook.tp_program, "syscalls", hook.tracepoint)?,
+    if opts.source.syscalls() {
+        for (program, category, name) in COMMON_TRACEPOINTS {
+            attach_tracepoint(&mut ebpf, program, category, name)?;
+        }
+        install_frame_programs(&mut ebpf, mode)?;
+        for hook in &SYSCALL_HOOKS {
+            match mode {
+                AttachMode::Kprobe => attach_kprobe(&mut ebpf, hook.kp_program, hook.symbol)?,
+                _ => attach_tracepoint(&mut ebpf, hook.tp_program, "syscalls", hook.tracepoint)?,
+            }
         }
     }
+    let packet_sockets = if opts.source.packets() {
+        attach_packet_filter(&mut ebpf, &opts.interfaces)?
+    } else {
+        Vec::new()
+    };
     Ok(Kernel {
         ebpf,
         mode,
@@ -505,7 +543,47 @@ pub fn load(opts: &LoadOptions) -> Result<Kernel, StartError> {
         socket_counter,
         stats,
         shedding,
+        packet_sockets,
     })
+}
+
+/// Loads the socket filter and attaches it to one AF_PACKET socket per
+/// interface (one socket for all when `interfaces` is empty).
+fn attach_packet_filter(
+    ebpf: &mut Ebpf,
+    interfaces: &[Interface],
+) -> Result<Vec<PacketSocket>, StartError> {
+    const PROGRAM: &str = "packet_filter";
+    let filter: &mut SocketFilter = program_mut(ebpf, PROGRAM)?;
+    let fail = |target: String| {
+        move |reason: String| StartError::Attach {
+            program: PROGRAM,
+            target,
+            reason,
+        }
+    };
+    filter
+        .load()
+        .map_err(|e| fail("AF_PACKET sockets".into())(format!("{e:#}")))?;
+    let all = [None];
+    let wanted: Vec<Option<&Interface>> = if interfaces.is_empty() {
+        all.to_vec()
+    } else {
+        interfaces.iter().map(Some).collect()
+    };
+    wanted
+        .into_iter()
+        .map(|interface| {
+            let target = match interface {
+                Some(i) => format!("an AF_PACKET socket on {}", i.name),
+                None => "an AF_PACKET socket on every interface".into(),
+            };
+            PacketSocket::open(interface, |socket| {
+                filter.attach(socket).map_err(|e| format!("{e:#}"))
+            })
+            .map_err(fail(target))
+        })
+        .collect()
 }
 
 /// Whether the running kernel's BTF has every field the kernel side needs to
@@ -534,7 +612,7 @@ fn sock_offsets() -> SockOffsets {
 /// Loads every kprobe program without attaching: proves they pass the
 /// verifier on kernels where kprobes cannot attach (used by tests).
 pub fn verify_kprobe_programs(opts: &LoadOptions) -> Result<usize, StartError> {
-    preflight()?;
+    preflight(false)?;
     raise_memlock_limit();
     let btf = Btf::from_sys_fs().map_err(|e| StartError::Btf(e.to_string()))?;
     let mut ebpf = EbpfLoader::new()
@@ -657,8 +735,9 @@ fn attach_kprobe(ebpf: &mut Ebpf, program: &'static str, symbol: &str) -> Result
 }
 
 /// Privileges, BTF and tracefs: each missing piece is one clear error.
-fn preflight() -> Result<(), StartError> {
-    check_capabilities()?;
+/// `packets`: the packet path runs, which needs a raw socket.
+fn preflight(packets: bool) -> Result<(), StartError> {
+    check_capabilities(packets)?;
     if !Path::new(BTF_PATH).exists() {
         return Err(StartError::Btf(format!(
             "{BTF_PATH} is missing: the kernel must be built with CONFIG_DEBUG_INFO_BTF=y"
@@ -669,9 +748,11 @@ fn preflight() -> Result<(), StartError> {
 
 /// CAP_BPF + CAP_PERFMON load and attach; CAP_SYS_PTRACE and
 /// CAP_DAC_READ_SEARCH read other processes' /proc entries. CAP_SYS_ADMIN
-/// covers the first two on kernels that predate them.
-fn check_capabilities() -> Result<(), StartError> {
+/// covers the first two on kernels that predate them. CAP_NET_RAW opens
+/// the packet path's AF_PACKET sockets.
+fn check_capabilities(packets: bool) -> Result<(), StartError> {
     const CAP_DAC_READ_SEARCH: u32 = 2;
+    const CAP_NET_RAW: u32 = 13;
     const CAP_SYS_PTRACE: u32 = 19;
     const CAP_SYS_ADMIN: u32 = 21;
     const CAP_PERFMON: u32 = 38;
@@ -699,6 +780,9 @@ fn check_capabilities() -> Result<(), StartError> {
     }
     if !has(CAP_DAC_READ_SEARCH) {
         missing.push("CAP_DAC_READ_SEARCH");
+    }
+    if packets && !has(CAP_NET_RAW) {
+        missing.push("CAP_NET_RAW (for --source packets or both)");
     }
     if missing.is_empty() {
         Ok(())

@@ -8,4 +8,5 @@ pub mod btf;
 pub mod events;
 pub mod ingest;
 pub mod loader;
+pub mod packet_sockets;
 pub mod rings;
