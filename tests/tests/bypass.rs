@@ -112,6 +112,12 @@ fn request_bodies_via_io_uring() {
     check_counts_exact("write", "io_uring", Client::OneThread);
 }
 
+/// Issue 7: an io_uring server counted exactly by the packet path alone.
+#[test]
+fn io_uring_server_counted_by_the_packet_path() {
+    check_counts("io_uring", "io_uring", Client::OneThread, Source::Packets);
+}
+
 #[test]
 fn several_threads_write_one_connection_while_another_reads() {
     check_counts_exact("write", "read", Client::SharedSocket);
@@ -198,14 +204,35 @@ impl Peer for BypassServer {
 /// request bodies via `request_body_via`, then asserts the tracer's counts
 /// equal the ground truth exactly.
 fn check_counts_exact(body_via: &str, request_body_via: &str, client: Client) {
-    let test =
-        format!("bypass: bodies via {body_via}, request bodies via {request_body_via}, {client:?}");
+    check_counts(body_via, request_body_via, client, Source::Syscalls);
+}
+
+/// Which kernel source the tracer runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    Syscalls,
+    /// The packet path alone, on loopback: it sees every byte on the wire
+    /// whatever moved it, from the server's end only.
+    Packets,
+}
+
+fn check_counts(body_via: &str, request_body_via: &str, client: Client, source: Source) {
+    let test = format!(
+        "bypass: bodies via {body_via}, request bodies via {request_body_via}, {client:?}, \
+         {source:?}"
+    );
     if !privileged(&test) {
         return;
     }
-    let dir = TestDir::new(&format!("bypass-{body_via}-{request_body_via}-{client:?}"));
+    let dir = TestDir::new(&format!(
+        "bypass-{body_via}-{request_body_via}-{client:?}-{source:?}"
+    ));
     let rename = format!("{}={CLIENT}", own_service_name());
-    let tracer = Tracer::start(&dir, &["--service-name", &rename]);
+    let mut args = vec!["--service-name", rename.as_str()];
+    if source == Source::Packets {
+        args.extend(["--source", "packets", "--interfaces", "lo"]);
+    }
+    let tracer = Tracer::start(&dir, &args);
     let servers = [("/small", SMALL_BODY), ("/large", LARGE_BODY)]
         .map(|(prefix, size)| BypassServer::start(&dir, prefix, body_via, request_body_via, size));
     let before = tracer.scrape();
@@ -235,7 +262,7 @@ fn check_counts_exact(body_via: &str, request_body_via: &str, client: Client) {
             server.guard.name(),
             server.guard.stderr()
         );
-        wants.extend(exact_wants(server, client_tally));
+        wants.extend(exact_wants(server, client_tally, source));
     }
     // Nothing invented: the service's total is this traffic and the barriers.
     let served: u64 = client_tallies.iter().flat_map(|t| t.values()).sum();
@@ -253,7 +280,7 @@ fn check_counts_exact(body_via: &str, request_body_via: &str, client: Client) {
 /// The tracer's counts `server`'s traffic must have, server and client side:
 /// per (method, status, route) of `tally`, per route whatever the status,
 /// and (client side) per server port, its barrier included.
-fn exact_wants(server: &BypassServer, tally: &Counts) -> Vec<Want> {
+fn exact_wants(server: &BypassServer, tally: &Counts, source: Source) -> Vec<Want> {
     let port = server.port.to_string();
     let mut wants = Vec::new();
     let mut per_route: BTreeMap<&str, u64> = BTreeMap::new();
@@ -265,23 +292,30 @@ fn exact_wants(server: &BypassServer, tally: &Counts) -> Vec<Want> {
                 .status(*status)
                 .is(count),
         );
-        wants.push(
-            Want::client(CLIENT, route)
-                .method(method)
-                .status(*status)
-                .label("server_port", &port)
-                .is(count),
-        );
+        if source == Source::Syscalls {
+            wants.push(
+                Want::client(CLIENT, route)
+                    .method(method)
+                    .status(*status)
+                    .label("server_port", &port)
+                    .is(count),
+            );
+        }
     }
+    let client_count = |count| match source {
+        Source::Syscalls => count,
+        // The packet path reports flows from the server's end only.
+        Source::Packets => 0,
+    };
     for (route, count) in per_route {
         wants.push(Want::server(server.service(), route).is(count));
-        wants.push(Want::client(CLIENT, route).is(count));
+        wants.push(Want::client(CLIENT, route).is(client_count(count)));
     }
     wants.push(
         Want::metric(CLIENT_COUNT)
             .label("service_name", CLIENT)
             .label("server_port", &port)
-            .is(tally.values().sum::<u64>() + 1),
+            .is(client_count(tally.values().sum::<u64>() + 1)),
     );
     wants
 }

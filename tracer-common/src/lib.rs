@@ -443,6 +443,65 @@ pub struct PacketEvent {
     pub _pad: [u8; 2],
 }
 
+/// A TCP flow whichever way its segments go: the two ends, the lower
+/// (address, port) first, IPv4-mapped IPv6 addresses as IPv4 (a dual-stack
+/// socket names its IPv4 peers so; their packets are IPv4). The syscall
+/// hooks register the flows they trace under it (`COVERED`), and the packet
+/// path skips those.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub low: [u8; 16],
+    pub high: [u8; 16],
+    pub low_port: u16,
+    pub high_port: u16,
+}
+
+impl FlowKey {
+    #[inline(always)]
+    pub fn new(x: &SockAddr, y: &SockAddr) -> FlowKey {
+        // Built in place and swapped, not compared as tuples: the kernel
+        // side's stack has room for little more than the key.
+        let mut key = FlowKey {
+            low: plain_address(x),
+            high: plain_address(y),
+            low_port: x.port,
+            high_port: y.port,
+        };
+        if key.reversed() {
+            core::mem::swap(&mut key.low, &mut key.high);
+            core::mem::swap(&mut key.low_port, &mut key.high_port);
+        }
+        key
+    }
+
+    #[inline(always)]
+    fn reversed(&self) -> bool {
+        let mut i = 0;
+        while i < 16 {
+            if self.low[i] != self.high[i] {
+                return self.low[i] > self.high[i];
+            }
+            i += 1;
+        }
+        self.low_port > self.high_port
+    }
+}
+
+/// The address as `FlowKey` compares it: IPv4-mapped IPv6 as IPv4.
+#[inline(always)]
+fn plain_address(end: &SockAddr) -> [u8; 16] {
+    let a = end.addr;
+    let mapped = a[..10] == [0; 10] && a[10] == 0xff && a[11] == 0xff;
+    if end.family == AF_INET6 && mapped {
+        [
+            a[12], a[13], a[14], a[15], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        ]
+    } else {
+        a
+    }
+}
+
 /// Key of the socket table: a process's file descriptor.
 #[inline(always)]
 pub const fn conn_key(tgid: u32, fd: u32) -> u64 {
@@ -470,6 +529,7 @@ const _: () = assert!(size_of::<DataEvent>() == 56);
 const _: () = assert!(size_of::<ConnEvent>() == 112);
 const _: () = assert!(size_of::<ConnInfo>() == 104);
 const _: () = assert!(size_of::<PacketEvent>() == 88);
+const _: () = assert!(size_of::<FlowKey>() == 36);
 const _: () = assert!(size_of::<SockOffsets>() == 48);
 const _: () = assert!(MAX_CAPTURE.is_power_of_two());
 const _: () = assert!(DEFAULT_CAPTURE as usize <= MAX_CAPTURE);
@@ -479,6 +539,8 @@ mod pod {
     // SAFETY: plain-old-data: repr(C), every field an integer or array of
     // integers, padding explicit, so any bit pattern is a valid value.
     unsafe impl aya::Pod for super::ConnInfo {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::FlowKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::SockOffsets {}
 }
@@ -560,5 +622,37 @@ mod tests {
     #[test]
     fn stat_names_cover_every_counter() {
         assert_eq!(stat::NAMES.len(), stat::COUNT as usize);
+    }
+
+    #[test]
+    fn a_flow_key_is_the_same_both_ways_and_for_mapped_addresses() {
+        let v4 = |a: [u8; 4], port| {
+            let mut addr = [0; 16];
+            addr[..4].copy_from_slice(&a);
+            SockAddr {
+                addr,
+                port,
+                family: AF_INET,
+            }
+        };
+        let mapped = |a: [u8; 4], port| {
+            let mut addr = [0; 16];
+            addr[10] = 0xff;
+            addr[11] = 0xff;
+            addr[12..].copy_from_slice(&a);
+            SockAddr {
+                addr,
+                port,
+                family: AF_INET6,
+            }
+        };
+        let (client, server) = (v4([10, 0, 0, 2], 40000), v4([10, 0, 0, 1], 80));
+        let key = FlowKey::new(&client, &server);
+        assert_eq!(key, FlowKey::new(&server, &client));
+        assert_eq!(key.low_port, 80);
+        let seen_by_dual_stack =
+            FlowKey::new(&mapped([10, 0, 0, 1], 80), &mapped([10, 0, 0, 2], 40000));
+        assert_eq!(key, seen_by_dual_stack);
+        assert_ne!(key, FlowKey::new(&client, &v4([10, 0, 0, 1], 81)));
     }
 }

@@ -9,16 +9,16 @@ use aya_ebpf::helpers::{
     generated::bpf_get_smp_processor_id,
 };
 use tracer_common::{
-    conn_key, kernel_conn_id, kind, role, ConnEvent, ConnInfo, EventHeader, SockAddr, Tuple,
-    AF_INET, AF_INET6, COMM_LEN,
+    conn_key, kernel_conn_id, kind, role, ConnEvent, ConnInfo, EventHeader, FlowKey, SockAddr,
+    Tuple, AF_INET, AF_INET6, COMM_LEN,
 };
 
 use core::{ffi::c_void, mem::size_of};
 
 use crate::{
     maps::{
-        count, output, Connecting, CONNECTING, CONN_SCRATCH, CONN_SEQ, DUP_REFS, PEER_TO_LOCAL,
-        SOCKETS,
+        count, output, Connecting, CONNECTING, CONN_SCRATCH, CONN_SEQ, COVERED, DUP_REFS,
+        PEER_TO_LOCAL, SOCKETS,
     },
     regs::{Caller, SyscallArgs},
     seq,
@@ -265,7 +265,12 @@ pub fn on_state_change(change: &StateChange) {
             // Server side: keep the local address until accept() asks for it.
             let _ = PEER_TO_LOCAL.insert(&change.tuple.remote, &change.tuple.local, 0);
         }
-        (_, TCP_CLOSE) => on_closed(change.sk),
+        (_, TCP_CLOSE) => {
+            // The daemon covers the flows the hooks announce; a socket's
+            // end uncovers its flow even when the daemon never learns of it.
+            let _ = COVERED.remove(&FlowKey::new(&change.tuple.local, &change.tuple.remote));
+            on_closed(change.sk)
+        }
         _ => {}
     }
 }

@@ -9,7 +9,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
 };
 use core::ffi::c_void;
-use tracer_common::{ConnInfo, DataEvent, SockAddr, COMM_LEN, MAX_CAPTURE};
+use tracer_common::{ConnInfo, DataEvent, FlowKey, SockAddr, COMM_LEN, MAX_CAPTURE};
 
 /// Traced TCP sockets, keyed by `conn_key(tgid, fd)`: the filter every data
 /// hook consults first. 104-byte values: 65,536 entries is about 8 MiB with
@@ -28,6 +28,16 @@ pub static SOCKETS: HashMap<u64, ConnInfo> = HashMap::with_max_entries(65536, 0)
 /// drops the connection (a process that exited without closing it).
 #[map]
 pub static DUP_REFS: HashMap<u64, u32> = HashMap::with_max_entries(65536, 0);
+
+/// The flows the syscall hooks trace, by both ends: the packet path skips
+/// their segments in the kernel, before they cost a ring write. The daemon
+/// adds a flow when the hooks announce it (their OPEN) and removes it at
+/// its CLOSE; a socket reaching TCP `CLOSE` removes it here too. Sized like
+/// `SOCKETS` by the loader. Segments that pass before the entry is there,
+/// or because it did not fit, reach the daemon, which drops the packet
+/// path's copy of a flow the hooks trace.
+#[map]
+pub static COVERED: HashMap<FlowKey, u8> = HashMap::with_max_entries(65536, 0);
 
 /// Where a client socket's `connect` came from, keyed by the kernel's `sock`
 /// address, from `SYN_SENT` until `ESTABLISHED` or `CLOSE` (where a socket

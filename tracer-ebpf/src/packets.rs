@@ -16,13 +16,13 @@ use aya_ebpf::{
 };
 use core::{ffi::c_void, mem::size_of};
 use tracer_common::{
-    kind, pkt_type, stat, tcp_flag, EventHeader, PacketEvent, SockAddr, AF_INET, AF_INET6,
+    kind, pkt_type, stat, tcp_flag, EventHeader, FlowKey, PacketEvent, SockAddr, AF_INET, AF_INET6,
     MAX_CAPTURE, SHED_CAPTURE,
 };
 
 use crate::{
     capture_limit,
-    maps::{count, memory_short, output, ring_under_pressure},
+    maps::{count, memory_short, output, ring_under_pressure, COVERED},
 };
 
 const ETH_P_IP: u16 = 0x0800;
@@ -93,6 +93,14 @@ fn segment(ctx: &SkBuffContext) -> Result<(), ()> {
         count(stat::PACKET_MALFORMED);
         return Err(());
     }
+    let mut src = ip.src;
+    let mut dst = ip.dst;
+    src.port = u16::from_be_bytes([tcp[0], tcp[1]]);
+    dst.port = u16::from_be_bytes([tcp[2], tcp[3]]);
+    // SAFETY: plain map lookup.
+    if unsafe { COVERED.get(&FlowKey::new(&src, &dst)) }.is_some() {
+        return Ok(());
+    }
     let payload_len = ip.end - payload_at;
     if payload_len == 0 && flags & (tcp_flag::SYN | tcp_flag::FIN | tcp_flag::RST) == 0 {
         return Ok(());
@@ -133,10 +141,6 @@ fn segment(ctx: &SkBuffContext) -> Result<(), ()> {
     }
     // SAFETY: no arguments.
     let now = unsafe { bpf_ktime_get_ns() };
-    let mut src = ip.src;
-    let mut dst = ip.dst;
-    src.port = u16::from_be_bytes([tcp[0], tcp[1]]);
-    dst.port = u16::from_be_bytes([tcp[2], tcp[3]]);
     scratch.event = PacketEvent {
         header: EventHeader {
             kind: kind::PACKET,

@@ -23,6 +23,7 @@ use crate::{
     protocols::{ParserCounters, Protocol, Side},
     source::ingest,
     source::loader::{self, AttachMode, Kernel, Shedding},
+    source::packets::{Flows, PacketCounters, ProcOwners},
 };
 
 /// Prints a line to stdout; a closed stdout (piped into `head`) is not an
@@ -70,6 +71,7 @@ impl<A: Sink, B: Sink> Sink for Tee<A, B> {
 pub struct Publisher {
     last: Counters,
     last_queue_full: u64,
+    last_packets: PacketCounters,
 }
 
 impl Publisher {
@@ -105,6 +107,36 @@ impl Publisher {
             metrics.count_parser(protocol.as_str(), &delta);
         }
         metrics.set_connections(pipeline.connections() as i64);
+        if let Some(flows) = pipeline.packets() {
+            let (now, last) = (
+                flows.counters,
+                std::mem::replace(&mut self.last_packets, flows.counters),
+            );
+            metrics.count_events(EventKind::Packet, now.records - last.records);
+            for (cause, n, was) in [
+                ("packet_malformed", now.malformed, last.malformed),
+                ("packet_stale", now.stale, last.stale),
+                ("packet_after_close", now.after_close, last.after_close),
+                ("packet_no_flow", now.no_flow, last.no_flow),
+                (
+                    "packet_other_interface",
+                    now.other_interface,
+                    last.other_interface,
+                ),
+                (
+                    "packet_handshake_evicted",
+                    now.syn_evicted,
+                    last.syn_evicted,
+                ),
+                ("packet_flow_evicted", now.flows_evicted, last.flows_evicted),
+            ] {
+                metrics.count_user_drop(cause, n - was);
+            }
+        }
+        metrics.count_user_drop(
+            "packet_flow_covered",
+            now.packet_flows_covered - last.packet_flows_covered,
+        );
     }
 }
 
@@ -183,14 +215,17 @@ pub async fn run(args: RunArgs) -> Result<()> {
         kube_stats,
         gone_pods,
     } = stage;
-    let mut pipeline = Pipeline::new(
-        config.max_connections,
-        identities,
-        Some(Box::new(control)),
-        MetricsSink(metrics.clone()),
+    let mut pipeline = with_packet_path(
+        Pipeline::new(
+            config.max_connections,
+            identities,
+            Some(Box::new(control)),
+            MetricsSink(metrics.clone()),
+        ),
+        &config,
     );
     if !args.hooks_only {
-        adopt_existing(&mut pipeline);
+        adopt_existing(&mut pipeline, &config);
     }
     let mut publisher = Publisher::default();
     let mut housekeeping = Housekeeping::new(pipeline_config.request_timeout);
@@ -341,13 +376,16 @@ pub async fn watch(args: WatchArgs) -> Result<()> {
         PrintSink::new(filter, std::io::stdout()),
         MetricsSink(metrics),
     );
-    let mut pipeline = Pipeline::new(
-        config.max_connections,
-        stage.identities,
-        Some(Box::new(control)),
-        sink,
+    let mut pipeline = with_packet_path(
+        Pipeline::new(
+            config.max_connections,
+            stage.identities,
+            Some(Box::new(control)),
+            sink,
+        ),
+        &config,
     );
-    adopt_existing(&mut pipeline);
+    adopt_existing(&mut pipeline, &config);
     let mut housekeeping = Housekeeping::new(pipeline_config.request_timeout);
     ingest::run(
         events,
@@ -455,7 +493,24 @@ pub fn check(args: CaptureArgs) -> Result<()> {
     Ok(())
 }
 
-fn adopt_existing<S: Sink>(pipeline: &mut Pipeline<S>) {
+/// The pipeline reads the packet path's records too when it runs.
+fn with_packet_path<S: Sink>(pipeline: Pipeline<S>, config: &Config) -> Pipeline<S> {
+    if config.load.source.packets() {
+        pipeline.with_packets(Flows::new(
+            config.max_connections,
+            Box::new(ProcOwners::new()),
+        ))
+    } else {
+        pipeline
+    }
+}
+
+/// Connections open before start-up, for the syscall hooks (the packet
+/// path picks them up mid-stream by itself).
+fn adopt_existing<S: Sink>(pipeline: &mut Pipeline<S>, config: &Config) {
+    if !config.load.source.syscalls() {
+        return;
+    }
     let existing = procfs::existing_connections(std::process::id());
     let adopted = pipeline.adopt_existing(&existing);
     tracing::info!(

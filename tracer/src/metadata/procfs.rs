@@ -32,14 +32,14 @@ pub struct ExistingConn {
 
 /// One row of /proc/net/tcp{,6}.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct SocketRow {
-    tuple: Tuple,
-    state: u8,
-    inode: u64,
+pub(crate) struct SocketRow {
+    pub(crate) tuple: Tuple,
+    pub(crate) state: u8,
+    pub(crate) inode: u64,
 }
 
 const TCP_ESTABLISHED: u8 = 0x01;
-const TCP_LISTEN: u8 = 0x0A;
+pub(crate) const TCP_LISTEN: u8 = 0x0A;
 
 /// Every established TCP connection of every process but `skip_tgid`.
 /// A connection is the server side when its local port is one its network
@@ -96,7 +96,7 @@ pub fn existing_connections(skip_tgid: u32) -> Vec<ExistingConn> {
 }
 
 /// (fd, socket inode) of every socket the process holds.
-fn socket_fds(tgid: u32) -> Vec<(u32, u64)> {
+pub(crate) fn socket_fds(tgid: u32) -> Vec<(u32, u64)> {
     let Ok(fds) = fs::read_dir(format!("/proc/{tgid}/fd")) else {
         return Vec::new();
     };
@@ -115,7 +115,7 @@ fn socket_fds(tgid: u32) -> Vec<(u32, u64)> {
         .collect()
 }
 
-fn netns_inode(tgid: u32) -> Option<u64> {
+pub(crate) fn netns_inode(tgid: u32) -> Option<u64> {
     let link = fs::read_link(format!("/proc/{tgid}/ns/net")).ok()?;
     link.to_str()?
         .strip_prefix("net:[")?
@@ -142,7 +142,7 @@ fn read_tables(net_dir: &Path) -> (HashMap<u64, SocketRow>, HashSet<u16>) {
 }
 
 /// Parses "  0: 0100007F:1F90 0100007F:A2B4 01 ... inode ..." .
-fn parse_row(line: &str, family: u16) -> Option<SocketRow> {
+pub(crate) fn parse_row(line: &str, family: u16) -> Option<SocketRow> {
     let mut fields = line.split_whitespace();
     let _slot = fields.next()?;
     let local = parse_addr(fields.next()?, family)?;
@@ -157,8 +157,8 @@ fn parse_row(line: &str, family: u16) -> Option<SocketRow> {
     })
 }
 
-/// "0100007F:1F90": the address as the kernel's u32 words in host order
-/// (little-endian here), the port as big hex.
+/// "0100007F:1F90": the address as the kernel's u32 words, each printed as
+/// a number in host byte order, the port as big hex.
 fn parse_addr(field: &str, family: u16) -> Option<SockAddr> {
     let (addr_hex, port_hex) = field.split_once(':')?;
     let port = u16::from_str_radix(port_hex, 16).ok()?;
@@ -171,7 +171,7 @@ fn parse_addr(field: &str, family: u16) -> Option<SockAddr> {
     for word in 0..words {
         let hex = addr_hex.get(word * 8..word * 8 + 8)?;
         let value = u32::from_str_radix(hex, 16).ok()?;
-        addr[word * 4..word * 4 + 4].copy_from_slice(&value.to_le_bytes());
+        addr[word * 4..word * 4 + 4].copy_from_slice(&value.to_ne_bytes());
     }
     Some(SockAddr { addr, port, family })
 }

@@ -12,7 +12,7 @@ use std::{
 };
 
 use rustc_hash::FxBuildHasher;
-use tracer_common::{conn_key, role, ConnInfo, Tuple, USER_CONN_ID_BIT};
+use tracer_common::{conn_key, kind, role, ConnInfo, FlowKey, Tuple, USER_CONN_ID_BIT};
 
 use crate::{
     metadata::{procfs::ExistingConn, Identities, PeerService, Slot},
@@ -21,6 +21,7 @@ use crate::{
     pipeline::records::{ip_of, Record, Sink},
     protocols::{Exchange, Parser, ParserCounters, Piece, Protocol, Side, Verdict},
     source::events::{self, Data, Event, Malformed, Opened, Source},
+    source::packets::Flows,
 };
 
 /// The kernel's socket table, as far as the pipeline needs it.
@@ -33,6 +34,10 @@ pub trait KernelSockets {
     fn adopt(&mut self, key: u64, info: &ConnInfo) -> bool;
     /// What the kernel knows of this socket.
     fn lookup(&self, key: u64) -> Option<ConnInfo>;
+    /// The syscall hooks trace this flow (`traced`), or no longer: the
+    /// packet path skips the flows they trace. Without a packet path there
+    /// is nothing to tell.
+    fn cover(&mut self, _flow: &FlowKey, _traced: bool) {}
 }
 
 /// Counts the pipeline keeps; the daemon turns them into metrics.
@@ -55,6 +60,9 @@ pub struct Counters {
     /// Exchanges dropped because too many waited for their process's
     /// identity.
     pub pending_full: u64,
+    /// Flows the packet path saw that the syscall hooks trace too, dropped
+    /// from the packet side (its segments passed before the kernel knew).
+    pub packet_flows_covered: u64,
     pub reassembly: ReassemblyCounters,
     /// Per protocol, indexed by [`Protocol::index`].
     pub parser: ParserTally,
@@ -101,6 +109,16 @@ impl Conn {
     }
 }
 
+/// A packet-path flow without a segment this long ends (a keep-alive
+/// connection that speaks again is picked up mid-stream).
+const PACKET_FLOW_IDLE_NS: u64 = 300_000_000_000;
+
+/// The flow of a connection whose both ends are known.
+fn flow_of(tuple: &Tuple) -> Option<FlowKey> {
+    (tuple.local.family != 0 && tuple.remote.family != 0)
+        .then(|| FlowKey::new(&tuple.local, &tuple.remote))
+}
+
 /// Keys are connection ids and pids we choose or the kernel does: no
 /// flooding risk, so skip SipHash on the hot path.
 type IdMap<K, V> = HashMap<K, V, FxBuildHasher>;
@@ -126,6 +144,13 @@ pub struct Pipeline<S: Sink> {
     kernel: Option<Box<dyn KernelSockets + Send>>,
     forgotten: VecDeque<u64>,
     forgotten_set: HashSet<u64, FxBuildHasher>,
+    /// Live connections of the syscall hooks per flow (two when both ends
+    /// are local), and the packet path's connection of each flow: one flow
+    /// is counted by one source.
+    syscall_flows: HashMap<FlowKey, u32, FxBuildHasher>,
+    packet_flows: HashMap<FlowKey, u64, FxBuildHasher>,
+    /// The packet path's flows, which turn its records into events.
+    packets: Option<Box<Flows>>,
     next_user_id: u64,
     exchanges: Vec<Exchange>,
     /// Newest record timestamp handled so far.
@@ -152,6 +177,9 @@ impl<S: Sink> Pipeline<S> {
             kernel,
             forgotten: VecDeque::new(),
             forgotten_set: HashSet::default(),
+            syscall_flows: HashMap::default(),
+            packet_flows: HashMap::default(),
+            packets: None,
             next_user_id: 0,
             exchanges: Vec::new(),
             newest_ns: 0,
@@ -165,9 +193,29 @@ impl<S: Sink> Pipeline<S> {
         self.conns.len()
     }
 
-    /// One ring-buffer record of the syscall hooks.
+    /// Reads the packet path's records too (`--source packets|both`).
+    pub fn with_packets(mut self, flows: Flows) -> Self {
+        self.packets = Some(Box::new(flows));
+        self
+    }
+
+    /// The packet path's flows, if it runs.
+    pub fn packets(&self) -> Option<&Flows> {
+        self.packets.as_deref()
+    }
+
+    /// One ring-buffer record, of either source.
     pub fn handle(&mut self, record: &[u8]) {
         self.counters.event_bytes += record.len() as u64;
+        if record.first() == Some(&kind::PACKET) {
+            if let Some(mut flows) = self.packets.take() {
+                flows.on_record(record, &mut |event| self.on_event(event));
+                self.packets = Some(flows);
+            } else {
+                self.counters.decode_errors += 1;
+            }
+            return;
+        }
         match events::decode(record) {
             Ok(event) => self.on_event(event),
             Err(Malformed) => self.counters.decode_errors += 1,
@@ -207,6 +255,11 @@ impl<S: Sink> Pipeline<S> {
     }
 
     fn on_open(&mut self, event: &Opened) {
+        if !self.claim_flow(event) {
+            self.counters.packet_flows_covered += 1;
+            self.remember_gone(event.conn_id);
+            return;
+        }
         let side = event.side;
         let tgid = event.tgid;
         let known = match side {
@@ -238,6 +291,62 @@ impl<S: Sink> Pipeline<S> {
                 port_known: known.is_some() && event.from_start,
             },
         );
+    }
+
+    /// Records which source counts this connection's flow; false for a
+    /// packet flow the syscall hooks already trace. A flow the hooks start
+    /// tracing takes over from the packet path's copy, which is dropped
+    /// without records (its segments passed before the kernel knew).
+    fn claim_flow(&mut self, event: &Opened) -> bool {
+        let Some(flow) = flow_of(&event.tuple) else {
+            return true;
+        };
+        match event.source {
+            Source::Syscalls => {
+                *self.syscall_flows.entry(flow).or_default() += 1;
+                if let Some(kernel) = self.kernel.as_mut() {
+                    kernel.cover(&flow, true);
+                }
+                if let Some(copy) = self.packet_flows.remove(&flow) {
+                    if self.remove(copy).is_some() {
+                        self.counters.packet_flows_covered += 1;
+                    }
+                    self.remember_gone(copy);
+                }
+                true
+            }
+            Source::Packets if self.syscall_flows.contains_key(&flow) => false,
+            Source::Packets => {
+                self.packet_flows.insert(flow, event.conn_id);
+                true
+            }
+        }
+    }
+
+    /// The connection left the table: its flow is no longer its source's.
+    fn release_flow(&mut self, conn_id: u64, conn: &Conn) {
+        let Some(flow) = flow_of(&conn.tuple) else {
+            return;
+        };
+        match conn.source {
+            Source::Syscalls => {
+                let Some(live) = self.syscall_flows.get_mut(&flow) else {
+                    return;
+                };
+                *live -= 1;
+                if *live == 0 {
+                    self.syscall_flows.remove(&flow);
+                    if let Some(kernel) = self.kernel.as_mut() {
+                        kernel.cover(&flow, false);
+                    }
+                }
+            }
+            Source::Packets => {
+                if self.packet_flows.get(&flow) == Some(&conn_id) {
+                    self.packet_flows.remove(&flow);
+                }
+            }
+        }
     }
 
     fn insert(&mut self, conn_id: u64, conn: Conn) {
@@ -468,6 +577,7 @@ impl<S: Sink> Pipeline<S> {
         self.known_ports.retain(|&(t, _), _| t != tgid);
         for id in ids {
             if let Some(conn) = self.conns.remove(&id) {
+                self.release_flow(id, &conn);
                 self.stop_tracing(id, &conn);
                 self.finish(conn, ts_ns);
             }
@@ -476,6 +586,7 @@ impl<S: Sink> Pipeline<S> {
 
     fn remove(&mut self, conn_id: u64) -> Option<Conn> {
         let conn = self.conns.remove(&conn_id)?;
+        self.release_flow(conn_id, &conn);
         if let Some(ids) = self.by_process.get_mut(&conn.tgid) {
             ids.remove(&conn_id);
             if ids.is_empty() {
@@ -524,6 +635,12 @@ impl<S: Sink> Pipeline<S> {
     /// (CLOCK_MONOTONIC, like the events) as timed out. Called about once a
     /// second: a scan of the table.
     pub fn expire_requests(&mut self, now_ns: u64, timeout_ns: u64) {
+        if let Some(mut flows) = self.packets.take() {
+            flows.expire(now_ns, PACKET_FLOW_IDLE_NS, &mut |event| {
+                self.on_event(event)
+            });
+            self.packets = Some(flows);
+        }
         for conn in self.conns.values_mut() {
             conn.parser.expire(now_ns, timeout_ns, &mut self.exchanges);
             if !self.exchanges.is_empty() {

@@ -11,7 +11,7 @@ use aya::{
     programs::{KProbe, SocketFilter, TracePoint},
     Btf, Ebpf, EbpfLoader,
 };
-use tracer_common::{stat, ConnInfo, SockOffsets, MAX_RINGS};
+use tracer_common::{stat, ConnInfo, FlowKey, SockOffsets, MAX_RINGS};
 
 use super::{
     btf,
@@ -329,6 +329,8 @@ pub struct KernelControl {
     sockets: HashMap<MapData, u64, ConnInfo>,
     /// Descriptor counts of `dup`ed connections, by connection id.
     dup_refs: HashMap<MapData, u64, u32>,
+    /// The flows the syscall hooks trace, which the packet path skips.
+    covered: HashMap<MapData, FlowKey, u8>,
 }
 
 impl KernelSockets for KernelControl {
@@ -351,6 +353,16 @@ impl KernelSockets for KernelControl {
 
     fn lookup(&self, key: u64) -> Option<ConnInfo> {
         self.sockets.get(&key, 0).ok()
+    }
+
+    fn cover(&mut self, flow: &FlowKey, traced: bool) {
+        // A full table only costs the packet path's copies, which the
+        // pipeline drops; an entry already gone (TCP CLOSE) is fine.
+        let _ = if traced {
+            self.covered.insert(flow, 1, 0)
+        } else {
+            self.covered.remove(flow)
+        };
     }
 }
 
@@ -491,6 +503,7 @@ pub fn load(opts: &LoadOptions) -> Result<Kernel, StartError> {
         .override_global("WAKEUP_BYTES", &rings.wakeup_bytes, true)
         .map_max_entries("SOCKETS", opts.max_connections)
         .map_max_entries("DUP_REFS", opts.max_connections)
+        .map_max_entries("COVERED", opts.max_connections)
         .map_max_entries("SCRATCH", possible_cpus())
         .map_max_entries("PACKET_SCRATCH", possible_cpus());
     for (i, name) in RING_NAMES.iter().enumerate() {
@@ -514,6 +527,7 @@ pub fn load(opts: &LoadOptions) -> Result<Kernel, StartError> {
         .collect::<Result<Vec<_>, _>>()?;
     let sockets = take_map(&mut ebpf, "SOCKETS")?;
     let dup_refs = take_map(&mut ebpf, "DUP_REFS")?;
+    let covered = take_map(&mut ebpf, "COVERED")?;
     let socket_counter = SocketCounter::new(&sockets, opts.max_connections)?;
     let stats = take_map(&mut ebpf, "STATS")?;
     let shedding = Shedding(take_map(&mut ebpf, "SHEDDING")?);
@@ -539,7 +553,11 @@ pub fn load(opts: &LoadOptions) -> Result<Kernel, StartError> {
         ebpf,
         mode,
         events,
-        control: KernelControl { sockets, dup_refs },
+        control: KernelControl {
+            sockets,
+            dup_refs,
+            covered,
+        },
         socket_counter,
         stats,
         shedding,

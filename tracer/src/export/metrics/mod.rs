@@ -32,11 +32,19 @@ use crate::protocols::{ParserCounters, Protocol};
 const TRUNCATED_STAT: &str = "truncated";
 
 /// Drop causes the daemon reports, created at zero so dashboards see them.
-const USER_DROP_CAUSES: [&str; 4] = [
+const USER_DROP_CAUSES: [&str; 12] = [
     "conn_evicted",
     "unknown_conn",
     "decode_error",
     "stream_overlap",
+    "packet_malformed",
+    "packet_stale",
+    "packet_after_close",
+    "packet_no_flow",
+    "packet_other_interface",
+    "packet_handshake_evicted",
+    "packet_flow_evicted",
+    "packet_flow_covered",
 ];
 
 /// Encoding the registry failed (only possible if a metric is malformed).
@@ -53,10 +61,18 @@ pub enum EventKind {
     Open,
     Close,
     ProcessExit,
+    /// A TCP segment of the packet path.
+    Packet,
 }
 
 impl EventKind {
-    const ALL: [EventKind; 4] = [Self::Data, Self::Open, Self::Close, Self::ProcessExit];
+    const ALL: [EventKind; 5] = [
+        Self::Data,
+        Self::Open,
+        Self::Close,
+        Self::ProcessExit,
+        Self::Packet,
+    ];
 
     /// The `kind` label value.
     pub fn as_str(self) -> &'static str {
@@ -65,6 +81,7 @@ impl EventKind {
             Self::Open => "open",
             Self::Close => "close",
             Self::ProcessExit => "process_exit",
+            Self::Packet => "packet",
         }
     }
 
@@ -74,6 +91,7 @@ impl EventKind {
             Self::Open => 1,
             Self::Close => 2,
             Self::ProcessExit => 3,
+            Self::Packet => 4,
         }
     }
 }
@@ -106,7 +124,7 @@ struct UnmatchedLabel {
 pub struct Metrics {
     registry: Registry,
     pub calls: CallMetrics,
-    events: [Counter; 4],
+    events: [Counter; 5],
     event_bytes: Counter,
     kernel_drops: Family<CauseLabel, Counter>,
     truncated: Counter,

@@ -1,0 +1,151 @@
+//! The packet path (`--source packets` and `--source both`) against real
+//! servers: nginx serving a 2 MiB static file with `sendfile on` (the body
+//! never passes through a syscall buffer), counted from the TCP segments on
+//! loopback alone, and with both sources on, where the syscall hooks trace
+//! every flow and the packet path must skip them (no request counted twice).
+//!
+//! Ground truth: nginx's access log and curl's transfers.
+
+use tracer_e2e::net::url;
+use tracer_e2e::tracer::{printed_lines, spawn_watch, try_get};
+use tracer_e2e::wait::{METRICS_TIMEOUT, START_TIMEOUT};
+use tracer_e2e::{curl, privileged, wait_until, Nginx, Peer, TestDir, Tracer, Want};
+
+const SIZE: usize = 2 << 20;
+
+/// Fetches the 2 MiB file `fetches` times over one keep-alive connection.
+fn fetch_big_file(dir: &TestDir, nginx: &Nginx, fetches: usize) {
+    dir.write(
+        "www/big/file.bin",
+        tracer_e2e::noise(SIZE, 0x51_7cc1_b727_220a),
+    );
+    let urls = vec![url(nginx.addr(), "/big/file.bin"); fetches];
+    let transfers = curl(&[], &urls);
+    assert!(transfers.iter().all(|t| t.status == 200), "{transfers:?}");
+    let connects: u32 = transfers.iter().map(|t| t.connects).sum();
+    assert_eq!(
+        connects, 1,
+        "curl should reuse one connection: {transfers:?}"
+    );
+}
+
+/// What nginx logged for the file: every fetch complete (the whole body
+/// sent) and 200.
+fn logged_fetches(nginx: &Nginx) -> u64 {
+    let log = nginx.access_log();
+    let entries: Vec<_> = log.under("/big/").collect();
+    assert!(
+        entries.iter().all(|e| e.completed && e.status == 200),
+        "{entries:?}"
+    );
+    entries.len() as u64
+}
+
+/// A tracer with `--source source` and `extra`, and nginx serving the file
+/// `fetches` times: the test's folder, the tracer and what nginx logged,
+/// after a barrier.
+fn serve_big_file(
+    name: &str,
+    extra: &[&str],
+    source: &str,
+    fetches: usize,
+) -> (TestDir, Tracer, u64) {
+    let dir = TestDir::new(name);
+    let mut args = vec!["--source", source];
+    args.extend_from_slice(extra);
+    let tracer = Tracer::start(&dir, &args);
+    let nginx = Nginx::start(&dir, "        location /big/ { sendfile on; }\n");
+    fetch_big_file(&dir, &nginx, fetches);
+    tracer.barrier(&nginx);
+    let served = logged_fetches(&nginx);
+    assert_eq!(served, fetches as u64, "nginx's access log");
+    (dir, tracer, served)
+}
+
+#[test]
+fn sendfile_bodies_counted_from_packets_alone() {
+    if !privileged("sendfile_bodies_counted_from_packets_alone") {
+        return;
+    }
+    let (_dir, tracer, served) =
+        serve_big_file("pkt-sendfile", &["--interfaces", "lo"], "packets", 5);
+    tracer.expect(&[
+        Want::server("nginx", "/big/file.bin")
+            .method("GET")
+            .status(200)
+            .is(served),
+        // Packets are seen from the server's end only: no client series.
+        Want::client("curl", "/big/file.bin").is(0),
+        Want::metric("tracer_user_drops_total")
+            .label("cause", "packet_malformed")
+            .is(0),
+        Want::metric("tracer_parser_resyncs_total")
+            .label("protocol", "http1")
+            .is(0),
+    ]);
+}
+
+#[test]
+fn both_sources_count_each_request_once() {
+    if !privileged("both_sources_count_each_request_once") {
+        return;
+    }
+    let (_dir, tracer, served) = serve_big_file("pkt-both", &[], "both", 3);
+    // The syscall hooks trace both ends; the packet path skips the flow.
+    tracer.expect(&[
+        Want::server("nginx", "/big/file.bin").is(served),
+        Want::client("curl", "/big/file.bin").is(served),
+        Want::metric("tracer_parser_resyncs_total")
+            .label("protocol", "http1")
+            .is(0),
+    ]);
+}
+
+#[test]
+fn watch_says_which_source_saw_each_exchange() {
+    if !privileged("watch_says_which_source_saw_each_exchange") {
+        return;
+    }
+    const FETCHES: usize = 2;
+    for (source, lines_per_fetch, says) in [
+        ("packets", 1, "source=packets"),
+        ("both", 2, "source=syscalls"),
+    ] {
+        let dir = TestDir::new(&format!("pkt-watch-{source}"));
+        let nginx = Nginx::start(&dir, "        location /big/ { sendfile on; }\n");
+        let port = nginx.port().to_string();
+        let mut watch = spawn_watch(
+            &dir,
+            &["--source", source, "--interfaces", "lo", "--port", &port],
+        );
+        // Ready once it prints: probe until a probe request shows up.
+        let ready = wait_until(START_TIMEOUT, || {
+            watch.assert_running();
+            let _ = try_get(nginx.addr(), "/probe");
+            printed_lines(&watch)
+                .iter()
+                .any(|l| l.contains(" /probe "))
+                .then_some(())
+        });
+        assert!(ready.is_some(), "--source {source}: watch printed nothing");
+        fetch_big_file(&dir, &nginx, FETCHES);
+        let want = FETCHES * lines_per_fetch;
+        let printed = || -> Vec<String> {
+            printed_lines(&watch)
+                .into_iter()
+                .filter(|l| l.contains(" /big/file.bin "))
+                .collect()
+        };
+        let seen = wait_until(METRICS_TIMEOUT, || (printed().len() >= want).then_some(()));
+        assert!(seen.is_some(), "--source {source}: {:?}", printed());
+        // Longer for a line too many.
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        let lines = printed();
+        assert_eq!(lines.len(), want, "--source {source}: {lines:#?}");
+        assert_eq!(logged_fetches(&nginx), FETCHES as u64);
+        assert!(
+            lines.iter().all(|l| l.ends_with(says)),
+            "--source {source}: {lines:#?}"
+        );
+    }
+}

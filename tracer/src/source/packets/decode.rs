@@ -1,0 +1,65 @@
+//! Reads one packet record (`kind::PACKET`): the fixed `PacketEvent` and the
+//! captured payload after it, checked so that a corrupt record is refused
+//! whole rather than read past its end or with an address nobody can match.
+
+use std::mem::size_of;
+
+use tracer_common::{kind, PacketEvent, SockAddr, AF_INET, AF_INET6};
+
+use crate::source::events::read_event;
+
+/// One TCP segment as the socket filter saw it.
+#[derive(Debug, Clone, Copy)]
+pub struct Segment<'a> {
+    pub ts_ns: u64,
+    pub src: SockAddr,
+    pub dst: SockAddr,
+    pub ifindex: u32,
+    pub seq: u32,
+    pub ack: u32,
+    /// Payload bytes the segment carried; `payload` may hold fewer.
+    pub payload_len: u32,
+    pub payload: &'a [u8],
+    pub flags: u8,
+}
+
+/// The record is too short, of another kind, claims more captured bytes
+/// than it holds or than the segment carried, or names no IP family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Malformed;
+
+/// Decodes one packet record.
+pub fn segment(record: &[u8]) -> Result<Segment<'_>, Malformed> {
+    let event = read_event::<PacketEvent>(record).map_err(|_| Malformed)?;
+    if event.header.kind != kind::PACKET || event.cap_len > event.payload_len {
+        return Err(Malformed);
+    }
+    let payload = size_of::<PacketEvent>()
+        .checked_add(event.cap_len as usize)
+        .and_then(|end| record.get(size_of::<PacketEvent>()..end))
+        .ok_or(Malformed)?;
+    let family = event.src.family;
+    if !matches!(family, AF_INET | AF_INET6) || event.dst.family != family {
+        return Err(Malformed);
+    }
+    Ok(Segment {
+        ts_ns: event.header.ts_ns,
+        src: canonical(event.src),
+        dst: canonical(event.dst),
+        ifindex: event.ifindex,
+        seq: event.seq,
+        ack: event.ack,
+        payload_len: event.payload_len,
+        payload,
+        flags: event.flags,
+    })
+}
+
+/// An IPv4 address uses 4 of the 16 bytes: the rest is zeroed so that the
+/// same endpoint always compares (and hashes) equal.
+fn canonical(mut addr: SockAddr) -> SockAddr {
+    if addr.family == AF_INET {
+        addr.addr[4..].fill(0);
+    }
+    addr
+}

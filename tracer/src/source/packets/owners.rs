@@ -1,0 +1,366 @@
+//! Who serves a flow's server address: a packet names no process, so the
+//! listening sockets of every network namespace on the node (from procfs)
+//! are matched to the processes holding them. Also tells, for a flow first
+//! seen mid-stream, which end listens (and so is the server).
+
+use std::{
+    collections::{HashMap, HashSet},
+    fs,
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use tracer_common::{SockAddr, AF_INET, AF_INET6};
+
+use crate::metadata::procfs::{netns_inode, parse_row, socket_fds, TCP_LISTEN};
+
+/// Answers the flow table's questions about local sockets.
+pub trait Owners {
+    /// The process (tgid) listening on the flow's server end, if known.
+    fn owner(&mut self, server: &SockAddr) -> Option<u32>;
+    /// Whether a local socket listens on `addr` (its address and port, or
+    /// any address on its port).
+    fn listening(&mut self, addr: &SockAddr) -> bool;
+}
+
+/// Fixed answers, for tests and replays: listeners and their processes
+/// (tgid 0: listening, process unknown). An address of all zeros listens
+/// on every address of its port.
+#[derive(Debug, Default, Clone)]
+pub struct FixedOwners(pub Vec<(SockAddr, u32)>);
+
+impl FixedOwners {
+    fn find(&self, addr: &SockAddr) -> Option<u32> {
+        self.0
+            .iter()
+            .find(|(l, _)| l.port == addr.port && (l.addr == addr.addr || l.addr == [0; 16]))
+            .map(|(_, tgid)| *tgid)
+    }
+}
+
+impl Owners for FixedOwners {
+    fn owner(&mut self, server: &SockAddr) -> Option<u32> {
+        self.find(server).filter(|&tgid| tgid != 0)
+    }
+
+    fn listening(&mut self, addr: &SockAddr) -> bool {
+        self.find(addr).is_some()
+    }
+}
+
+/// Rescans at most this often, and only when a lookup misses: a listener
+/// that opened just before its first connection is found at once. A scan
+/// reads each namespace's TCP tables; only a listener not seen before
+/// costs the walk of every process's descriptors.
+const RESCAN_EVERY: Duration = Duration::from_millis(100);
+
+/// Most listening addresses remembered (a node has far fewer).
+const MAX_LISTENERS: usize = 65_536;
+
+/// Listener key: address bytes and port (the family follows from the
+/// address: IPv4 uses 4 bytes, the rest zero).
+type Listener = ([u8; 16], u16, u16);
+
+/// The listeners of every network namespace, from /proc.
+#[derive(Debug, Default)]
+pub struct ProcOwners {
+    /// (address, port, family) → tgid (0: the holder was not found).
+    exact: HashMap<Listener, u32>,
+    /// Port → tgid of a listener on 0.0.0.0 / on `::` (which takes IPv4
+    /// too).
+    any4: HashMap<u16, u32>,
+    any6: HashMap<u16, u32>,
+    /// Listening socket inode → holder, kept across scans: the walk of
+    /// every process's descriptors runs only when a new listener appears.
+    holders: HashMap<u64, u32>,
+    scanned: Option<Instant>,
+    /// Scans made (for tests and metrics).
+    pub scans: u64,
+}
+
+impl ProcOwners {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The tgid (0: unknown) of the listener `addr` reaches, rescanning
+    /// once if it reaches none and the last scan is old enough.
+    fn lookup(&mut self, addr: &SockAddr) -> Option<u32> {
+        if let Some(found) = self.find(addr) {
+            return Some(found);
+        }
+        if self.scanned.is_some_and(|at| at.elapsed() < RESCAN_EVERY) {
+            return None;
+        }
+        self.rescan();
+        self.find(addr)
+    }
+
+    fn find(&self, addr: &SockAddr) -> Option<u32> {
+        let exact = self.exact.get(&(addr.addr, addr.port, addr.family));
+        let any = match addr.family {
+            AF_INET => self.any4.get(&addr.port).or(self.any6.get(&addr.port)),
+            _ => self.any6.get(&addr.port),
+        };
+        exact.or(any).copied()
+    }
+
+    fn rescan(&mut self) {
+        self.scanned = Some(Instant::now());
+        self.scans += 1;
+        self.exact.clear();
+        self.any4.clear();
+        self.any6.clear();
+        let pids: Vec<u32> = fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse().ok())
+            .collect();
+        // One table read per network namespace.
+        let mut namespaces = HashSet::new();
+        let mut tables = Vec::new();
+        for &pid in &pids {
+            if let Some(ns) = netns_inode(pid) {
+                if namespaces.insert(ns) {
+                    tables.push(read_tables(
+                        &Path::new("/proc").join(pid.to_string()).join("net"),
+                    ));
+                }
+            }
+        }
+        // Socket inode → holder; descriptors are walked only for new ones.
+        let listening: HashSet<u64> = tables
+            .iter()
+            .flat_map(|t| t.listeners.iter().map(|(_, inode)| *inode))
+            .collect();
+        self.holders.retain(|inode, _| listening.contains(inode));
+        let mut new: HashMap<u64, u32> = listening
+            .iter()
+            .filter(|inode| !self.holders.contains_key(inode))
+            .map(|&inode| (inode, 0))
+            .collect();
+        if !new.is_empty() {
+            for &pid in &pids {
+                for (_, inode) in socket_fds(pid) {
+                    if let Some(tgid) = new.get_mut(&inode) {
+                        if *tgid == 0 {
+                            *tgid = pid;
+                        }
+                    }
+                }
+            }
+            self.holders.extend(new);
+        }
+        let holders = std::mem::take(&mut self.holders);
+        for table in &tables {
+            self.add(table, &holders);
+        }
+        self.holders = holders;
+    }
+
+    /// Registers one namespace's listeners. A wildcard listener is also
+    /// registered on every address the namespace's other sockets use, so
+    /// that two namespaces listening on the same port (two pods) are told
+    /// apart by address.
+    fn add(&mut self, table: &Tables, holders: &HashMap<u64, u32>) {
+        for (addr, inode) in &table.listeners {
+            if self.exact.len() >= MAX_LISTENERS {
+                return;
+            }
+            let tgid = holders.get(inode).copied().unwrap_or(0);
+            if addr.addr != [0; 16] {
+                self.exact.insert((addr.addr, addr.port, addr.family), tgid);
+                continue;
+            }
+            let any = if addr.family == AF_INET {
+                &mut self.any4
+            } else {
+                &mut self.any6
+            };
+            any.entry(addr.port).or_insert(tgid);
+            for local in &table.locals {
+                let fits = local.family == addr.family || addr.family == AF_INET6;
+                if fits && self.exact.len() < MAX_LISTENERS {
+                    self.exact
+                        .entry((local.addr, addr.port, local.family))
+                        .or_insert(tgid);
+                }
+            }
+        }
+    }
+}
+
+impl Owners for ProcOwners {
+    fn owner(&mut self, server: &SockAddr) -> Option<u32> {
+        self.lookup(server).filter(|&tgid| tgid != 0)
+    }
+
+    fn listening(&mut self, addr: &SockAddr) -> bool {
+        self.lookup(addr).is_some()
+    }
+}
+
+/// What one namespace's /proc/net/tcp{,6} say.
+#[derive(Debug, Default, PartialEq)]
+struct Tables {
+    /// Listening addresses and their socket inodes.
+    listeners: Vec<(SockAddr, u64)>,
+    /// Addresses the namespace's other sockets are bound to.
+    locals: Vec<SockAddr>,
+}
+
+fn read_tables(net_dir: &Path) -> Tables {
+    let mut tables = Tables::default();
+    for (file, family) in [("tcp", AF_INET), ("tcp6", AF_INET6)] {
+        if let Ok(text) = fs::read_to_string(net_dir.join(file)) {
+            parse_table(&text, family, &mut tables);
+        }
+    }
+    tables
+}
+
+/// Reads one /proc/net/tcp or tcp6 text into `tables`.
+fn parse_table(text: &str, family: u16, tables: &mut Tables) {
+    for row in text.lines().skip(1).filter_map(|l| parse_row(l, family)) {
+        let local = as_ipv4(row.tuple.local);
+        if row.state == TCP_LISTEN {
+            tables.listeners.push((local, row.inode));
+        } else if local.addr != [0; 16] && !tables.locals.contains(&local_addr(local)) {
+            tables.locals.push(local_addr(local));
+        }
+    }
+}
+
+/// An address without its port.
+fn local_addr(addr: SockAddr) -> SockAddr {
+    SockAddr { port: 0, ..addr }
+}
+
+/// An IPv4-mapped IPv6 address (`::ffff:a.b.c.d`, how a dual-stack socket
+/// shows an IPv4 peer) as the IPv4 address packets carry.
+fn as_ipv4(addr: SockAddr) -> SockAddr {
+    let a = addr.addr;
+    if addr.family == AF_INET6 && a[..10] == [0; 10] && a[10..12] == [0xff, 0xff] {
+        let mut v4 = [0; 16];
+        v4[..4].copy_from_slice(&a[12..]);
+        return SockAddr {
+            addr: v4,
+            port: addr.port,
+            family: AF_INET,
+        };
+    }
+    addr
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v4(a: [u8; 4], port: u16) -> SockAddr {
+        let mut addr = [0; 16];
+        addr[..4].copy_from_slice(&a);
+        SockAddr {
+            addr,
+            port,
+            family: AF_INET,
+        }
+    }
+
+    // As /proc/net/tcp prints them on a little-endian host.
+    const TCP: &str = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 00000000:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1001 1 0000000000000000 100 0 0 10 0
+   1: 0100007F:18EB 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1002 1 0000000000000000 100 0 0 10 0
+   2: 0A01A8C0:1F90 0B01A8C0:D431 01 00000000:00000000 00:00000000 00000000     0        0 1003 1 0000000000000000 20 4 30 10 -1
+";
+    const TCP6: &str = "  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 00000000000000000000000000000000:0050 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 2001 1 0000000000000000 100 0 0 10 0
+   1: 0000000000000000FFFF00000A01A8C0:1F91 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 2002 1 0000000000000000 100 0 0 10 0
+   2: B80D0120000000000000000001000000:01BB 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 2003 1 0000000000000000 100 0 0 10 0
+";
+
+    #[cfg(target_endian = "little")]
+    #[test]
+    fn listeners_are_read_from_tcp_and_tcp6_text() {
+        let mut tables = Tables::default();
+        parse_table(TCP, AF_INET, &mut tables);
+        parse_table(TCP6, AF_INET6, &mut tables);
+        let mut doc = [0u8; 16];
+        doc[..4].copy_from_slice(&[0x20, 0x01, 0x0d, 0xb8]);
+        doc[15] = 1;
+        let v6 = |addr, port| SockAddr {
+            addr,
+            port,
+            family: AF_INET6,
+        };
+        assert_eq!(
+            tables.listeners,
+            vec![
+                (v4([0, 0, 0, 0], 8080), 1001),
+                (v4([127, 0, 0, 1], 6379), 1002),
+                (v6([0; 16], 80), 2001),
+                (v4([192, 168, 1, 10], 8081), 2002),
+                (v6(doc, 443), 2003),
+            ]
+        );
+        assert_eq!(tables.locals, vec![v4([192, 168, 1, 10], 0)]);
+    }
+
+    #[cfg(target_endian = "little")]
+    #[test]
+    fn wildcards_match_any_address_and_v6_takes_v4() {
+        let mut tables = Tables::default();
+        parse_table(TCP, AF_INET, &mut tables);
+        parse_table(TCP6, AF_INET6, &mut tables);
+        let holders = HashMap::from([(1001, 11), (1002, 12), (2001, 21), (2003, 23)]);
+        let mut owners = ProcOwners::new();
+        owners.add(&tables, &holders);
+        owners.scanned = Some(Instant::now()); // no rescan of the real /proc
+        assert_eq!(owners.owner(&v4([10, 0, 0, 1], 8080)), Some(11));
+        assert_eq!(owners.owner(&v4([127, 0, 0, 1], 6379)), Some(12));
+        assert_eq!(owners.owner(&v4([10, 0, 0, 1], 6379)), None);
+        assert_eq!(
+            owners.owner(&v4([10, 0, 0, 1], 80)),
+            Some(21),
+            ":: takes IPv4"
+        );
+        assert!(owners.listening(&v4([192, 168, 1, 10], 8081)));
+        assert_eq!(
+            owners.owner(&v4([192, 168, 1, 10], 8081)),
+            None,
+            "holder unknown"
+        );
+        assert!(!owners.listening(&v4([192, 168, 1, 11], 8081)));
+        assert!(!owners.listening(&v4([10, 0, 0, 1], 443)));
+        assert_eq!(owners.scans, 0);
+    }
+
+    #[test]
+    fn finds_its_own_listener_live() {
+        use std::net::TcpListener;
+        let me = std::process::id();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let any = TcpListener::bind("0.0.0.0:0").unwrap();
+        let any_port = any.local_addr().unwrap().port();
+        let mut owners = ProcOwners::new();
+        assert_eq!(owners.owner(&v4([127, 0, 0, 1], port)), Some(me));
+        assert_eq!(owners.owner(&v4([10, 9, 8, 7], any_port)), Some(me));
+        assert!(!owners.listening(&v4([10, 9, 8, 7], port)));
+        if owners.scanned.is_some_and(|at| at.elapsed() < RESCAN_EVERY) {
+            assert_eq!(owners.scans, 1, "misses rescan at most once a second");
+        }
+        if let Ok(v6) = TcpListener::bind("[::1]:0") {
+            let v6_port = v6.local_addr().unwrap().port();
+            let mut loopback = [0; 16];
+            loopback[15] = 1;
+            let mut owners = ProcOwners::new();
+            let addr = SockAddr {
+                addr: loopback,
+                port: v6_port,
+                family: AF_INET6,
+            };
+            assert_eq!(owners.owner(&addr), Some(me));
+        }
+    }
+}
