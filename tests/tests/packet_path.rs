@@ -149,3 +149,133 @@ fn watch_says_which_source_saw_each_exchange() {
         );
     }
 }
+
+/// A network namespace with a veth pair whose host end is a port of a
+/// bridge holding the host's address: every segment between the host and
+/// the namespace shows on two interfaces (the bridge and the veth). Removed
+/// on drop.
+struct BridgedNamespace {
+    name: String,
+    bridge: String,
+}
+
+impl BridgedNamespace {
+    /// Host 10.231.X.1 on the bridge, namespace 10.231.X.2 behind the veth.
+    fn create(tag: u8) -> Self {
+        let name = format!("trc-ns{tag}");
+        let bridge = format!("trc-br{tag}");
+        let (host_end, ns_end) = (format!("trc-vh{tag}"), format!("trc-vn{tag}"));
+        let this = BridgedNamespace {
+            name: name.clone(),
+            bridge: bridge.clone(),
+        };
+        this.drop_leftovers();
+        for args in [
+            vec!["netns", "add", &name],
+            vec!["link", "add", &bridge, "type", "bridge"],
+            vec![
+                "link", "add", &host_end, "type", "veth", "peer", "name", &ns_end,
+            ],
+            vec!["link", "set", &host_end, "master", &bridge],
+            vec!["link", "set", &ns_end, "netns", &name],
+            vec!["addr", "add", &format!("10.231.{tag}.1/24"), "dev", &bridge],
+            vec!["link", "set", &bridge, "up"],
+            vec!["link", "set", &host_end, "up"],
+            vec![
+                "-n",
+                &name,
+                "addr",
+                "add",
+                &format!("10.231.{tag}.2/24"),
+                "dev",
+                &ns_end,
+            ],
+            vec!["-n", &name, "link", "set", &ns_end, "up"],
+            vec!["-n", &name, "link", "set", "lo", "up"],
+        ] {
+            ip(&args, true);
+        }
+        this
+    }
+
+    fn drop_leftovers(&self) {
+        ip(&["netns", "del", &self.name], false);
+        ip(&["link", "del", &self.bridge], false);
+    }
+}
+
+impl Drop for BridgedNamespace {
+    fn drop(&mut self) {
+        self.drop_leftovers();
+    }
+}
+
+fn ip(args: &[&str], must: bool) {
+    let status = std::process::Command::new(tracer_e2e::require_tool("ip"))
+        .args(args)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run ip: {e}"));
+    assert!(!must || status.success(), "ip {args:?} failed: {status}");
+}
+
+#[test]
+fn a_server_behind_a_bridged_veth_counts_once() {
+    if !privileged("a_server_behind_a_bridged_veth_counts_once") {
+        return;
+    }
+    const FETCHES: u64 = 20;
+    let dir = TestDir::new("pkt-veth");
+    let net = BridgedNamespace::create(7);
+    // Every interface (the default): the bridge and its veth port both
+    // carry the flow.
+    let tracer = Tracer::start(&dir, &["--source", "packets"]);
+    dir.write("www/page.html", b"<p>behind a veth</p>".to_vec());
+    let port = tracer_e2e::free_port();
+    let python = tracer_e2e::peers::python();
+    let mut cmd = std::process::Command::new(tracer_e2e::require_tool("ip"));
+    cmd.args(["netns", "exec", &net.name])
+        .arg(&python)
+        .args(["-m", "http.server", "--bind", "10.231.7.2"])
+        .arg(port.to_string())
+        .arg("--directory")
+        .arg(dir.path().join("www"));
+    let server = tracer_e2e::Guard::spawn("netns-server", &mut cmd, &dir);
+    let addr: std::net::SocketAddr = format!("10.231.7.2:{port}").parse().unwrap();
+    let up = wait_until(START_TIMEOUT, || try_get(addr, "/page.html").ok());
+    assert!(up.is_some(), "the server in {} never answered", net.name);
+
+    // HTTP/1.0 server: one connection per request.
+    let urls = vec![url(addr, "/page.html"); FETCHES as usize];
+    let transfers = curl(&[], &urls);
+    assert!(transfers.iter().all(|t| t.status == 200), "{transfers:?}");
+    // The server's own log: one line per request it answered.
+    let served = |path: &str| {
+        server
+            .stderr()
+            .lines()
+            .filter(|l| l.contains(&format!("\"GET {path} HTTP/1.1\" 200")))
+            .count() as u64
+    };
+    let service = tracer_e2e::exe_service_name(&python);
+    // Barrier: a last request counted means every earlier one was.
+    let _ = try_get(addr, "/barrier.html");
+    let barrier = Want::server(&service, "/barrier.html").status(404).is(1);
+    let counted = wait_until(METRICS_TIMEOUT, || {
+        (barrier.got(&tracer.scrape()) == 1).then_some(())
+    });
+    assert!(
+        counted.is_some(),
+        "{}",
+        tracer.report(&tracer.scrape(), &[barrier])
+    );
+    let fetched = served("/page.html");
+    assert_eq!(fetched, FETCHES + 1, "the server's log (probe included)");
+    tracer.expect(&[Want::server(&service, "/page.html").status(200).is(fetched)]);
+    // Not a result but the premise: the segments did show on two interfaces.
+    let copies = tracer.scrape().count(
+        "tracer_user_drops_total",
+        &[("cause", "packet_other_interface")],
+    );
+    assert!(copies > 0, "no segment was seen on a second interface");
+}

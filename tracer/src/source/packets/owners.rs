@@ -48,11 +48,16 @@ impl Owners for FixedOwners {
     }
 }
 
-/// Rescans at most this often, and only when a lookup misses: a listener
-/// that opened just before its first connection is found at once. A scan
-/// reads each namespace's TCP tables; only a listener not seen before
-/// costs the walk of every process's descriptors.
-const RESCAN_EVERY: Duration = Duration::from_millis(100);
+/// Scans a second at most (a few saved up): a lookup that misses rescans,
+/// so a listener that opened just before its first connection is found at
+/// once. A scan reads each namespace's TCP tables; only a listener not seen
+/// before costs the walk of every process's descriptors.
+const SCANS_PER_SECOND: f64 = 20.0;
+const SCAN_BURST: u32 = 5;
+
+/// An address without a listener is not looked for again this soon.
+const MISS_REMEMBERED: Duration = Duration::from_secs(1);
+const MAX_MISSES: usize = 4096;
 
 /// Most listening addresses remembered (a node has far fewer).
 const MAX_LISTENERS: usize = 65_536;
@@ -73,6 +78,9 @@ pub struct ProcOwners {
     /// Listening socket inode → holder, kept across scans: the walk of
     /// every process's descriptors runs only when a new listener appears.
     holders: HashMap<u64, u32>,
+    /// Addresses no scan found a listener for, and when.
+    missed: HashMap<Listener, Instant>,
+    scan_tokens: f64,
     scanned: Option<Instant>,
     /// Scans made (for tests and metrics).
     pub scans: u64,
@@ -89,11 +97,44 @@ impl ProcOwners {
         if let Some(found) = self.find(addr) {
             return Some(found);
         }
-        if self.scanned.is_some_and(|at| at.elapsed() < RESCAN_EVERY) {
+        // An address that missed lately is not local (a remote server of
+        // forwarded traffic); a new one is worth a scan while the budget
+        // lasts: its listener may have opened since the last one.
+        let key = (addr.addr, addr.port, addr.family);
+        let now = Instant::now();
+        if self
+            .missed
+            .get(&key)
+            .is_some_and(|at| now.duration_since(*at) < MISS_REMEMBERED)
+        {
+            return None;
+        }
+        if !self.scan_budget(now) {
             return None;
         }
         self.rescan();
-        self.find(addr)
+        let found = self.find(addr);
+        if found.is_none() {
+            if self.missed.len() >= MAX_MISSES {
+                self.missed.clear();
+            }
+            self.missed.insert(key, now);
+        }
+        found
+    }
+
+    /// Takes one scan from a budget of `SCANS_PER_SECOND`, refilled
+    /// continuously, at most `SCAN_BURST` saved up.
+    fn scan_budget(&mut self, now: Instant) -> bool {
+        let since = self
+            .scanned
+            .map_or(SCAN_BURST as f64, |at| now.duration_since(at).as_secs_f64());
+        self.scan_tokens = (self.scan_tokens + since * SCANS_PER_SECOND).min(SCAN_BURST as f64);
+        if self.scan_tokens < 1.0 {
+            return false;
+        }
+        self.scan_tokens -= 1.0;
+        true
     }
 
     fn find(&self, addr: &SockAddr) -> Option<u32> {
@@ -346,10 +387,15 @@ mod tests {
         let mut owners = ProcOwners::new();
         assert_eq!(owners.owner(&v4([127, 0, 0, 1], port)), Some(me));
         assert_eq!(owners.owner(&v4([10, 9, 8, 7], any_port)), Some(me));
+        let scans = owners.scans;
         assert!(!owners.listening(&v4([10, 9, 8, 7], port)));
-        if owners.scanned.is_some_and(|at| at.elapsed() < RESCAN_EVERY) {
-            assert_eq!(owners.scans, 1, "misses rescan at most once a second");
-        }
+        assert_eq!(owners.scans, scans + 1, "a new address that misses rescans");
+        assert!(!owners.listening(&v4([10, 9, 8, 7], port)));
+        assert_eq!(
+            owners.scans,
+            scans + 1,
+            "an address that missed is not looked for again at once"
+        );
         if let Ok(v6) = TcpListener::bind("[::1]:0") {
             let v6_port = v6.local_addr().unwrap().port();
             let mut loopback = [0; 16];
