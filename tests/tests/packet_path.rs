@@ -230,7 +230,7 @@ fn a_server_behind_a_bridged_veth_counts_once() {
     // Every interface (the default): the bridge and its veth port both
     // carry the flow.
     let tracer = Tracer::start(&dir, &["--source", "packets"]);
-    dir.write("www/page.html", b"<p>behind a veth</p>".to_vec());
+    dir.write("www/page.html", b"<p>behind a veth</p>");
     let port = tracer_e2e::free_port();
     let python = tracer_e2e::peers::python();
     let mut cmd = std::process::Command::new(tracer_e2e::require_tool("ip"));
