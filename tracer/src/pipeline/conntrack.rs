@@ -149,8 +149,11 @@ pub struct Pipeline<S: Sink> {
     /// is counted by one source.
     syscall_flows: HashMap<FlowKey, u32, FxBuildHasher>,
     packet_flows: HashMap<FlowKey, u64, FxBuildHasher>,
-    /// The packet path's flows, which turn its records into events.
+    /// The packet path's flows, which turn its records into events (taken
+    /// out while they hand this pipeline events: see `packet_path`).
     packets: Option<Box<Flows>>,
+    /// The packet path runs.
+    packet_path: bool,
     next_user_id: u64,
     exchanges: Vec<Exchange>,
     /// Newest record timestamp handled so far.
@@ -180,6 +183,7 @@ impl<S: Sink> Pipeline<S> {
             syscall_flows: HashMap::default(),
             packet_flows: HashMap::default(),
             packets: None,
+            packet_path: false,
             next_user_id: 0,
             exchanges: Vec::new(),
             newest_ns: 0,
@@ -196,6 +200,7 @@ impl<S: Sink> Pipeline<S> {
     /// Reads the packet path's records too (`--source packets|both`).
     pub fn with_packets(mut self, flows: Flows) -> Self {
         self.packets = Some(Box::new(flows));
+        self.packet_path = true;
         self
     }
 
@@ -298,6 +303,10 @@ impl<S: Sink> Pipeline<S> {
     /// tracing takes over from the packet path's copy, which is dropped
     /// without records (its segments passed before the kernel knew).
     fn claim_flow(&mut self, event: &Opened) -> bool {
+        // One source, nothing to share (and no bookkeeping per connection).
+        if !self.packet_path {
+            return true;
+        }
         let Some(flow) = flow_of(&event.tuple) else {
             return true;
         };
@@ -325,6 +334,9 @@ impl<S: Sink> Pipeline<S> {
 
     /// The connection left the table: its flow is no longer its source's.
     fn release_flow(&mut self, conn_id: u64, conn: &Conn) {
+        if !self.packet_path {
+            return;
+        }
         let Some(flow) = flow_of(&conn.tuple) else {
             return;
         };

@@ -329,8 +329,9 @@ pub struct KernelControl {
     sockets: HashMap<MapData, u64, ConnInfo>,
     /// Descriptor counts of `dup`ed connections, by connection id.
     dup_refs: HashMap<MapData, u64, u32>,
-    /// The flows the syscall hooks trace, which the packet path skips.
-    covered: HashMap<MapData, FlowKey, u8>,
+    /// The flows the syscall hooks trace, which the packet path skips;
+    /// None without a packet path (no syscall per connection for nothing).
+    covered: Option<HashMap<MapData, FlowKey, u8>>,
 }
 
 impl KernelSockets for KernelControl {
@@ -356,12 +357,15 @@ impl KernelSockets for KernelControl {
     }
 
     fn cover(&mut self, flow: &FlowKey, traced: bool) {
+        let Some(covered) = self.covered.as_mut() else {
+            return;
+        };
         // A full table only costs the packet path's copies, which the
         // pipeline drops; an entry already gone (TCP CLOSE) is fine.
         let _ = if traced {
-            self.covered.insert(flow, 1, 0)
+            covered.insert(flow, 1, 0)
         } else {
-            self.covered.remove(flow)
+            covered.remove(flow)
         };
     }
 }
@@ -527,7 +531,11 @@ pub fn load(opts: &LoadOptions) -> Result<Kernel, StartError> {
         .collect::<Result<Vec<_>, _>>()?;
     let sockets = take_map(&mut ebpf, "SOCKETS")?;
     let dup_refs = take_map(&mut ebpf, "DUP_REFS")?;
-    let covered = take_map(&mut ebpf, "COVERED")?;
+    let covered = if opts.source == SourceChoice::Both {
+        Some(take_map(&mut ebpf, "COVERED")?)
+    } else {
+        None
+    };
     let socket_counter = SocketCounter::new(&sockets, opts.max_connections)?;
     let stats = take_map(&mut ebpf, "STATS")?;
     let shedding = Shedding(take_map(&mut ebpf, "SHEDDING")?);
