@@ -31,8 +31,8 @@ struct Line {
 
 fn parse(raw: &str) -> Result<Line, String> {
     let f: Vec<&str> = raw.split(' ').collect();
-    if f.len() != 8 {
-        return Err(format!("{} fields, want 8", f.len()));
+    if f.len() != 9 {
+        return Err(format!("{} fields, want 9", f.len()));
     }
     let time = f[0].as_bytes();
     let looks_rfc3339 = time.len() >= 20
@@ -59,6 +59,10 @@ fn parse(raw: &str) -> Result<Line, String> {
     let ms = f[7].strip_suffix("ms").and_then(|m| m.parse::<f64>().ok());
     if !ms.is_some_and(|m| m >= 0.0) {
         return Err(format!("duration {:?}", f[7]));
+    }
+    // The default source: the syscall hooks.
+    if f[8] != "source=syscalls" {
+        return Err(format!("source {:?}", f[8]));
     }
     Ok(Line {
         raw: raw.to_string(),

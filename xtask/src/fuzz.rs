@@ -16,7 +16,7 @@ use clap::Args;
 /// The targets, and the golden fixture folders (`tracer/tests/fixtures/`)
 /// that seed each: the protocol's own cases, every case for the targets
 /// that start by inferring the protocol.
-const TARGETS: [(&str, &[&str]); 9] = [
+const TARGETS: [(&str, &[&str]); 10] = [
     ("http1", &["http1"]),
     ("http2", &["http2"]),
     ("postgres", &["postgres"]),
@@ -26,6 +26,7 @@ const TARGETS: [(&str, &[&str]); 9] = [
     ("pipeline", &ALL_FIXTURES),
     ("reassembly", &[]),
     ("ring_walk", &[]),
+    ("packets", &[]),
 ];
 
 const ALL_FIXTURES: [&str; 5] = ["http1", "http2", "postgres", "mysql", "redis"];

@@ -1,0 +1,134 @@
+//! The packet path from its records to exchanges: segments of a few flows
+//! (IPv4 and IPv6, over two interfaces) with any flags, sequence numbers
+//! near or far from the last, payloads cut anywhere, through the flow table
+//! (`tracer::source::packets`) into the whole pipeline; now and then a raw
+//! record for the decoder alone. Checks beyond "no panic, no hang": the
+//! flow and handshake tables stay within their capacity.
+#![no_main]
+
+use std::collections::HashMap;
+use std::mem::size_of;
+
+use libfuzzer_sys::fuzz_target;
+use tracer::metadata::Identities;
+use tracer::pipeline::conntrack::Pipeline;
+use tracer::pipeline::records::{Record, Sink};
+use tracer::source::packets::{FixedOwners, Flows};
+use tracer_common::{kind, EventHeader, PacketEvent, SockAddr, AF_INET, AF_INET6};
+
+struct Discard;
+
+impl Sink for Discard {
+    fn record(&mut self, _: &Record) {}
+}
+
+/// Small, so that eviction runs too.
+const CAPACITY: usize = 8;
+
+fn end(v6: bool, host: u8, port: u16) -> SockAddr {
+    let mut addr = [0; 16];
+    if v6 {
+        addr[0] = 0xfd;
+        addr[15] = host;
+    } else {
+        addr[..4].copy_from_slice(&[10, 0, 0, host]);
+    }
+    SockAddr {
+        addr,
+        port,
+        family: if v6 { AF_INET6 } else { AF_INET },
+    }
+}
+
+fn record(event: &PacketEvent, payload: &[u8]) -> Vec<u8> {
+    // SAFETY: repr(C) with explicit padding fields: every byte initialised.
+    let head = unsafe {
+        std::slice::from_raw_parts(
+            (event as *const PacketEvent).cast::<u8>(),
+            size_of::<PacketEvent>(),
+        )
+    };
+    let mut out = head.to_vec();
+    out.extend_from_slice(payload);
+    out
+}
+
+fuzz_target!(|data: &[u8]| {
+    // Port 80 listens on every address; its process is unknown.
+    let owners = FixedOwners(vec![(end(false, 0, 80), 0)]);
+    let mut pipeline = Pipeline::new(CAPACITY, Identities::inline(HashMap::new()), None, Discard)
+        .with_packets(Flows::new(CAPACITY, Box::new(owners)));
+    // Per (flow, direction): the next sequence number.
+    let mut next = [[0x7fff_fff0u32; 2]; 4];
+    let mut ts = 1_000u64;
+    let mut rest = data;
+    while rest.len() >= 8 {
+        let (op, tail) = rest.split_at(8);
+        rest = tail;
+        ts += u64::from(op[7]) * 1_000_000;
+        if op[0] == 0xff {
+            // A raw record of the next bytes, for the decoder.
+            let len = usize::from(op[1]).min(rest.len());
+            let (raw, tail) = rest.split_at(len);
+            rest = tail;
+            let mut raw = raw.to_vec();
+            if let Some(first) = raw.first_mut() {
+                *first = kind::PACKET;
+            }
+            pipeline.handle(&raw);
+            continue;
+        }
+        let flow = usize::from(op[0] & 3);
+        let from_server = op[0] & 4 != 0;
+        let v6 = flow == 3;
+        let (client, server) = (end(v6, 2 + flow as u8, 40000 + flow as u16), end(v6, 1, 80));
+        let (src, dst) = if from_server {
+            (server, client)
+        } else {
+            (client, server)
+        };
+        let dir = &mut next[flow][usize::from(from_server)];
+        let seq = match op[1] >> 6 {
+            0 => *dir,
+            1 => dir.wrapping_sub(u32::from(op[2])),
+            2 => dir.wrapping_add(u32::from(op[2]) * 100),
+            _ => u32::from_le_bytes([op[2], op[3], op[4], op[1]]),
+        };
+        let payload_len = u32::from(op[5]) * if op[1] & 0x20 != 0 { 64 } else { 1 };
+        let cap_len = (u32::from(op[6]) * 4)
+            .min(payload_len)
+            .min(rest.len() as u32);
+        let (payload, tail) = rest.split_at(cap_len as usize);
+        rest = tail;
+        let flags = op[1] & 0x17; // FIN, SYN, RST, ACK
+        *dir = seq
+            .wrapping_add(payload_len)
+            .wrapping_add(u32::from(flags & 0x03 != 0));
+        let event = PacketEvent {
+            header: EventHeader {
+                kind: kind::PACKET,
+                ts_ns: ts,
+                ..Default::default()
+            },
+            src,
+            dst,
+            ifindex: 2 + u32::from(op[0] >> 7),
+            seq,
+            ack: next[flow][usize::from(!from_server)],
+            payload_len,
+            cap_len,
+            flags,
+            pkt_type: 0,
+            _pad: [0; 2],
+        };
+        pipeline.handle(&record(&event, payload));
+        let flows = pipeline.packets().expect("the packet path runs");
+        assert!(flows.flows() <= CAPACITY, "{} flows", flows.flows());
+        assert!(
+            flows.handshakes() <= CAPACITY,
+            "{} handshakes",
+            flows.handshakes()
+        );
+    }
+    pipeline.expire_requests(ts + 600_000_000_000, 30_000_000_000);
+});
