@@ -6,6 +6,9 @@
 //! environment variable. `cargo xtask bench` records one while wrk drives
 //! nginx and runs this on it; by hand:
 //!
+//! A recording of the packet path (`tracer record --source packets`) is
+//! replayed through its flows, and its events are TCP segments.
+//!
 //! ```text
 //! sudo target/release/tracer record --output /tmp/rec.bin --seconds 5   # while traffic runs
 //! TRACER_RECORDING=/tmp/rec.bin cargo bench -p tracer --bench pipeline
@@ -39,6 +42,7 @@ use tracer::{
     export::metrics::Metrics,
     pipeline::conntrack::{KernelSockets, Pipeline},
     pipeline::records::{Record, Sink},
+    source::packets::{FixedOwners, Flows},
 };
 use tracer_common::ConnInfo;
 
@@ -186,14 +190,17 @@ impl KernelSockets for Forgotten {
 /// after the pipeline told the kernel to forget it.
 fn as_the_kernel_would_send(records: Vec<&[u8]>) -> Vec<&[u8]> {
     let forgotten = Forgotten::default();
-    let mut pipeline = Pipeline::new(
-        CAPACITY,
-        tracer::metadata::Identities::inline(HashMap::new()),
-        Some(Box::new(forgotten.clone())),
-        CountingSink {
-            inner: MetricsSink(Arc::new(Metrics::new(MAX_ROUTES))),
-            exchanges: 0,
-        },
+    let mut pipeline = with_packet_path(
+        &records,
+        Pipeline::new(
+            CAPACITY,
+            tracer::metadata::Identities::inline(HashMap::new()),
+            Some(Box::new(forgotten.clone())),
+            CountingSink {
+                inner: MetricsSink(Arc::new(Metrics::new(MAX_ROUTES))),
+                exchanges: 0,
+            },
+        ),
     );
     let mut kept = Vec::with_capacity(records.len());
     for record in records {
@@ -205,6 +212,20 @@ fn as_the_kernel_would_send(records: Vec<&[u8]>) -> Vec<&[u8]> {
         }
     }
     kept
+}
+
+/// A recording of `tracer record --source packets` (or `both`) has packet
+/// records: the pipeline reads them as the daemon would, through the packet
+/// path's flows (roles from the SYNs; no /proc lookups in a replay).
+fn with_packet_path<S: Sink>(records: &[&[u8]], pipeline: Pipeline<S>) -> Pipeline<S> {
+    if records
+        .iter()
+        .any(|r| r.first() == Some(&tracer_common::kind::PACKET))
+    {
+        pipeline.with_packets(Flows::new(CAPACITY, Box::new(FixedOwners::default())))
+    } else {
+        pipeline
+    }
 }
 
 /// The connection id every record carries in its header (0 for process
@@ -222,11 +243,14 @@ fn replay(records: &[&[u8]]) -> Result<Pass, String> {
         exchanges: 0,
     };
     // No kernel: a replay cannot adopt or forget kernel sockets.
-    let mut pipeline = Pipeline::new(
-        CAPACITY,
-        tracer::metadata::Identities::inline(HashMap::new()),
-        None,
-        sink,
+    let mut pipeline = with_packet_path(
+        records,
+        Pipeline::new(
+            CAPACITY,
+            tracer::metadata::Identities::inline(HashMap::new()),
+            None,
+            sink,
+        ),
     );
     let (cpu0, wall0) = (process_cpu()?, Instant::now());
     for record in records {

@@ -154,6 +154,8 @@ pub struct Pipeline<S: Sink> {
     packets: Option<Box<Flows>>,
     /// The packet path runs.
     packet_path: bool,
+    /// This process: the packet path's flows of its own are not traced.
+    own_tgid: u32,
     next_user_id: u64,
     exchanges: Vec<Exchange>,
     /// Newest record timestamp handled so far.
@@ -184,6 +186,7 @@ impl<S: Sink> Pipeline<S> {
             packet_flows: HashMap::default(),
             packets: None,
             packet_path: false,
+            own_tgid: std::process::id(),
             next_user_id: 0,
             exchanges: Vec::new(),
             newest_ns: 0,
@@ -260,6 +263,12 @@ impl<S: Sink> Pipeline<S> {
     }
 
     fn on_open(&mut self, event: &Opened) {
+        // The kernel hooks skip the tracer's own sockets; packets name no
+        // process, so the packet path's flows of its own are dropped here.
+        if event.source == Source::Packets && event.tgid == self.own_tgid {
+            self.remember_gone(event.conn_id);
+            return;
+        }
         if !self.claim_flow(event) {
             self.counters.packet_flows_covered += 1;
             self.remember_gone(event.conn_id);

@@ -736,3 +736,21 @@ fn throughput() {
         records.len() as f64 / elapsed.as_secs_f64() / 1e6
     );
 }
+
+#[test]
+fn the_tracers_own_flows_are_not_traced() {
+    let (client, server) = (v4([127, 0, 0, 1], 43211), v4([127, 0, 0, 1], 9464));
+    let run = |owner: u32| {
+        let mut rig = Rig::new(1024, FixedOwners(vec![(server, owner)]));
+        let mut conn = Conn::new(client, server, 5_000, 70_000);
+        rig.feed(&conn.syn());
+        rig.feed(&conn.syn_ack());
+        for (req, resp) in exchanges_of(&mut conn, 100, 1460) {
+            rig.feed(&req);
+            rig.feed_all(&resp);
+        }
+        (rig.pipe.sink.0.len(), rig.pipe.connections())
+    };
+    assert_eq!(run(SERVER_TGID), (CALLS.len(), 1), "another process's");
+    assert_eq!(run(std::process::id()), (0, 0), "this process's own");
+}
