@@ -1173,22 +1173,24 @@ class Handler(BaseHTTPRequestHandler):
 
     def _send_json(self, code, body):
         data = (json.dumps(body, separators=(",", ":")) + "\n").encode()
+        # Logged before the first byte goes out: a client that has read the
+        # response and asks for the log at once must find it answered.
+        self._logged_status(code)
         self.send_response(code)
         self._common_headers()
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(data)
-        self._logged_status(code)
 
     def _send_text(self, code, text):
         data = text.encode()
+        self._logged_status(code)
         self.send_response(code)
         self.send_header("Content-Type", "text/plain; charset=utf-8")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
-        self._logged_status(code)
 
     def _logged_status(self, code):
         entry = getattr(self, "log_entry", None)

@@ -22,13 +22,14 @@ use tracer::{
     pipeline::conntrack::{KernelSockets, Pipeline},
     pipeline::records::{Record, Sink},
     protocols::{Failure, Protocol, Side},
+    source::packets::{FixedOwners, Flows},
 };
 /// Index of HTTP/1's counters in `Counters::parser`.
 const HTTP1: usize = Protocol::Http1 as usize;
 
 use tracer_common::{
-    conn_key, direction, kind, role, ConnEvent, ConnInfo, DataEvent, EventHeader, SockAddr, Tuple,
-    AF_INET, COMM_LEN, USER_CONN_ID_BIT,
+    conn_key, direction, kind, role, ConnEvent, ConnInfo, DataEvent, EventHeader, FlowKey,
+    SockAddr, Tuple, AF_INET, COMM_LEN, USER_CONN_ID_BIT,
 };
 
 // ---------------------------------------------------------------------------
@@ -230,6 +231,8 @@ struct KernelState {
     forgets: Vec<u64>,
     adopts: Vec<(u64, ConnInfo)>,
     lookups: Vec<u64>,
+    /// What the pipeline told the kernel to cover (true) or uncover.
+    covers: Vec<(FlowKey, bool)>,
 }
 
 #[derive(Clone, Default)]
@@ -261,6 +264,10 @@ impl KernelSockets for FakeKernel {
         let mut k = self.0.lock().unwrap();
         k.lookups.push(key);
         k.table.get(&key).copied()
+    }
+
+    fn cover(&mut self, flow: &FlowKey, traced: bool) {
+        self.0.lock().unwrap().covers.push((*flow, traced));
     }
 }
 
@@ -306,6 +313,14 @@ impl Harness {
             kernel,
             pos: HashMap::new(),
         }
+    }
+
+    /// With the packet path running too (`--source both`).
+    fn with_packet_path() -> Self {
+        let mut h = Self::new();
+        h.p =
+            h.p.with_packets(Flows::new(64, Box::new(FixedOwners::default())));
+        h
     }
 
     fn without_kernel() -> Self {
@@ -991,6 +1006,47 @@ fn tls_client_hello_is_not_http() {
     assert_eq!(h.p.connections(), 0);
     assert_eq!(h.kernel.state().forgets, [conn_key(DEAD, 5)]);
     assert_eq!(h.p.counters.parser[HTTP1].resyncs, 0);
+}
+
+#[test]
+fn with_both_sources_a_flow_given_up_stays_covered_and_one_that_ended_does_not() {
+    let mut h = Harness::with_packet_path();
+    let flow = |c: &Conn| FlowKey::new(&c.tuple.local, &c.tuple.remote);
+    // TLS: the hooks give it up; the packet path must not read it instead.
+    let tls = h.server(1, DEAD, 5, 443, 100);
+    h.send(
+        &tls,
+        IN,
+        1_000,
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
+    );
+    h.send(
+        &tls,
+        OUT,
+        1_100,
+        b"\x16\x03\x03\x00\x7a\x02\x00\x00\x76\x03\x03",
+    );
+    assert_eq!(h.p.connections(), 0);
+    assert_eq!(h.kernel.state().covers, [(flow(&tls), true)]);
+    // HTTP: covered while open, uncovered when it closes.
+    let web = h.server(2, DEAD, 6, 8080, 200);
+    h.send(&web, IN, 2_000, &get("/a"));
+    h.send(&web, OUT, 2_100, &ok(200, "a"));
+    h.close(&web, 3_000);
+    assert_eq!(
+        h.kernel.state().covers,
+        [(flow(&tls), true), (flow(&web), true), (flow(&web), false)]
+    );
+    assert_eq!(h.summary(), [ex("GET", "/a", 200)]);
+}
+
+#[test]
+fn with_one_source_nothing_is_covered() {
+    let mut h = Harness::new();
+    let web = h.server(2, DEAD, 6, 8080, 200);
+    h.send(&web, IN, 2_000, &get("/a"));
+    h.close(&web, 3_000);
+    assert!(h.kernel.state().covers.is_empty());
 }
 
 #[test]

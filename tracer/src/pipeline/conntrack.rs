@@ -342,7 +342,11 @@ impl<S: Sink> Pipeline<S> {
     }
 
     /// The connection left the table: its flow is no longer its source's.
-    fn release_flow(&mut self, conn_id: u64, conn: &Conn) {
+    /// `ended`: the socket closed (or its process exited). A connection the
+    /// hooks gave up on (no protocol we parse, such as TLS; or evicted)
+    /// stays covered in the kernel until its socket closes there: the
+    /// packet path would only read it mid-stream for nothing.
+    fn release_flow(&mut self, conn_id: u64, conn: &Conn, ended: bool) {
         if !self.packet_path {
             return;
         }
@@ -357,7 +361,7 @@ impl<S: Sink> Pipeline<S> {
                 *live -= 1;
                 if *live == 0 {
                     self.syscall_flows.remove(&flow);
-                    if let Some(kernel) = self.kernel.as_mut() {
+                    if let (true, Some(kernel)) = (ended, self.kernel.as_mut()) {
                         kernel.cover(&flow, false);
                     }
                 }
@@ -394,7 +398,7 @@ impl<S: Sink> Pipeline<S> {
         let cut = (ages.len() / 16).max(1);
         ages.select_nth_unstable(cut - 1);
         for &(_, id) in &ages[..cut] {
-            if let Some(conn) = self.remove(id) {
+            if let Some(conn) = self.remove_given_up(id) {
                 self.counters.evictions += 1;
                 self.stop_tracing(id, &conn);
                 let last = conn.last_ns;
@@ -475,7 +479,7 @@ impl<S: Sink> Pipeline<S> {
             }
             Verdict::Done => {
                 // Nothing more we can parse here: stop the kernel copying it.
-                if let Some(conn) = self.remove(conn_id) {
+                if let Some(conn) = self.remove_given_up(conn_id) {
                     self.stop_tracing(conn_id, &conn);
                     self.finish(conn, ts);
                 }
@@ -598,16 +602,26 @@ impl<S: Sink> Pipeline<S> {
         self.known_ports.retain(|&(t, _), _| t != tgid);
         for id in ids {
             if let Some(conn) = self.conns.remove(&id) {
-                self.release_flow(id, &conn);
+                self.release_flow(id, &conn, true);
                 self.stop_tracing(id, &conn);
                 self.finish(conn, ts_ns);
             }
         }
     }
 
+    /// Takes a connection that ended out of the table.
     fn remove(&mut self, conn_id: u64) -> Option<Conn> {
+        self.take(conn_id, true)
+    }
+
+    /// Takes a connection the pipeline gives up on out of the table.
+    fn remove_given_up(&mut self, conn_id: u64) -> Option<Conn> {
+        self.take(conn_id, false)
+    }
+
+    fn take(&mut self, conn_id: u64, ended: bool) -> Option<Conn> {
         let conn = self.conns.remove(&conn_id)?;
-        self.release_flow(conn_id, &conn);
+        self.release_flow(conn_id, &conn, ended);
         if let Some(ids) = self.by_process.get_mut(&conn.tgid) {
             ids.remove(&conn_id);
             if ids.is_empty() {
