@@ -3,8 +3,8 @@
 //! (`peers/http_server.py`) both write, one line per request they answered:
 //!
 //! ```text
-//! $request_method $status $request_uri $connection $connection_requests $request_completion $bytes_sent
-//! GET 200 /wrk?x=1 17 3 OK 153
+//! $request_method $status $request_uri $connection $connection_requests $request_completion $body_bytes_sent
+//! GET 200 /wrk?x=1 17 3 OK 3
 //! ```
 //!
 //! nginx writes "-" for an empty variable; a line for a request nginx could
@@ -27,6 +27,9 @@ pub struct Entry {
     pub connection_requests: u64,
     /// nginx's `$request_completion`: "OK" if the whole response was sent.
     pub completed: bool,
+    /// nginx's `$body_bytes_sent`: the response body's bytes after the
+    /// header, chunk framing included; None where the server logs "-".
+    pub body_bytes_sent: Option<u64>,
 }
 
 impl Entry {
@@ -123,6 +126,7 @@ fn parse_line(line: &str) -> Option<Entry> {
         connection: f[3].to_string(),
         connection_requests: f[4].parse().ok()?,
         completed: f[5] == "OK",
+        body_bytes_sent: f[6].parse().ok(),
     })
 }
 
@@ -135,7 +139,7 @@ mod tests {
         let log = AccessLog::parse(
             "GET 200 /c/items/42?x=1 3 1 OK 150\n\
              GET 200 /c/items/7 3 2 OK 150\n\
-             POST 201 /c/created 4 1 OK 120\n\
+             POST 201 /c/created 4 1 OK -\n\
              - 400 - 5 1 - 0\n\
              \\x00\\x01 400 - 6 1 OK 150\n",
         );
@@ -145,6 +149,8 @@ mod tests {
         assert_eq!(counts[&("GET".into(), 200, "/c/items/{id}".into())], 2);
         assert_eq!(counts[&("POST".into(), 201, "/c/created".into())], 1);
         assert!(log.entries[0].completed);
+        assert_eq!(log.entries[0].body_bytes_sent, Some(150));
+        assert_eq!(log.entries[2].body_bytes_sent, None);
     }
 
     #[test]

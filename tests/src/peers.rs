@@ -69,7 +69,7 @@ pid {d}/nginx.pid;
 error_log {d}/error.log info;
 events {{ worker_connections 1024; }}
 http {{
-    log_format e2e '$request_method $status $request_uri $connection $connection_requests $request_completion $bytes_sent';
+    log_format e2e '$request_method $status $request_uri $connection $connection_requests $request_completion $body_bytes_sent';
     access_log {log} e2e;
     client_body_temp_path {d}/client_body;
     proxy_temp_path {d}/proxy;

@@ -4,7 +4,8 @@
 //! loopback alone, and with both sources on, where the syscall hooks trace
 //! every flow and the packet path must skip them (no request counted twice).
 //!
-//! Ground truth: nginx's access log and curl's transfers.
+//! Ground truth: nginx's access log (requests and `$body_bytes_sent`) and
+//! curl's transfers.
 
 use tracer_e2e::net::url;
 use tracer_e2e::tracer::{printed_lines, spawn_watch, try_get};
@@ -29,16 +30,42 @@ fn fetch_big_file(dir: &TestDir, nginx: &Nginx, fetches: usize) {
     );
 }
 
+/// What nginx logged for the file.
+struct Logged {
+    fetches: u64,
+    /// The sum of `$body_bytes_sent`.
+    body_bytes: u64,
+}
+
 /// What nginx logged for the file: every fetch complete (the whole body
 /// sent) and 200.
-fn logged_fetches(nginx: &Nginx) -> u64 {
+fn logged_fetches(nginx: &Nginx) -> Logged {
     let log = nginx.access_log();
     let entries: Vec<_> = log.under("/big/").collect();
     assert!(
         entries.iter().all(|e| e.completed && e.status == 200),
         "{entries:?}"
     );
-    entries.len() as u64
+    Logged {
+        fetches: entries.len() as u64,
+        body_bytes: entries.iter().filter_map(|e| e.body_bytes_sent).sum(),
+    }
+}
+
+/// The response body sizes of `service`'s requests for the file, on the
+/// server or client histogram: their count and their sum, as nginx logged.
+fn sizes(side: &str, service: &str, logged: &Logged) -> [Want; 2] {
+    let family = format!("http_{side}_response_body_size_bytes");
+    let want = |what: &str, value: u64| {
+        Want::metric(&format!("{family}_{what}"))
+            .label("service_name", service)
+            .label("http_route", "/big/file.bin")
+            .is(value)
+    };
+    [
+        want("count", logged.fetches),
+        want("sum", logged.body_bytes),
+    ]
 }
 
 /// A tracer with `--source source` and `extra`, and nginx serving the file
@@ -49,7 +76,7 @@ fn serve_big_file(
     extra: &[&str],
     source: &str,
     fetches: usize,
-) -> (TestDir, Tracer, u64) {
+) -> (TestDir, Tracer, Logged) {
     let dir = TestDir::new(name);
     let mut args = vec!["--source", source];
     args.extend_from_slice(extra);
@@ -57,9 +84,9 @@ fn serve_big_file(
     let nginx = Nginx::start(&dir, "        location /big/ { sendfile on; }\n");
     fetch_big_file(&dir, &nginx, fetches);
     tracer.barrier(&nginx);
-    let served = logged_fetches(&nginx);
-    assert_eq!(served, fetches as u64, "nginx's access log");
-    (dir, tracer, served)
+    let logged = logged_fetches(&nginx);
+    assert_eq!(logged.fetches, fetches as u64, "nginx's access log");
+    (dir, tracer, logged)
 }
 
 #[test]
@@ -67,13 +94,16 @@ fn sendfile_bodies_counted_from_packets_alone() {
     if !privileged("sendfile_bodies_counted_from_packets_alone") {
         return;
     }
-    let (_dir, tracer, served) =
+    let (_dir, tracer, logged) =
         serve_big_file("pkt-sendfile", &["--interfaces", "lo"], "packets", 5);
+    let [count, sum] = sizes("server", "nginx", &logged);
     tracer.expect(&[
         Want::server("nginx", "/big/file.bin")
             .method("GET")
             .status(200)
-            .is(served),
+            .is(logged.fetches),
+        count,
+        sum,
         // Packets are seen from the server's end only: no client series.
         Want::client("curl", "/big/file.bin").is(0),
         Want::metric("tracer_user_drops_total")
@@ -90,11 +120,17 @@ fn both_sources_count_each_request_once() {
     if !privileged("both_sources_count_each_request_once") {
         return;
     }
-    let (_dir, tracer, served) = serve_big_file("pkt-both", &[], "both", 3);
+    let (_dir, tracer, logged) = serve_big_file("pkt-both", &[], "both", 3);
+    let [server_count, server_sum] = sizes("server", "nginx", &logged);
+    let [client_count, client_sum] = sizes("client", "curl", &logged);
     // The syscall hooks trace both ends; the packet path skips the flow.
     tracer.expect(&[
-        Want::server("nginx", "/big/file.bin").is(served),
-        Want::client("curl", "/big/file.bin").is(served),
+        Want::server("nginx", "/big/file.bin").is(logged.fetches),
+        Want::client("curl", "/big/file.bin").is(logged.fetches),
+        server_count,
+        server_sum,
+        client_count,
+        client_sum,
         Want::metric("tracer_parser_resyncs_total")
             .label("protocol", "http1")
             .is(0),
@@ -142,7 +178,7 @@ fn watch_says_which_source_saw_each_exchange() {
         std::thread::sleep(std::time::Duration::from_secs(1));
         let lines = printed();
         assert_eq!(lines.len(), want, "--source {source}: {lines:#?}");
-        assert_eq!(logged_fetches(&nginx), FETCHES as u64);
+        assert_eq!(logged_fetches(&nginx).fetches, FETCHES as u64);
         assert!(
             lines.iter().all(|l| l.ends_with(says)),
             "--source {source}: {lines:#?}"

@@ -434,13 +434,17 @@ pub struct PacketEvent {
     pub ack: u32,
     /// TCP payload bytes the segment carries.
     pub payload_len: u32,
-    /// Payload bytes that follow (at most the capture limit).
+    /// Payload bytes captured (at most the capture limit).
     pub cap_len: u32,
     /// [`tcp_flag`] bits.
     pub flags: u8,
     /// [`pkt_type`]: received or outgoing.
     pub pkt_type: u8,
-    pub _pad: [u8; 2],
+    /// Bytes of the TCP header with its options (20 to 60): the header
+    /// follows the event, then the `cap_len` captured payload bytes, so
+    /// that user space can check a whole segment's checksum.
+    pub tcp_header_len: u8,
+    pub _pad: u8,
 }
 
 /// A TCP flow whichever way its segments go: the two ends, the lower

@@ -1,6 +1,7 @@
 //! The packet path: a socket filter on AF_PACKET sockets that keeps the TCP
-//! segments carrying payload or SYN/FIN/RST, copies their headers' facts and
-//! up to the capture limit of payload into a `PacketEvent`, and sends it
+//! segments carrying payload or SYN/FIN/RST, copies their headers' facts, the
+//! TCP header itself (for the checksum, checked in user space) and up to the
+//! capture limit of payload into a `PacketEvent`, and sends it
 //! through the same per-CPU rings as the syscall hooks. It returns 0 for
 //! every packet, so the packet socket itself never queues anything: what
 //! is not sent through a ring never crosses to user space.
@@ -36,7 +37,8 @@ const MAX_EXTENSIONS: usize = 4;
 /// One segment being built, one slot per CPU (the loader sizes it to the
 /// possible CPUs). Apart from the syscall hooks' `SCRATCH`: a filter run
 /// in a softirq may interrupt a hook on the same CPU. The payload area is
-/// twice `MAX_CAPTURE` so that a length masked below that always fits.
+/// twice `MAX_CAPTURE` so that a length masked below that always fits (the
+/// TCP header, at most 60 bytes, and at most `MAX_CAPTURE` of payload).
 #[map]
 pub static PACKET_SCRATCH: Array<PacketScratch> = Array::with_max_entries(1, 0);
 
@@ -120,24 +122,24 @@ fn segment(ctx: &SkBuffContext) -> Result<(), ()> {
         captured = SHED_CAPTURE as u32;
         count(stat::CAPTURE_SHED);
     }
-    if captured > 0 {
-        // Masked as one less, plus one, so the verifier sees a length from
-        // 1 to the payload area's size (the helper refuses a possible 0).
-        let len = ((captured - 1) & (2 * MAX_CAPTURE as u32 - 1)) + 1;
-        // SAFETY: the destination spans 2 * MAX_CAPTURE bytes, at least
-        // `len`; the helper checks the packet's bounds.
-        let rc = unsafe {
-            bpf_skb_load_bytes(
-                skb as *const c_void,
-                payload_at,
-                scratch.data.as_mut_ptr() as *mut c_void,
-                len,
-            )
-        };
-        if rc != 0 {
-            count(stat::PACKET_MALFORMED);
-            return Err(());
-        }
+    // The TCP header and the captured payload, from the header's start.
+    // Masked as one less, plus one, so the verifier sees a length from 1 to
+    // the data area's size (the helper refuses a possible 0); the header
+    // makes it at least 20.
+    let len = ((header_len + captured - 1) & (2 * MAX_CAPTURE as u32 - 1)) + 1;
+    // SAFETY: the destination spans 2 * MAX_CAPTURE bytes, at least `len`;
+    // the helper checks the packet's bounds.
+    let rc = unsafe {
+        bpf_skb_load_bytes(
+            skb as *const c_void,
+            ip.l4,
+            scratch.data.as_mut_ptr() as *mut c_void,
+            len,
+        )
+    };
+    if rc != 0 {
+        count(stat::PACKET_MALFORMED);
+        return Err(());
     }
     // SAFETY: no arguments.
     let now = unsafe { bpf_ktime_get_ns() };
@@ -158,9 +160,10 @@ fn segment(ctx: &SkBuffContext) -> Result<(), ()> {
         cap_len: captured,
         flags,
         pkt_type: kind_of_packet,
-        _pad: [0; 2],
+        tcp_header_len: header_len as u8,
+        _pad: 0,
     };
-    let size = size_of::<PacketEvent>() as u32 + (captured & (2 * MAX_CAPTURE as u32 - 1));
+    let size = size_of::<PacketEvent>() as u32 + len;
     output(
         scratch as *const PacketScratch as *const c_void,
         u64::from(size),

@@ -52,6 +52,7 @@ impl Sink for MetricsSink {
             duration_s: record.duration_s(),
             peer,
             peer_service: record.peer_service.as_ref(),
+            response_body_bytes: record.exchange.response_body_bytes,
         });
     }
 }
@@ -118,6 +119,7 @@ impl Publisher {
                 ("packet_stale", now.stale, last.stale),
                 ("packet_after_close", now.after_close, last.after_close),
                 ("packet_no_flow", now.no_flow, last.no_flow),
+                ("packet_bad_checksum", now.bad_checksum, last.bad_checksum),
                 (
                     "packet_other_interface",
                     now.other_interface,

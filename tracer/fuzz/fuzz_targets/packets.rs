@@ -1,8 +1,8 @@
 //! The packet path from its records to exchanges: segments of a few flows
 //! (IPv4 and IPv6, over two interfaces) with any flags, sequence numbers
 //! near or far from the last, payloads cut anywhere, through the flow table
-//! (`tracer::source::packets`) into the whole pipeline; now and then a raw
-//! record for the decoder alone. Checks beyond "no panic, no hang": the
+//! (`tracer::source::packets`) into the whole pipeline, now and then with
+//! a wrong checksum; now and then a raw record for the decoder alone. Checks beyond "no panic, no hang": the
 //! flow and handshake tables stay within their capacity.
 #![no_main]
 
@@ -13,7 +13,7 @@ use libfuzzer_sys::fuzz_target;
 use tracer::metadata::Identities;
 use tracer::pipeline::conntrack::Pipeline;
 use tracer::pipeline::records::{Record, Sink};
-use tracer::source::packets::{FixedOwners, Flows};
+use tracer::source::packets::{checksum, FixedOwners, Flows};
 use tracer_common::{kind, EventHeader, PacketEvent, SockAddr, AF_INET, AF_INET6};
 
 struct Discard;
@@ -40,7 +40,7 @@ fn end(v6: bool, host: u8, port: u16) -> SockAddr {
     }
 }
 
-fn record(event: &PacketEvent, payload: &[u8]) -> Vec<u8> {
+fn record(event: &PacketEvent, header: &[u8], payload: &[u8]) -> Vec<u8> {
     // SAFETY: repr(C) with explicit padding fields: every byte initialised.
     let head = unsafe {
         std::slice::from_raw_parts(
@@ -49,6 +49,7 @@ fn record(event: &PacketEvent, payload: &[u8]) -> Vec<u8> {
         )
     };
     let mut out = head.to_vec();
+    out.extend_from_slice(header);
     out.extend_from_slice(payload);
     out
 }
@@ -119,9 +120,21 @@ fuzz_target!(|data: &[u8]| {
             cap_len,
             flags,
             pkt_type: 0,
-            _pad: [0; 2],
+            tcp_header_len: 20,
+            _pad: 0,
         };
-        pipeline.handle(&record(&event, payload));
+        let mut header = [0u8; 20];
+        header[0..2].copy_from_slice(&src.port.to_be_bytes());
+        header[2..4].copy_from_slice(&dst.port.to_be_bytes());
+        header[4..8].copy_from_slice(&event.seq.to_be_bytes());
+        header[8..12].copy_from_slice(&event.ack.to_be_bytes());
+        header[12] = 5 << 4;
+        header[13] = flags;
+        checksum::seal(&src, &dst, &mut header, payload);
+        if op[0] & 8 != 0 {
+            header[17] ^= op[3] | 1;
+        }
+        pipeline.handle(&record(&event, &header, payload));
         let flows = pipeline.packets().expect("the packet path runs");
         assert!(flows.flows() <= CAPACITY, "{} flows", flows.flows());
         assert!(

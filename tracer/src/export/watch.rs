@@ -217,6 +217,7 @@ mod tests {
                 failure: None,
                 start_ns: 1_000_000,
                 end_ns: 3_500_000,
+                response_body_bytes: None,
             },
         }
     }

@@ -119,6 +119,10 @@ pub struct Http1Conn {
     /// The request a 101 switched to HTTP/2 with (`Upgrade: h2c`), until
     /// the dispatcher hands it over.
     h2c: Option<Box<H2cUpgrade>>,
+    /// Bytes of the current response's body so far, chunk framing
+    /// included, whether seen or lost in a gap: what the server sent after
+    /// the header.
+    resp_body: u64,
 }
 
 /// What HTTP/2 takes over after `Upgrade: h2c`.
@@ -473,6 +477,7 @@ impl Http1Conn {
             seek_pieces: 0,
             junk_first: false,
             h2c: None,
+            resp_body: 0,
         }
     }
 
@@ -527,7 +532,7 @@ impl Http1Conn {
             _ => None,
         };
         if let (Some(end_ns), Some(answer)) = (end_ns, self.answer.take()) {
-            emit(answer, end_ns, out);
+            emit(answer, self.resp_body, end_ns, out);
         }
         // Requests whose answers were lost are not the close's doing.
         let lost = usize::from(self.stale).min(self.waiting.len());
@@ -555,6 +560,7 @@ impl Http1Conn {
                     failure: Some(Failure::Timeout),
                     start_ns: request.start_ns,
                     end_ns: now_ns,
+                    response_body_bytes: None,
                 });
             }
         }
@@ -655,7 +661,11 @@ impl Http1Conn {
         let sniffing = self.sniffing(dir);
         let s = self.stream(dir);
         match s.phase {
-            Phase::Stopped | Phase::UntilClose => rest.len(),
+            Phase::Stopped => rest.len(),
+            Phase::UntilClose => {
+                self.add_body(dir, len64(rest.len()));
+                rest.len()
+            }
             Phase::Idle => {
                 // Stray line ends between messages are allowed (RFC 9112
                 // section 2.2), and the message starts after them.
@@ -680,10 +690,12 @@ impl Http1Conn {
                 s.last_ns = ts;
                 let used = rest.len().min(usize::try_from(left).unwrap_or(usize::MAX));
                 let left = left - len64(used);
+                if left > 0 {
+                    s.phase = Phase::Body(left);
+                }
+                self.add_body(dir, len64(used));
                 if left == 0 {
                     self.complete(dir, ts, out);
-                } else {
-                    s.phase = Phase::Body(left);
                 }
                 used
             }
@@ -691,6 +703,7 @@ impl Http1Conn {
                 s.last_ns = ts;
                 let (used, outcome) = chunk.advance(rest);
                 s.phase = Phase::Chunked(chunk);
+                self.add_body(dir, len64(used));
                 match outcome {
                     ChunkStep::More => {}
                     ChunkStep::Done => self.complete(dir, ts, out),
@@ -699,7 +712,7 @@ impl Http1Conn {
                         // its request, ending where its framing broke.
                         if dir == Dir::Resp {
                             if let Some(answer) = self.answer.take() {
-                                emit(answer, ts, out);
+                                emit(answer, self.resp_body, ts, out);
                             }
                         }
                         self.fail(dir, Cause::Malformed, c);
@@ -720,12 +733,14 @@ impl Http1Conn {
                 for (i, &b) in rest.iter().enumerate() {
                     recent = (recent << 8) | u64::from(b);
                     if recent & MASK == MARKER {
+                        self.add_body(dir, len64(i + 1));
                         self.complete(dir, ts, out);
                         return i + 1;
                     }
                 }
                 s.phase = Phase::ChunkLost { recent };
                 s.last_ns = ts;
+                self.add_body(dir, len64(rest.len()));
                 rest.len()
             }
             Phase::Seek(kind) => {
@@ -940,7 +955,7 @@ impl Http1Conn {
             return;
         }
         if status == 101 || (kind == Some(RequestKind::Connect) && (200..300).contains(&status)) {
-            emit(answer, ts, out);
+            emit(answer, 0, ts, out);
             self.state = ConnState::Upgraded;
             self.stop();
             return;
@@ -953,6 +968,7 @@ impl Http1Conn {
             // Refused: the client goes on speaking HTTP/1.
             self.req.phase = Phase::Idle;
         }
+        self.resp_body = 0;
         let body = if kind == Some(RequestKind::Head) || status == 204 || status == 304 {
             Body::None
         } else {
@@ -960,7 +976,7 @@ impl Http1Conn {
         };
         self.resp.phase = match body {
             Body::None | Body::Length(0) => {
-                emit(answer, ts, out);
+                emit(answer, 0, ts, out);
                 Phase::Idle
             }
             Body::Length(n) => {
@@ -976,7 +992,7 @@ impl Http1Conn {
                 Phase::UntilClose
             }
             Body::Invalid => {
-                emit(answer, ts, out);
+                emit(answer, 0, ts, out);
                 c.resyncs += 1;
                 self.stale = self.stale.saturating_add(1);
                 Phase::Seek(Seek::Anywhere)
@@ -1026,9 +1042,11 @@ impl Http1Conn {
                     s.last_ns = ts;
                     if left < body {
                         s.phase = Phase::Body(body - left);
+                        self.add_body(dir, left);
                         return;
                     }
                     left -= body;
+                    self.add_body(dir, body);
                     self.complete(dir, ts, out);
                 }
                 Phase::Chunked(Chunk::Data(data)) if left <= data => {
@@ -1038,6 +1056,7 @@ impl Http1Conn {
                     } else {
                         Chunk::Data(data - left)
                     });
+                    self.add_body(dir, left);
                     return;
                 }
                 Phase::Chunked(_) | Phase::ChunkLost { .. } => {
@@ -1047,14 +1066,27 @@ impl Http1Conn {
                     s.phase = Phase::ChunkLost {
                         recent: u64::from(u16::from_be_bytes(*b"\r\n")),
                     };
+                    // Some of the gap may be the next message's: unknowable.
+                    self.add_body(dir, left);
                     return;
                 }
-                Phase::UntilClose | Phase::Seek(_) | Phase::AwaitUpgrade | Phase::Stopped => return,
+                Phase::UntilClose => {
+                    self.add_body(dir, left);
+                    return;
+                }
+                Phase::Seek(_) | Phase::AwaitUpgrade | Phase::Stopped => return,
                 Phase::Idle | Phase::Head => {
                     self.fail(dir, Cause::Lost, c);
                     return;
                 }
             }
+        }
+    }
+
+    /// `n` more body bytes in `dir`: counted for responses.
+    fn add_body(&mut self, dir: Dir, n: u64) {
+        if dir == Dir::Resp {
+            self.resp_body = self.resp_body.saturating_add(n);
         }
     }
 
@@ -1065,7 +1097,7 @@ impl Http1Conn {
             Dir::Resp => {
                 self.resp.phase = Phase::Idle;
                 if let Some(answer) = self.answer.take() {
-                    emit(answer, end_ns, out);
+                    emit(answer, self.resp_body, end_ns, out);
                 }
             }
         }
@@ -1299,13 +1331,15 @@ impl Chunk {
     }
 }
 
-fn emit(answer: Answer, end_ns: u64, out: &mut Vec<Exchange>) {
+/// Reports a response with `body_bytes` of body.
+fn emit(answer: Answer, body_bytes: u64, end_ns: u64, out: &mut Vec<Exchange>) {
     if let Some(request) = answer.request.filter(|r| !r.timed_out) {
         out.push(Exchange {
             call: http_call(request.method, request.path, answer.status),
             failure: None,
             start_ns: request.start_ns,
             end_ns,
+            response_body_bytes: Some(body_bytes),
         });
     }
 }
@@ -1326,6 +1360,7 @@ fn fail(request: Waiting, failure: Failure, end_ns: u64, out: &mut Vec<Exchange>
             failure: Some(failure),
             start_ns: request.start_ns,
             end_ns,
+            response_body_bytes: None,
         });
     }
 }
@@ -1744,6 +1779,50 @@ mod tests {
         let end = t.resp_gap(49_997);
         assert_eq!(t.got(), vec![("GET", "/", 200)]);
         assert_eq!(t.out[0].end_ns, end);
+    }
+
+    /// Response body sizes as the sender sent them: framing included,
+    /// gaps counted, none for HEAD and 204, until the close for a body
+    /// without length; split anywhere across pieces.
+    #[test]
+    fn response_body_sizes_are_the_bytes_after_the_header() {
+        let sizes = |t: &Conn| -> Vec<Option<u64>> {
+            t.out.iter().map(|e| e.response_body_bytes).collect()
+        };
+        let chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;x=1\r\nhello\r\n3\r\nabc\r\n0\r\nT: 1\r\n\r\n";
+        let head = chunked.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        let framing = chunked.len() - head;
+        for split in [1, 7, 47, 60] {
+            let mut t = Conn::server();
+            t.req(b"GET /a HTTP/1.1\r\n\r\nHEAD /b HTTP/1.1\r\n\r\nGET /c HTTP/1.1\r\n\r\nGET /d HTTP/1.1\r\n\r\nGET /e HTTP/1.1\r\n\r\n");
+            let mut resp = b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n0123456789".to_vec();
+            resp.extend_from_slice(b"HTTP/1.1 200 OK\r\nContent-Length: 99\r\n\r\n");
+            resp.extend_from_slice(b"HTTP/1.1 204 No Content\r\n\r\n");
+            resp.extend_from_slice(chunked);
+            resp.extend_from_slice(b"HTTP/1.1 200 OK\r\nContent-Length: 3000\r\n\r\nab");
+            for piece in resp.chunks(split) {
+                t.resp(piece);
+            }
+            // 2998 body bytes lost in a gap still count as sent.
+            t.resp_gap(2998);
+            assert_eq!(
+                sizes(&t),
+                [Some(10), Some(0), Some(0), Some(framing as u64), Some(3000)],
+                "pieces of {split}"
+            );
+        }
+        let mut t = Conn::server();
+        t.req(b"GET /close HTTP/1.1\r\n\r\n");
+        t.resp(b"HTTP/1.0 200 OK\r\n\r\nfirst");
+        t.resp_gap(100);
+        t.resp(b"last");
+        t.close();
+        assert_eq!(sizes(&t), [Some(109)]);
+        // A request that got no response has no size.
+        let mut t = Conn::server();
+        t.req(b"GET /lost HTTP/1.1\r\n\r\n");
+        t.close();
+        assert_eq!(sizes(&t), [None]);
     }
 
     #[test]

@@ -1673,6 +1673,7 @@ fn exchange(
         failure,
         start_ns,
         end_ns: end_ns.max(start_ns),
+        response_body_bytes: None,
     };
     (exchange, partial)
 }

@@ -67,6 +67,10 @@ pub struct Exchange {
     pub start_ns: u64,
     /// Timestamp (ns) of the chunk that completed the response.
     pub end_ns: u64,
+    /// HTTP/1.x: the response body's length as sent, chunk framing
+    /// included (what nginx logs as `$body_bytes_sent`); None for other
+    /// protocols and for requests that got no response.
+    pub response_body_bytes: Option<u64>,
 }
 
 /// The protocol-specific part of an exchange: what the metrics stage maps

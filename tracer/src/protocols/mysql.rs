@@ -1158,6 +1158,7 @@ impl MysqlConn {
                         failure: None,
                         start_ns: self.login_ns,
                         end_ns: ts.max(self.login_ns),
+                        response_body_bytes: None,
                     });
                 }
                 // The server closes the connection.
@@ -1718,6 +1719,7 @@ fn exchange(
         failure,
         start_ns: w.start_ns,
         end_ns: end_ns.max(w.start_ns),
+        response_body_bytes: None,
     }
 }
 

@@ -1901,6 +1901,7 @@ fn exchange(
         failure,
         start_ns: pending.start_ns,
         end_ns,
+        response_body_bytes: None,
     }
 }
 

@@ -1829,6 +1829,7 @@ fn emit(
         failure,
         start_ns: w.start_ns,
         end_ns,
+        response_body_bytes: None,
     });
 }
 

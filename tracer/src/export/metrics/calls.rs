@@ -64,6 +64,11 @@ pub const DURATION_BUCKETS: [f64; 14] = [
     0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
 ];
 
+/// Response body sizes, bytes: powers of 4 from 256 B to 64 MiB.
+pub const SIZE_BUCKETS: [f64; 10] = [
+    256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0, 16777216.0, 67108864.0,
+];
+
 /// Distinct identities (label sets of a process: service and pod) with
 /// series of their own; later ones share the `_other` identity.
 pub const DEFAULT_MAX_IDENTITIES: usize = 1024;
@@ -145,6 +150,9 @@ pub struct Observation<'a> {
     pub peer: Option<(IpAddr, u16)>,
     /// The Service or pod behind the remote end (client side).
     pub peer_service: Option<&'a Arc<PeerService>>,
+    /// HTTP/1.x: the response body's size; observed into the size
+    /// histogram of the same labels.
+    pub response_body_bytes: Option<u64>,
 }
 
 /// The identity labels of one process: built once per identity.
@@ -376,6 +384,14 @@ fn family<L: Clone + Eq + std::hash::Hash>() -> HistogramFamily<L> {
     HistogramFamily::new_with_constructor(duration_histogram)
 }
 
+fn size_histogram() -> Histogram {
+    Histogram::new(SIZE_BUCKETS)
+}
+
+fn size_family<L: Clone + Eq + std::hash::Hash>() -> HistogramFamily<L> {
+    HistogramFamily::new_with_constructor(size_histogram)
+}
+
 /// A resolved observation: the histogram series its labels map to. Stores
 /// the raw inputs so a hit is a comparison, not a templating + label lookup.
 #[derive(Debug)]
@@ -386,9 +402,31 @@ struct CacheEntry {
     failure: Option<Failure>,
     peer: Option<(IpAddr, u16)>,
     callee: Option<Arc<PeerService>>,
+    resolved: Resolved,
+}
+
+/// The series one observation lands in.
+#[derive(Debug)]
+struct Resolved {
     histogram: Histogram,
+    /// The response body size histogram of the same labels, resolved when
+    /// an observation had a size.
+    size: Option<Histogram>,
     /// Budgets that folded this observation: each observation counts.
     folded: Vec<Counter>,
+}
+
+impl Resolved {
+    fn observe(&self, duration_s: f64, body_bytes: Option<u64>) {
+        self.histogram.observe(duration_s);
+        if let (Some(size), Some(bytes)) = (&self.size, body_bytes) {
+            // Bodies beyond 2^53 bytes do not happen; the cast is exact below.
+            size.observe(bytes as f64);
+        }
+        for counter in &self.folded {
+            counter.inc();
+        }
+    }
 }
 
 impl CacheEntry {
@@ -433,6 +471,9 @@ struct State {
 pub struct CallMetrics {
     server: HistogramFamily<ServerLabels>,
     client: HistogramFamily<ClientLabels>,
+    /// Response body sizes, by the labels of `server` and `client`.
+    server_size: HistogramFamily<ServerLabels>,
+    client_size: HistogramFamily<ClientLabels>,
     rpc_server: HistogramFamily<RpcLabels>,
     rpc_client: HistogramFamily<RpcLabels>,
     db_client: HistogramFamily<DbLabels>,
@@ -481,6 +522,23 @@ impl CallMetrics {
              the end of the response (or to the timeout or close that ended the wait)",
             Unit::Seconds,
             client.clone(),
+        );
+        let server_size: HistogramFamily<ServerLabels> = size_family();
+        registry.register_with_unit(
+            "http_server_response_body_size",
+            "Size of HTTP/1.x response bodies sent by traced servers as they went on the wire \
+             (chunk framing included, like nginx's $body_bytes_sent), by the labels of the \
+             request's duration series",
+            Unit::Bytes,
+            server_size.clone(),
+        );
+        let client_size: HistogramFamily<ClientLabels> = size_family();
+        registry.register_with_unit(
+            "http_client_response_body_size",
+            "Size of HTTP/1.x response bodies received by traced clients as they went on the \
+             wire (chunk framing included), by the labels of the request's duration series",
+            Unit::Bytes,
+            client_size.clone(),
         );
         let rpc_server: HistogramFamily<RpcLabels> = family();
         registry.register_with_unit(
@@ -540,6 +598,8 @@ impl CallMetrics {
         Self {
             server,
             client,
+            server_size,
+            client_size,
             rpc_server,
             rpc_client,
             db_client,
@@ -589,22 +649,18 @@ impl CallMetrics {
         });
 
         if let Some(Some(entry)) = slot.and_then(|s| state.cache.get(s)) {
-            if entry.matches(&obs, peer) {
-                entry.histogram.observe(duration);
-                for counter in &entry.folded {
-                    counter.inc();
-                }
+            // An entry made without a size resolves again for one with.
+            let sized = entry.resolved.size.is_some() || obs.response_body_bytes.is_none();
+            if sized && entry.matches(&obs, peer) {
+                entry.resolved.observe(duration, obs.response_body_bytes);
                 return;
             }
         }
 
-        let Some((histogram, folded)) = self.resolve(&mut state, &obs, peer) else {
+        let Some(resolved) = self.resolve(&mut state, &obs, peer) else {
             return;
         };
-        histogram.observe(duration);
-        for counter in &folded {
-            counter.inc();
-        }
+        resolved.observe(duration, obs.response_body_bytes);
         if let Some(cached) = slot.and_then(|s| state.cache.get_mut(s)) {
             *cached = Some(CacheEntry {
                 side: obs.side,
@@ -613,8 +669,7 @@ impl CallMetrics {
                 failure: obs.failure,
                 peer,
                 callee: callee.cloned(),
-                histogram,
-                folded,
+                resolved,
             });
         }
     }
@@ -626,7 +681,7 @@ impl CallMetrics {
         state: &mut State,
         obs: &Observation<'_>,
         peer: Option<(IpAddr, u16)>,
-    ) -> Option<(Histogram, Vec<Counter>)> {
+    ) -> Option<Resolved> {
         let mut folded = Vec::new();
         let who = match state.whos.get(obs.identity) {
             Some(who) => who.clone(),
@@ -653,6 +708,12 @@ impl CallMetrics {
             }
             Call::Db(_) => return None,
         };
+        let size = match &series {
+            _ if obs.response_body_bytes.is_none() => None,
+            Series::Server(labels) => Some(self.server_size.get_or_create_owned(labels)),
+            Series::Client(labels) => Some(self.client_size.get_or_create_owned(labels)),
+            Series::RpcServer(_) | Series::RpcClient(_) | Series::Db(_) => None,
+        };
         if let Some(pod) = &obs.identity.pod {
             if !Arc::ptr_eq(&who, &state.overflow_who) {
                 state
@@ -662,7 +723,11 @@ impl CallMetrics {
                     .insert(series);
             }
         }
-        Some((histogram, folded))
+        Some(Resolved {
+            histogram,
+            size,
+            folded,
+        })
     }
 
     fn overflowed(&self, budget: Budget) -> Counter {
@@ -866,8 +931,14 @@ impl CallMetrics {
         let mut removed = 0;
         for s in &series {
             let gone = match s {
-                Series::Server(labels) => self.server.remove(labels),
-                Series::Client(labels) => self.client.remove(labels),
+                Series::Server(labels) => {
+                    self.server_size.remove(labels);
+                    self.server.remove(labels)
+                }
+                Series::Client(labels) => {
+                    self.client_size.remove(labels);
+                    self.client.remove(labels)
+                }
                 Series::RpcServer(labels) => self.rpc_server.remove(labels),
                 Series::RpcClient(labels) => self.rpc_client.remove(labels),
                 Series::Db(labels) => self.db_client.remove(labels),
@@ -961,7 +1032,51 @@ mod tests {
             duration_s: 0.02,
             peer: Some((IpAddr::V4(Ipv4Addr::new(10, 0, 0, 7)), 8080)),
             peer_service: None,
+            response_body_bytes: None,
         }
+    }
+
+    #[test]
+    fn response_body_sizes_share_the_duration_labels() {
+        let m = Metrics::new(10);
+        let pod = in_pod("a", None);
+        for (side, bytes) in [
+            (Side::Server, 100),
+            (Side::Server, 5000),
+            (Side::Server, 5000),
+            (Side::Client, 2 << 20),
+        ] {
+            let mut o = obs(side, "GET", 200, "/f/1");
+            o.identity = &pod;
+            o.response_body_bytes = Some(bytes);
+            m.observe(&o);
+        }
+        // A request that got no response has no size.
+        let mut failed = obs(Side::Server, "GET", 0, "/f/1");
+        failed.identity = &pod;
+        failed.failure = Some(Failure::Timeout);
+        m.observe(&failed);
+        let text = encoded(&m);
+        assert!(text.contains("# UNIT http_server_response_body_size_bytes bytes"));
+        let size = |family: &str, what: &str| {
+            text.lines()
+                .filter(|l| l.starts_with(&format!("{family}_{what}")))
+                .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+                .collect::<Vec<_>>()
+        };
+        let server = "http_server_response_body_size_bytes";
+        assert_eq!(size(server, "sum"), [10100.0], "{text}");
+        assert_eq!(size(server, "count"), [3.0], "{text}");
+        let le_4096 = text
+            .lines()
+            .find(|l| l.starts_with(&format!("{server}_bucket{{le=\"4096.0\"")))
+            .unwrap();
+        assert!(le_4096.ends_with(" 1"), "{le_4096}");
+        let client = "http_client_response_body_size_bytes";
+        assert_eq!(size(client, "sum"), [2097152.0], "{text}");
+        // Sizes go with their pod.
+        assert_eq!(m.calls.forget_pod("uid-a"), 3);
+        assert!(!encoded(&m).contains("response_body_size_bytes_count"));
     }
 
     #[test]

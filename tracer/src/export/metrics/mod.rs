@@ -32,7 +32,7 @@ use crate::protocols::{ParserCounters, Protocol};
 const TRUNCATED_STAT: &str = "truncated";
 
 /// Drop causes the daemon reports, created at zero so dashboards see them.
-const USER_DROP_CAUSES: [&str; 12] = [
+const USER_DROP_CAUSES: [&str; 13] = [
     "conn_evicted",
     "unknown_conn",
     "decode_error",
@@ -41,6 +41,7 @@ const USER_DROP_CAUSES: [&str; 12] = [
     "packet_stale",
     "packet_after_close",
     "packet_no_flow",
+    "packet_bad_checksum",
     "packet_other_interface",
     "packet_handshake_evicted",
     "packet_flow_evicted",

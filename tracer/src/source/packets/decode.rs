@@ -1,11 +1,13 @@
-//! Reads one packet record (`kind::PACKET`): the fixed `PacketEvent` and the
-//! captured payload after it, checked so that a corrupt record is refused
-//! whole rather than read past its end or with an address nobody can match.
+//! Reads one packet record (`kind::PACKET`): the fixed `PacketEvent`, then
+//! the TCP header and the captured payload, checked so that a corrupt record
+//! is refused whole rather than read past its end or with an address nobody
+//! can match; and the segment's checksum.
 
 use std::mem::size_of;
 
 use tracer_common::{kind, PacketEvent, SockAddr, AF_INET, AF_INET6};
 
+use super::checksum::{self, Checksum};
 use crate::source::events::read_event;
 
 /// One TCP segment as the socket filter saw it.
@@ -21,37 +23,48 @@ pub struct Segment<'a> {
     pub payload_len: u32,
     pub payload: &'a [u8],
     pub flags: u8,
+    pub checksum: Checksum,
 }
 
 /// The record is too short, of another kind, claims more captured bytes
-/// than it holds or than the segment carried, or names no IP family.
+/// than it holds or than the segment carried, has a TCP header length TCP
+/// cannot have, or names no IP family.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Malformed;
 
 /// Decodes one packet record.
 pub fn segment(record: &[u8]) -> Result<Segment<'_>, Malformed> {
     let event = read_event::<PacketEvent>(record).map_err(|_| Malformed)?;
-    if event.header.kind != kind::PACKET || event.cap_len > event.payload_len {
+    let header_len = usize::from(event.tcp_header_len);
+    if event.header.kind != kind::PACKET
+        || event.cap_len > event.payload_len
+        || !(20..=60).contains(&header_len)
+        || header_len % 4 != 0
+    {
         return Err(Malformed);
     }
-    let payload = size_of::<PacketEvent>()
+    let start = size_of::<PacketEvent>();
+    let header = record.get(start..start + header_len).ok_or(Malformed)?;
+    let payload = (start + header_len)
         .checked_add(event.cap_len as usize)
-        .and_then(|end| record.get(size_of::<PacketEvent>()..end))
+        .and_then(|end| record.get(start + header_len..end))
         .ok_or(Malformed)?;
     let family = event.src.family;
     if !matches!(family, AF_INET | AF_INET6) || event.dst.family != family {
         return Err(Malformed);
     }
+    let (src, dst) = (canonical(event.src), canonical(event.dst));
     Ok(Segment {
         ts_ns: event.header.ts_ns,
-        src: canonical(event.src),
-        dst: canonical(event.dst),
+        src,
+        dst,
         ifindex: event.ifindex,
         seq: event.seq,
         ack: event.ack,
         payload_len: event.payload_len,
         payload,
         flags: event.flags,
+        checksum: checksum::verdict(&src, &dst, header, payload, event.payload_len),
     })
 }
 

@@ -6,12 +6,14 @@
 //! stream positions, its handshake decides where the streams start and
 //! which end serves, and its FINs or RST end it.
 //!
-//! Modules: `decode` reads a record, `position` turns sequence numbers into
+//! Modules: `decode` reads a record, `checksum` checks a segment captured
+//! whole, `position` turns sequence numbers into
 //! positions, `bounded` holds the tables a flood must not grow (handshakes
 //! in progress, recently closed tuples), `owners` finds the process behind a
 //! server address.
 
 mod bounded;
+pub mod checksum;
 mod decode;
 pub mod owners;
 mod position;
@@ -27,6 +29,7 @@ use crate::{
     source::events::{Data, Event, Opened, Source},
 };
 use bounded::{Bounded, TupleHasher};
+use checksum::Checksum;
 use decode::Segment;
 pub use owners::{FixedOwners, Owners, ProcOwners};
 use position::Direction;
@@ -82,6 +85,9 @@ pub struct PacketCounters {
     pub duplicate_handshake: u64,
     /// A FIN or RST (or an empty segment) of no known flow: dropped.
     pub no_flow: u64,
+    /// Segments captured whole whose TCP checksum is wrong: the receiver
+    /// drops them too (and the sender retransmits), or they were forged.
+    pub bad_checksum: u64,
 }
 
 /// One end of a flow, without the family (the key holds it).
@@ -219,6 +225,10 @@ impl Flows {
             self.counters.malformed += 1;
             return;
         };
+        if segment.checksum == Checksum::Bad {
+            self.counters.bad_checksum += 1;
+            return;
+        }
         self.counters.segments += 1;
         self.counters.payload_bytes += u64::from(segment.payload_len);
         let (key, src_is_lo) = Key::of(&segment);

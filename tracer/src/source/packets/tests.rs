@@ -95,11 +95,45 @@ fn packet(
         payload_len: payload.len() as u32,
         cap_len: payload.len() as u32,
         flags,
+        tcp_header_len: 20,
         ..Default::default()
     };
     let mut record = bytes_of(&event).to_vec();
+    record.extend_from_slice(&tcp_header(&src, &dst, seq, ack, flags, payload));
     record.extend_from_slice(payload);
     record
+}
+
+/// The event at the front of a record `packet` made.
+fn event_of(record: &[u8]) -> PacketEvent {
+    // SAFETY: at least one PacketEvent's bytes; plain-old-data.
+    unsafe { std::ptr::read_unaligned(record.as_ptr().cast::<PacketEvent>()) }
+}
+
+/// The payload of a record `packet` made.
+fn payload_of(record: &[u8]) -> &[u8] {
+    &record[size_of::<PacketEvent>() + 20..]
+}
+
+/// A 20-byte TCP header for a segment, its checksum whole.
+fn tcp_header(
+    src: &SockAddr,
+    dst: &SockAddr,
+    seq: u32,
+    ack: u32,
+    flags: u8,
+    payload: &[u8],
+) -> [u8; 20] {
+    let mut header = [0u8; 20];
+    header[0..2].copy_from_slice(&src.port.to_be_bytes());
+    header[2..4].copy_from_slice(&dst.port.to_be_bytes());
+    header[4..8].copy_from_slice(&seq.to_be_bytes());
+    header[8..12].copy_from_slice(&ack.to_be_bytes());
+    header[12] = 5 << 4;
+    header[13] = flags;
+    header[14..16].copy_from_slice(&65535u16.to_be_bytes());
+    super::checksum::seal(src, dst, &mut header, payload);
+    header
 }
 
 /// One TCP connection's segments, with its sequence numbers kept.
@@ -201,6 +235,21 @@ struct Rig {
 }
 
 impl Rig {
+    /// A rig serving `server`, and a connection to it from `client` whose
+    /// handshake it saw.
+    fn handshaken(
+        client: SockAddr,
+        server: SockAddr,
+        client_isn: u32,
+        server_isn: u32,
+    ) -> (Self, Conn) {
+        let mut rig = Rig::serving(server);
+        let mut conn = Conn::new(client, server, client_isn, server_isn);
+        rig.feed(&conn.syn());
+        rig.feed(&conn.syn_ack());
+        (rig, conn)
+    }
+
     fn new(capacity: usize, owners: FixedOwners) -> Self {
         Self {
             flows: Flows::new(capacity, Box::new(owners)),
@@ -302,10 +351,7 @@ fn first_exchange(conn: &mut Conn, body: usize) -> (Vec<u8>, Vec<Vec<u8>>) {
 }
 
 fn keep_alive_from_syn_to_fins(client: SockAddr, server: SockAddr) {
-    let mut rig = Rig::serving(server);
-    let mut conn = Conn::new(client, server, 1_000, 90_000);
-    rig.feed(&conn.syn());
-    rig.feed(&conn.syn_ack());
+    let (mut rig, mut conn) = Rig::handshaken(client, server, 1_000, 90_000);
     assert!(rig.opened.is_empty(), "no flow before payload");
     assert_eq!(rig.flows.handshakes(), 1);
     for (req, resp) in exchanges_of(&mut conn, 100, 60) {
@@ -351,20 +397,24 @@ fn a_keep_alive_connection_over_ipv6() {
 #[test]
 fn reordered_duplicated_and_overlapping_segments_make_the_same_exchanges() {
     let (client, server) = (v4([10, 0, 0, 1], 43210), v4([10, 0, 0, 2], 80));
-    let mut rig = Rig::serving(server);
-    let mut conn = Conn::new(client, server, 7, 70);
-    rig.feed(&conn.syn());
-    rig.feed(&conn.syn_ack());
+    let (mut rig, mut conn) = Rig::handshaken(client, server, 7, 70);
     for (req, resp) in exchanges_of(&mut conn, 70, 40) {
         let [s1, s2, s3] = &resp[..] else {
             panic!("{} segments", resp.len())
         };
         // A retransmission covering s1 and s2 in one segment.
-        let mut both = s1.clone();
-        both.extend_from_slice(&s2[size_of::<PacketEvent>()..]);
-        let both_len = (both.len() - size_of::<PacketEvent>()) as u32;
-        set_u32(&mut both, PAYLOAD_LEN, both_len);
-        set_u32(&mut both, CAP_LEN, both_len);
+        let first = event_of(s1);
+        let payload = [payload_of(s1), payload_of(s2)].concat();
+        let both = packet(
+            first.src,
+            first.dst,
+            first.seq,
+            first.ack,
+            first.flags,
+            &payload,
+            first.ifindex,
+            first.header.ts_ns,
+        );
         rig.feed(&req);
         rig.feed(&req); // duplicate
         for segment in [s2, s1, &both, s3, s3] {
@@ -380,13 +430,33 @@ fn reordered_duplicated_and_overlapping_segments_make_the_same_exchanges() {
     assert_eq!(rig.closed.len(), 1);
 }
 
+/// A forged segment ahead of each real one (a request for another path,
+/// its checksum left as the real one's) is not taken: the real bytes are.
+#[test]
+fn segments_with_a_bad_checksum_are_not_taken() {
+    let (client, server) = (v4([10, 0, 0, 1], 43210), v4([10, 0, 0, 2], 80));
+    let (mut rig, mut conn) = Rig::handshaken(client, server, 7, 70);
+    for (req, resp) in exchanges_of(&mut conn, 70, 40) {
+        let mut forged = req.clone();
+        let at = size_of::<PacketEvent>() + 20 + "GET /".len();
+        forged[at] = b'x';
+        rig.feed(&forged);
+        rig.feed(&req);
+        for segment in &resp {
+            rig.feed(segment);
+        }
+    }
+    rig.feed(&conn.fin(false));
+    rig.feed(&conn.fin(true));
+    assert_eq!(rig.exchanges(server, client), expected(&CALLS));
+    assert_eq!(rig.flows.counters.bad_checksum, CALLS.len() as u64);
+    assert_eq!(rig.pipe.counters.reassembly.overlaps, 0);
+}
+
 #[test]
 fn a_segment_missing_from_a_body_costs_that_body_only() {
     let (client, server) = (v4([10, 0, 0, 1], 43210), v4([10, 0, 0, 2], 80));
-    let mut rig = Rig::serving(server);
-    let mut conn = Conn::new(client, server, 5_000, 6_000);
-    rig.feed(&conn.syn());
-    rig.feed(&conn.syn_ack());
+    let (mut rig, mut conn) = Rig::handshaken(client, server, 5_000, 6_000);
     for (i, (req, resp)) in exchanges_of(&mut conn, 200, 100).into_iter().enumerate() {
         rig.feed(&req);
         for (j, segment) in resp.iter().enumerate() {
@@ -490,10 +560,7 @@ fn a_missed_syn_ack_takes_the_servers_start_from_the_clients_ack() {
 #[test]
 fn a_reset_ends_the_flow_and_only_a_new_syn_opens_the_tuple_again() {
     let (client, server) = (v4([10, 0, 0, 1], 43210), v4([10, 0, 0, 2], 8080));
-    let mut rig = Rig::serving(server);
-    let mut conn = Conn::new(client, server, 10, 20);
-    rig.feed(&conn.syn());
-    rig.feed(&conn.syn_ack());
+    let (mut rig, mut conn) = Rig::handshaken(client, server, 10, 20);
     let (req, resp) = first_exchange(&mut conn, 10);
     rig.feed(&req);
     rig.feed_all(&resp);
@@ -665,10 +732,7 @@ fn a_full_table_evicts_the_least_recently_active_flows() {
 #[test]
 fn idle_flows_and_handshakes_expire() {
     let (client, server) = (v4([10, 0, 0, 1], 43210), v4([10, 0, 0, 2], 8080));
-    let mut rig = Rig::serving(server);
-    let mut conn = Conn::new(client, server, 10, 20);
-    rig.feed(&conn.syn());
-    rig.feed(&conn.syn_ack());
+    let (mut rig, mut conn) = Rig::handshaken(client, server, 10, 20);
     rig.feed(&conn.send(true, &request("/a"), 1460)[0]);
     let now = conn.ts;
     let mut other = Conn::new(v4([10, 0, 0, 3], 5555), server, 1, 2);
