@@ -137,6 +137,40 @@ fn both_sources_count_each_request_once() {
     ]);
 }
 
+/// With both sources, the hooks cover a connection in the kernel as they
+/// announce it (the client's at its handshake's end, before it sends a
+/// byte): a connection per request, over before the daemon would read the
+/// announcement, still never costs the packet path a payload segment.
+#[test]
+fn both_sources_cover_short_connections_before_their_first_byte() {
+    if !privileged("both_sources_cover_short_connections_before_their_first_byte") {
+        return;
+    }
+    const FETCHES: usize = 6;
+    let dir = TestDir::new("pkt-both-short");
+    let tracer = Tracer::start(&dir, &["--source", "both", "--interfaces", "lo"]);
+    let nginx = Nginx::start(&dir, "        location /big/ { sendfile on; }\n");
+    dir.write(
+        "www/big/file.bin",
+        tracer_e2e::noise(SIZE, 0x5407_7c0e_0000_0001),
+    );
+    let urls = vec![url(nginx.addr(), "/big/file.bin"); FETCHES];
+    let transfers = curl(&["-H", "Connection: close"], &urls);
+    assert!(transfers.iter().all(|t| t.status == 200), "{transfers:?}");
+    let connects: u32 = transfers.iter().map(|t| t.connects).sum();
+    assert_eq!(connects, FETCHES as u32, "one connection per fetch");
+    tracer.barrier(&nginx);
+    let logged = logged_fetches(&nginx);
+    assert_eq!(logged.fetches, FETCHES as u64);
+    tracer.expect(&[
+        Want::server("nginx", "/big/file.bin").is(logged.fetches),
+        Want::client("curl", "/big/file.bin").is(logged.fetches),
+        Want::metric("tracer_user_drops_total")
+            .label("cause", "packet_flow_covered")
+            .is(0),
+    ]);
+}
+
 #[test]
 fn watch_says_which_source_saw_each_exchange() {
     if !privileged("watch_says_which_source_saw_each_exchange") {

@@ -464,19 +464,25 @@ pub struct FlowKey {
 impl FlowKey {
     #[inline(always)]
     pub fn new(x: &SockAddr, y: &SockAddr) -> FlowKey {
-        // Built in place and swapped, not compared as tuples: the kernel
-        // side's stack has room for little more than the key.
-        let mut key = FlowKey {
-            low: plain_address(x),
-            high: plain_address(y),
-            low_port: x.port,
-            high_port: y.port,
-        };
-        if key.reversed() {
-            core::mem::swap(&mut key.low, &mut key.high);
-            core::mem::swap(&mut key.low_port, &mut key.high_port);
-        }
+        let mut key = FlowKey::default();
+        key.set(x, y);
         key
+    }
+
+    /// Makes this the key of the flow between `x` and `y`, in place: the
+    /// kernel side builds it in map memory, its stack having room for
+    /// little more.
+    #[inline(always)]
+    pub fn set(&mut self, x: &SockAddr, y: &SockAddr) {
+        // Written and swapped, not compared as tuples first.
+        self.low = plain_address(x);
+        self.high = plain_address(y);
+        self.low_port = x.port;
+        self.high_port = y.port;
+        if self.reversed() {
+            core::mem::swap(&mut self.low, &mut self.high);
+            core::mem::swap(&mut self.low_port, &mut self.high_port);
+        }
     }
 
     #[inline(always)]

@@ -16,9 +16,10 @@ use tracer_common::{
 use core::{ffi::c_void, mem::size_of};
 
 use crate::{
+    cover_flows,
     maps::{
-        count, output, Connecting, CONNECTING, CONN_SCRATCH, CONN_SEQ, COVERED, DUP_REFS,
-        PEER_TO_LOCAL, SOCKETS,
+        count, output, Connecting, CONNECTING, CONN_SCRATCH, CONN_SEQ, COVERED, COVER_KEY,
+        DUP_REFS, PEER_TO_LOCAL, SOCKETS,
     },
     regs::{Caller, SyscallArgs},
     seq,
@@ -90,6 +91,28 @@ fn emit(event_kind: u8, task: u64, fd: i32, info: &ConnInfo, comm: [u8; COMM_LEN
         now,
         tracer_common::stat::RINGBUF_FULL,
     );
+    if event_kind == kind::OPEN {
+        cover(&event.tuple);
+    }
+}
+
+/// Both sources: the packet path skips a flow the hooks announce from now
+/// on, before the daemon reads the announcement (a short connection would
+/// be over by then). Covered in every network namespace (0): the daemon
+/// narrows a loopback flow to its own when it reads the announcement.
+fn cover(tuple: &Tuple) {
+    if !cover_flows() || tuple.local.family == 0 || tuple.remote.family == 0 {
+        return;
+    }
+    let Some(key) = COVER_KEY.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: this CPU's slot; nothing else uses it while this hook runs.
+    let key = unsafe { &mut *key };
+    key.set(&tuple.local, &tuple.remote);
+    // A full table only costs the packet path's copies, which the daemon
+    // drops.
+    let _ = COVERED.insert(&*key, 0, 0);
 }
 
 #[inline(always)]

@@ -52,6 +52,16 @@ static CAPTURE_LIMIT: u32 = tracer_common::DEFAULT_CAPTURE;
 #[no_mangle]
 static SELF_TGID: u32 = 0;
 
+/// The daemon's network namespace (its inode): the packet path's sockets
+/// live there.
+#[no_mangle]
+static SELF_NETNS: u32 = 0;
+
+/// Non-zero: both sources run, so the hooks cover the flows they announce
+/// (`COVERED`) at once, before their first payload reaches the wire.
+#[no_mangle]
+static COVER_FLOWS: u8 = 0;
+
 /// Non-zero: every hook returns at once (the benchmark's overhead floor).
 #[no_mangle]
 static HOOKS_ONLY: u8 = 0;
@@ -68,6 +78,18 @@ fn capture_limit() -> u32 {
     // SAFETY: a plain read of a global the loader rewrites before load;
     // volatile so the compiler does not fold in the default.
     unsafe { core::ptr::read_volatile(&CAPTURE_LIMIT) }
+}
+
+#[inline(always)]
+fn cover_flows() -> bool {
+    // SAFETY: as for `capture_limit`.
+    unsafe { core::ptr::read_volatile(&COVER_FLOWS) != 0 }
+}
+
+#[inline(always)]
+fn self_netns() -> u32 {
+    // SAFETY: as for `capture_limit`.
+    unsafe { core::ptr::read_volatile(&SELF_NETNS) }
 }
 
 #[inline(always)]

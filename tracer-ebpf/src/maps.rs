@@ -35,9 +35,17 @@ pub static DUP_REFS: HashMap<u64, u32> = HashMap::with_max_entries(65536, 0);
 /// its CLOSE; a socket reaching TCP `CLOSE` removes it here too. Sized like
 /// `SOCKETS` by the loader. Segments that pass before the entry is there,
 /// or because it did not fit, reach the daemon, which drops the packet
-/// path's copy of a flow the hooks trace.
+/// path's copy of a flow the hooks trace. The value is the network
+/// namespace of a loopback flow (which never leaves it: a pod's loopback
+/// flow must not hide the tracer's namespace's flow with the same ends),
+/// 0 for any other flow.
 #[map]
-pub static COVERED: HashMap<FlowKey, u8> = HashMap::with_max_entries(65536, 0);
+pub static COVERED: HashMap<FlowKey, u32> = HashMap::with_max_entries(65536, 0);
+
+/// Where a hook builds the `COVERED` key of a flow it announces: one slot
+/// per CPU, off the stack.
+#[map]
+pub static COVER_KEY: PerCpuArray<FlowKey> = PerCpuArray::with_max_entries(1, 0);
 
 /// Where a client socket's `connect` came from, keyed by the kernel's `sock`
 /// address, from `SYN_SENT` until `ESTABLISHED` or `CLOSE` (where a socket

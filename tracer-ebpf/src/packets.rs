@@ -24,6 +24,7 @@ use tracer_common::{
 use crate::{
     capture_limit,
     maps::{count, memory_short, output, ring_under_pressure, COVERED},
+    self_netns,
 };
 
 const ETH_P_IP: u16 = 0x0800;
@@ -100,8 +101,11 @@ fn segment(ctx: &SkBuffContext) -> Result<(), ()> {
     src.port = u16::from_be_bytes([tcp[0], tcp[1]]);
     dst.port = u16::from_be_bytes([tcp[2], tcp[3]]);
     // SAFETY: plain map lookup.
-    if unsafe { COVERED.get(&FlowKey::new(&src, &dst)) }.is_some() {
-        return Ok(());
+    if let Some(&netns) = unsafe { COVERED.get(&FlowKey::new(&src, &dst)) } {
+        // What this filter sees of a loopback flow is this namespace's.
+        if netns == 0 || netns == self_netns() {
+            return Ok(());
+        }
     }
     let payload_len = ip.end - payload_at;
     if payload_len == 0 && flags & (tcp_flag::SYN | tcp_flag::FIN | tcp_flag::RST) == 0 {

@@ -19,9 +19,10 @@ use std::{
 
 use tracer::{
     metadata::{procfs::ExistingConn, Identities},
-    pipeline::conntrack::{KernelSockets, Pipeline},
+    pipeline::conntrack::{FlowAt, KernelSockets, Pipeline},
     pipeline::records::{Record, Sink},
     protocols::{Failure, Protocol, Side},
+    source::events::{Event, Opened, Source},
     source::packets::{FixedOwners, Flows},
 };
 /// Index of HTTP/1's counters in `Counters::parser`.
@@ -29,7 +30,7 @@ const HTTP1: usize = Protocol::Http1 as usize;
 
 use tracer_common::{
     conn_key, direction, kind, role, ConnEvent, ConnInfo, DataEvent, EventHeader, FlowKey,
-    SockAddr, Tuple, AF_INET, COMM_LEN, USER_CONN_ID_BIT,
+    SockAddr, Tuple, AF_INET, COMM_LEN, PACKET_CONN_ID_BITS, USER_CONN_ID_BIT,
 };
 
 // ---------------------------------------------------------------------------
@@ -232,7 +233,7 @@ struct KernelState {
     adopts: Vec<(u64, ConnInfo)>,
     lookups: Vec<u64>,
     /// What the pipeline told the kernel to cover (true) or uncover.
-    covers: Vec<(FlowKey, bool)>,
+    covers: Vec<(FlowAt, bool)>,
 }
 
 #[derive(Clone, Default)]
@@ -266,7 +267,7 @@ impl KernelSockets for FakeKernel {
         k.table.get(&key).copied()
     }
 
-    fn cover(&mut self, flow: &FlowKey, traced: bool) {
+    fn cover(&mut self, flow: &FlowAt, traced: bool) {
         self.0.lock().unwrap().covers.push((*flow, traced));
     }
 }
@@ -1011,7 +1012,11 @@ fn tls_client_hello_is_not_http() {
 #[test]
 fn with_both_sources_a_flow_given_up_stays_covered_and_one_that_ended_does_not() {
     let mut h = Harness::with_packet_path();
-    let flow = |c: &Conn| FlowKey::new(&c.tuple.local, &c.tuple.remote);
+    // Not loopback: covered in every namespace.
+    let flow = |c: &Conn| FlowAt {
+        key: FlowKey::new(&c.tuple.local, &c.tuple.remote),
+        netns: 0,
+    };
     // TLS: the hooks give it up; the packet path must not read it instead.
     let tls = h.server(1, DEAD, 5, 443, 100);
     h.send(
@@ -1038,6 +1043,82 @@ fn with_both_sources_a_flow_given_up_stays_covered_and_one_that_ended_does_not()
         [(flow(&tls), true), (flow(&web), true), (flow(&web), false)]
     );
     assert_eq!(h.summary(), [ex("GET", "/a", 200)]);
+}
+
+/// Loopback flows never leave their network namespace: each is covered
+/// with its process's namespace, so a pod's loopback flow does not hide the
+/// packet path's (the tracer's namespace's) flow with the same ends, while
+/// a flow on routable addresses is covered in every namespace; a connection
+/// adopted at start-up is covered too.
+#[test]
+fn loopback_flows_are_covered_in_their_own_network_namespace() {
+    // Process 7 lives in namespace 111; everything else (the tracer too)
+    // in 222.
+    fn lookup(tgid: u32) -> u32 {
+        if tgid == 7 {
+            111
+        } else {
+            222
+        }
+    }
+    let mut h = Harness::with_packet_path();
+    h.p = h.p.with_netns_lookup(lookup);
+    let loopback = Tuple {
+        local: v4([127, 0, 0, 1], 8080),
+        remote: v4([127, 0, 0, 1], 40_001),
+    };
+    let key = FlowKey::new(&loopback.local, &loopback.remote);
+    let pod = Conn {
+        id: 1,
+        tgid: 7,
+        fd: 5,
+        tuple: loopback,
+    };
+    h.open(&pod, role::SERVER, 1_000, "podd");
+    let routable = h.server(2, 8, 6, 8080, 1_100);
+    let adopted = Tuple {
+        local: v4([127, 0, 0, 1], 9090),
+        remote: v4([127, 0, 0, 1], 40_002),
+    };
+    h.kernel.state().adopt_ok = true;
+    h.p.adopt_existing(&[ExistingConn {
+        tgid: 9,
+        fd: 3,
+        tuple: adopted,
+        side: Side::Server,
+    }]);
+    let at = |key, netns| (FlowAt { key, netns }, true);
+    assert_eq!(
+        h.kernel.state().covers,
+        [
+            at(key, 111),
+            at(
+                FlowKey::new(&routable.tuple.local, &routable.tuple.remote),
+                0
+            ),
+            at(FlowKey::new(&adopted.local, &adopted.remote), 222),
+        ]
+    );
+    // The packet path's copy of a flow with the pod's ends is the tracer's
+    // namespace's own flow: counted, not dropped as covered.
+    let packet_flow = |conn_id, tuple| {
+        Event::Opened(Opened {
+            conn_id,
+            ts_ns: 2_000,
+            tgid: 0,
+            fd: -1,
+            side: Side::Server,
+            tuple,
+            comm: [0; 16],
+            source: Source::Packets,
+            from_start: true,
+        })
+    };
+    h.p.on_event(packet_flow(PACKET_CONN_ID_BITS | 1, loopback));
+    assert_eq!(h.p.counters.packet_flows_covered, 0);
+    // Its copy of the adopted flow is the hooks': dropped.
+    h.p.on_event(packet_flow(PACKET_CONN_ID_BITS | 2, adopted));
+    assert_eq!(h.p.counters.packet_flows_covered, 1);
 }
 
 #[test]

@@ -115,6 +115,14 @@ pub(crate) fn socket_fds(tgid: u32) -> Vec<(u32, u64)> {
         .collect()
 }
 
+/// The inode of `tgid`'s network namespace (32 bits in the kernel); 0,
+/// which no namespace has, when the process is gone.
+pub(crate) fn netns_of(tgid: u32) -> u32 {
+    netns_inode(tgid)
+        .and_then(|inode| u32::try_from(inode).ok())
+        .unwrap_or(0)
+}
+
 pub(crate) fn netns_inode(tgid: u32) -> Option<u64> {
     let link = fs::read_link(format!("/proc/{tgid}/ns/net")).ok()?;
     link.to_str()?

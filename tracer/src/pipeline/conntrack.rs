@@ -8,14 +8,18 @@
 
 use std::{
     collections::{HashMap, HashSet, VecDeque},
+    net::IpAddr,
     sync::Arc,
 };
 
 use rustc_hash::FxBuildHasher;
-use tracer_common::{conn_key, kind, role, ConnInfo, FlowKey, Tuple, USER_CONN_ID_BIT};
+use tracer_common::{conn_key, kind, role, ConnInfo, FlowKey, SockAddr, Tuple, USER_CONN_ID_BIT};
 
 use crate::{
-    metadata::{procfs::ExistingConn, Identities, PeerService, Slot},
+    metadata::{
+        procfs::{netns_of, ExistingConn},
+        Identities, PeerService, Slot,
+    },
     pipeline::frame_heads,
     pipeline::reassembly::{Reassembler, ReassemblyCounters},
     pipeline::records::{ip_of, Record, Sink},
@@ -35,9 +39,10 @@ pub trait KernelSockets {
     /// What the kernel knows of this socket.
     fn lookup(&self, key: u64) -> Option<ConnInfo>;
     /// The syscall hooks trace this flow (`traced`), or no longer: the
-    /// packet path skips the flows they trace. Without a packet path there
-    /// is nothing to tell.
-    fn cover(&mut self, _flow: &FlowKey, _traced: bool) {}
+    /// packet path skips the flows they trace. `netns` is the network
+    /// namespace of a loopback flow, 0 for any other (see `FlowAt`).
+    /// Without a packet path there is nothing to tell.
+    fn cover(&mut self, _flow: &FlowAt, _traced: bool) {}
 }
 
 /// Counts the pipeline keeps; the daemon turns them into metrics.
@@ -91,6 +96,8 @@ struct Conn {
     last_ns: u64,
     /// This server port's protocol is already recorded.
     port_known: bool,
+    /// The network namespace of a loopback flow (see `FlowAt`).
+    netns: u32,
 }
 
 impl Conn {
@@ -113,11 +120,48 @@ impl Conn {
 /// connection that speaks again is picked up mid-stream).
 const PACKET_FLOW_IDLE_NS: u64 = 300_000_000_000;
 
-/// The flow of a connection whose both ends are known.
-fn flow_of(tuple: &Tuple) -> Option<FlowKey> {
-    (tuple.local.family != 0 && tuple.remote.family != 0)
-        .then(|| FlowKey::new(&tuple.local, &tuple.remote))
+/// A flow, and for a loopback flow the network namespace it lives in: a
+/// loopback flow never leaves its namespace, so two pods' loopback flows
+/// with the same ends are two flows, and the packet path (which sees the
+/// tracer's namespace only) must not skip a flow of its own namespace
+/// because a pod's has the same ends. Any other flow is seen alike from
+/// every namespace it crosses (a pod's flow on the host's veth): 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FlowAt {
+    pub key: FlowKey,
+    pub netns: u32,
 }
+
+/// The flow of a connection whose both ends are known; `netns` is asked
+/// for a loopback one only.
+fn flow_of(tuple: &Tuple, netns: impl FnOnce() -> u32) -> Option<FlowAt> {
+    if tuple.local.family == 0 || tuple.remote.family == 0 {
+        return None;
+    }
+    Some(FlowAt {
+        key: FlowKey::new(&tuple.local, &tuple.remote),
+        netns: if is_loopback(&tuple.local) {
+            netns()
+        } else {
+            0
+        },
+    })
+}
+
+/// 127.0.0.0/8, ::1, and 127.0.0.0/8 mapped into IPv6.
+fn is_loopback(addr: &SockAddr) -> bool {
+    match ip_of(addr) {
+        Some(IpAddr::V4(ip)) => ip.is_loopback(),
+        Some(IpAddr::V6(ip)) => ip
+            .to_ipv4_mapped()
+            .map_or(ip.is_loopback(), |v4| v4.is_loopback()),
+        None => false,
+    }
+}
+
+/// Processes whose network namespace is remembered; past that the cache
+/// starts afresh (a read of /proc per process, no state lost).
+const MAX_NETNS_CACHED: usize = 16_384;
 
 /// Keys are connection ids and pids we choose or the kernel does: no
 /// flooding risk, so skip SipHash on the hot path.
@@ -147,8 +191,15 @@ pub struct Pipeline<S: Sink> {
     /// Live connections of the syscall hooks per flow (two when both ends
     /// are local), and the packet path's connection of each flow: one flow
     /// is counted by one source.
-    syscall_flows: HashMap<FlowKey, u32, FxBuildHasher>,
-    packet_flows: HashMap<FlowKey, u64, FxBuildHasher>,
+    syscall_flows: HashMap<FlowAt, u32, FxBuildHasher>,
+    packet_flows: HashMap<FlowAt, u64, FxBuildHasher>,
+    /// The network namespaces of processes with loopback flows, while both
+    /// sources run (see `FlowAt`); forgotten when a process exits.
+    netns: IdMap<u32, u32>,
+    /// This process's network namespace: the packet path's.
+    own_netns: u32,
+    /// How a process's network namespace is found: /proc.
+    netns_of: fn(u32) -> u32,
     /// The packet path's flows, which turn its records into events (taken
     /// out while they hand this pipeline events: see `packet_path`).
     packets: Option<Box<Flows>>,
@@ -184,6 +235,9 @@ impl<S: Sink> Pipeline<S> {
             forgotten_set: HashSet::default(),
             syscall_flows: HashMap::default(),
             packet_flows: HashMap::default(),
+            netns: IdMap::default(),
+            own_netns: 0,
+            netns_of,
             packets: None,
             packet_path: false,
             own_tgid: std::process::id(),
@@ -204,6 +258,15 @@ impl<S: Sink> Pipeline<S> {
     pub fn with_packets(mut self, flows: Flows) -> Self {
         self.packets = Some(Box::new(flows));
         self.packet_path = true;
+        self.own_netns = (self.netns_of)(self.own_tgid);
+        self
+    }
+
+    /// Finds processes' network namespaces with `lookup` instead of /proc:
+    /// for tests, whose processes are made up.
+    pub fn with_netns_lookup(mut self, lookup: fn(u32) -> u32) -> Self {
+        self.netns_of = lookup;
+        self.own_netns = lookup(self.own_tgid);
         self
     }
 
@@ -269,11 +332,12 @@ impl<S: Sink> Pipeline<S> {
             self.remember_gone(event.conn_id);
             return;
         }
-        if !self.claim_flow(event) {
+        let Some(netns) = self.claim_flow(&event.tuple, event.source, event.tgid, event.conn_id)
+        else {
             self.counters.packet_flows_covered += 1;
             self.remember_gone(event.conn_id);
             return;
-        }
+        };
         let side = event.side;
         let tgid = event.tgid;
         let known = match side {
@@ -303,27 +367,38 @@ impl<S: Sink> Pipeline<S> {
                 parser,
                 last_ns: event.ts_ns,
                 port_known: known.is_some() && event.from_start,
+                netns,
             },
         );
     }
 
-    /// Records which source counts this connection's flow; false for a
-    /// packet flow the syscall hooks already trace. A flow the hooks start
-    /// tracing takes over from the packet path's copy, which is dropped
-    /// without records (its segments passed before the kernel knew).
-    fn claim_flow(&mut self, event: &Opened) -> bool {
+    /// Records which source counts this connection's flow: the flow's
+    /// network namespace (see `FlowAt`), or None for a packet flow the
+    /// syscall hooks already trace. A flow the hooks start tracing takes
+    /// over from the packet path's copy, which is dropped without records
+    /// (its segments passed before the kernel knew).
+    fn claim_flow(
+        &mut self,
+        tuple: &Tuple,
+        source: Source,
+        tgid: u32,
+        conn_id: u64,
+    ) -> Option<u32> {
         // One source, nothing to share (and no bookkeeping per connection).
         if !self.packet_path {
-            return true;
+            return Some(0);
         }
-        let Some(flow) = flow_of(&event.tuple) else {
-            return true;
+        let Some(flow) = self.flow_at(tuple, source, tgid) else {
+            return Some(0);
         };
-        match event.source {
+        match source {
             Source::Syscalls => {
                 *self.syscall_flows.entry(flow).or_default() += 1;
                 if let Some(kernel) = self.kernel.as_mut() {
                     kernel.cover(&flow, true);
+                }
+                if let Some(flows) = self.packets.as_mut() {
+                    flows.forget_handshake(&tuple.local, &tuple.remote);
                 }
                 if let Some(copy) = self.packet_flows.remove(&flow) {
                     if self.remove(copy).is_some() {
@@ -331,14 +406,28 @@ impl<S: Sink> Pipeline<S> {
                     }
                     self.remember_gone(copy);
                 }
-                true
+                Some(flow.netns)
             }
-            Source::Packets if self.syscall_flows.contains_key(&flow) => false,
+            Source::Packets if self.syscall_flows.contains_key(&flow) => None,
             Source::Packets => {
-                self.packet_flows.insert(flow, event.conn_id);
-                true
+                self.packet_flows.insert(flow, conn_id);
+                Some(flow.netns)
             }
         }
+    }
+
+    /// The flow of a connection of `source` opened by `tgid` (see `FlowAt`).
+    fn flow_at(&mut self, tuple: &Tuple, source: Source, tgid: u32) -> Option<FlowAt> {
+        flow_of(tuple, || match source {
+            Source::Packets => self.own_netns,
+            Source::Syscalls => {
+                if self.netns.len() >= MAX_NETNS_CACHED {
+                    self.netns.clear();
+                }
+                let lookup = self.netns_of;
+                *self.netns.entry(tgid).or_insert_with(|| lookup(tgid))
+            }
+        })
     }
 
     /// The connection left the table: its flow is no longer its source's.
@@ -350,7 +439,7 @@ impl<S: Sink> Pipeline<S> {
         if !self.packet_path {
             return;
         }
-        let Some(flow) = flow_of(&conn.tuple) else {
+        let Some(flow) = flow_of(&conn.tuple, || conn.netns) else {
             return;
         };
         match conn.source {
@@ -562,6 +651,10 @@ impl<S: Sink> Pipeline<S> {
                     continue;
                 }
             }
+            // The hooks trace it from now on: the packet path skips it.
+            let netns = self
+                .claim_flow(&conn.tuple, Source::Syscalls, conn.tgid, conn_id)
+                .unwrap_or(0);
             let identity = self.identities.slot(conn.tgid, &[0; 16]);
             self.insert(
                 conn_id,
@@ -577,6 +670,7 @@ impl<S: Sink> Pipeline<S> {
                     parser: Parser::mid_stream(conn.side),
                     last_ns: 0,
                     port_known: false,
+                    netns,
                 },
             );
             adopted += 1;
@@ -595,6 +689,7 @@ impl<S: Sink> Pipeline<S> {
 
     fn on_process_exit(&mut self, tgid: u32, ts_ns: u64) {
         self.identities.forget(tgid);
+        self.netns.remove(&tgid);
         let Some(ids) = self.by_process.remove(&tgid) else {
             return;
         };

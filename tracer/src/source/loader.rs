@@ -19,7 +19,8 @@ use super::{
 };
 
 use crate::error::StartError;
-use crate::pipeline::conntrack::KernelSockets;
+use crate::metadata::procfs::netns_of;
+use crate::pipeline::conntrack::{FlowAt, KernelSockets};
 
 /// The kernel programs, built by build.rs from tracer-ebpf.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer.bpf.o"));
@@ -331,7 +332,7 @@ pub struct KernelControl {
     dup_refs: HashMap<MapData, u64, u32>,
     /// The flows the syscall hooks trace, which the packet path skips;
     /// None without a packet path (no syscall per connection for nothing).
-    covered: Option<HashMap<MapData, FlowKey, u8>>,
+    covered: Option<HashMap<MapData, FlowKey, u32>>,
 }
 
 impl KernelSockets for KernelControl {
@@ -356,16 +357,16 @@ impl KernelSockets for KernelControl {
         self.sockets.get(&key, 0).ok()
     }
 
-    fn cover(&mut self, flow: &FlowKey, traced: bool) {
+    fn cover(&mut self, flow: &FlowAt, traced: bool) {
         let Some(covered) = self.covered.as_mut() else {
             return;
         };
         // A full table only costs the packet path's copies, which the
         // pipeline drops; an entry already gone (TCP CLOSE) is fine.
         let _ = if traced {
-            covered.insert(flow, 1, 0)
+            covered.insert(flow.key, flow.netns, 0)
         } else {
-            covered.remove(flow)
+            covered.remove(&flow.key)
         };
     }
 }
@@ -494,6 +495,10 @@ pub fn load(opts: &LoadOptions) -> Result<Kernel, StartError> {
     let btf = Btf::from_sys_fs().map_err(|e| StartError::Btf(e.to_string()))?;
     let offsets = sock_offsets();
     let self_tgid = std::process::id();
+    // The packet path's sockets live in this namespace: what it sees of a
+    // loopback flow is this namespace's.
+    let self_netns = netns_of(self_tgid);
+    let cover_flows = u8::from(opts.source == SourceChoice::Both);
     let hooks_only: u8 = opts.hooks_only.into();
     let rings = RingLayout::new(opts.ring_buffer_bytes, possible_cpus());
     let mut loader = EbpfLoader::new();
@@ -502,6 +507,8 @@ pub fn load(opts: &LoadOptions) -> Result<Kernel, StartError> {
         .override_global("CAPTURE_LIMIT", &opts.capture_limit, true)
         .override_global("SOCK_OFFSETS", &offsets, true)
         .override_global("SELF_TGID", &self_tgid, true)
+        .override_global("SELF_NETNS", &self_netns, true)
+        .override_global("COVER_FLOWS", &cover_flows, true)
         .override_global("HOOKS_ONLY", &hooks_only, true)
         .override_global("RING_COUNT", &rings.count, true)
         .override_global("WAKEUP_BYTES", &rings.wakeup_bytes, true)

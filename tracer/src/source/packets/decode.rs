@@ -68,6 +68,18 @@ pub fn segment(record: &[u8]) -> Result<Segment<'_>, Malformed> {
     })
 }
 
+/// An endpoint as a socket names it, as its packets show it: an
+/// IPv4-mapped IPv6 address (a dual-stack socket's IPv4 peer) is IPv4.
+pub fn as_on_the_wire(mut addr: SockAddr) -> SockAddr {
+    let a = addr.addr;
+    if addr.family == AF_INET6 && a[..10] == [0; 10] && a[10..12] == [0xff, 0xff] {
+        addr.family = AF_INET;
+        addr.addr = [0; 16];
+        addr.addr[..4].copy_from_slice(&a[12..16]);
+    }
+    canonical(addr)
+}
+
 /// An IPv4 address uses 4 of the 16 bytes: the rest is zeroed so that the
 /// same endpoint always compares (and hashes) equal.
 fn canonical(mut addr: SockAddr) -> SockAddr {

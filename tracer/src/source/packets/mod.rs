@@ -109,15 +109,22 @@ struct Key {
 impl Key {
     /// The key of a segment, and whether its sender is the `lo` end.
     fn of(segment: &Segment<'_>) -> (Self, bool) {
+        Self::between(&segment.src, &segment.dst)
+    }
+
+    /// The key of the flow from `src` to `dst` (addresses as the decoder
+    /// gives them: IPv4 in the first 4 bytes, the rest zero), and whether
+    /// `src` is the `lo` end.
+    fn between(src: &SockAddr, dst: &SockAddr) -> (Self, bool) {
+        let family = src.family;
         let src = End {
-            addr: segment.src.addr,
-            port: segment.src.port,
+            addr: src.addr,
+            port: src.port,
         };
         let dst = End {
-            addr: segment.dst.addr,
-            port: segment.dst.port,
+            addr: dst.addr,
+            port: dst.port,
         };
-        let family = segment.src.family;
         if src <= dst {
             (
                 Self {
@@ -249,6 +256,14 @@ impl Flows {
             }
         }
         self.drive(key, src_is_lo, &segment, out);
+    }
+
+    /// The syscall hooks trace the connection between `x` and `y` (both
+    /// sources run): its segments stop coming here, so a handshake seen
+    /// before the hooks covered it is done with, not left to expire.
+    pub fn forget_handshake(&mut self, x: &SockAddr, y: &SockAddr) {
+        let (key, _) = Key::between(&decode::as_on_the_wire(*x), &decode::as_on_the_wire(*y));
+        self.handshakes.remove(&key);
     }
 
     /// Flows idle for more than `idle_ns` at `now_ns` end with `Closed`;

@@ -430,6 +430,30 @@ fn reordered_duplicated_and_overlapping_segments_make_the_same_exchanges() {
     assert_eq!(rig.closed.len(), 1);
 }
 
+/// Both sources: once the hooks announce a connection the packet path
+/// sees no more of it, so the handshake it saw before is forgotten then,
+/// whether the socket names its peer as IPv4 or as IPv4-mapped IPv6.
+#[test]
+fn a_handshake_the_hooks_took_over_is_forgotten() {
+    let (client, server) = (v4([10, 0, 0, 1], 43210), v4([10, 0, 0, 2], 80));
+    let mapped = |end: SockAddr| {
+        let mut addr = [0; 16];
+        addr[10..12].copy_from_slice(&[0xff, 0xff]);
+        addr[12..].copy_from_slice(&end.addr[..4]);
+        SockAddr {
+            addr,
+            port: end.port,
+            family: AF_INET6,
+        }
+    };
+    for (local, remote) in [(server, client), (mapped(server), mapped(client))] {
+        let (mut rig, _) = Rig::handshaken(client, server, 1, 2);
+        assert_eq!(rig.flows.handshakes(), 1);
+        rig.flows.forget_handshake(&local, &remote);
+        assert_eq!(rig.flows.handshakes(), 0);
+    }
+}
+
 /// A forged segment ahead of each real one (a request for another path,
 /// its checksum left as the real one's) is not taken: the real bytes are.
 #[test]
