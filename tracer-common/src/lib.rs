@@ -444,7 +444,10 @@ pub struct PacketEvent {
     /// follows the event, then the `cap_len` captured payload bytes, so
     /// that user space can check a whole segment's checksum.
     pub tcp_header_len: u8,
-    pub _pad: u8,
+    /// 1 when the segment crossed an IPv6 routing header: its checksum's
+    /// pseudo-header names the final destination, which the IP header does
+    /// not, so it cannot be checked.
+    pub routed: u8,
 }
 
 /// A TCP flow whichever way its segments go: the two ends, the lower

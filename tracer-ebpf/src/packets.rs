@@ -62,6 +62,8 @@ struct Ip {
     end: u32,
     src: SockAddr,
     dst: SockAddr,
+    /// An IPv6 routing header was crossed.
+    routed: bool,
 }
 
 fn segment(ctx: &SkBuffContext) -> Result<(), ()> {
@@ -165,7 +167,7 @@ fn segment(ctx: &SkBuffContext) -> Result<(), ()> {
         flags,
         pkt_type: kind_of_packet,
         tcp_header_len: header_len as u8,
-        _pad: 0,
+        routed: u8::from(ip.routed),
     };
     let size = size_of::<PacketEvent>() as u32 + len;
     output(
@@ -212,6 +214,7 @@ fn ipv4(ctx: &SkBuffContext, len: u32) -> Result<Option<Ip>, ()> {
         end,
         src,
         dst,
+        routed: false,
     }))
 }
 
@@ -229,6 +232,7 @@ fn ipv6(ctx: &SkBuffContext, len: u32) -> Result<Option<Ip>, ()> {
     let mut next = h[6];
     let mut at = 40u32;
     let mut found = false;
+    let mut routed = false;
     for _ in 0..MAX_EXTENSIONS {
         match next {
             IPPROTO_TCP => {
@@ -237,6 +241,7 @@ fn ipv6(ctx: &SkBuffContext, len: u32) -> Result<Option<Ip>, ()> {
             }
             // Hop-by-hop, routing, destination options: 8-byte units.
             0 | 43 | 60 => {
+                routed |= next == 43;
                 let ext: [u8; 2] = load(ctx, at)?;
                 next = ext[0];
                 at += (u32::from(ext[1]) + 1) * 8;
@@ -270,6 +275,7 @@ fn ipv6(ctx: &SkBuffContext, len: u32) -> Result<Option<Ip>, ()> {
         end,
         src,
         dst,
+        routed,
     }))
 }
 

@@ -121,7 +121,7 @@ fuzz_target!(|data: &[u8]| {
             flags,
             pkt_type: 0,
             tcp_header_len: 20,
-            _pad: 0,
+            routed: op[4] & 1,
         };
         let mut header = [0u8; 20];
         header[0..2].copy_from_slice(&src.port.to_be_bytes());

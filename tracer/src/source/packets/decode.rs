@@ -64,7 +64,11 @@ pub fn segment(record: &[u8]) -> Result<Segment<'_>, Malformed> {
         payload_len: event.payload_len,
         payload,
         flags: event.flags,
-        checksum: checksum::verdict(&src, &dst, header, payload, event.payload_len),
+        checksum: if event.routed != 0 {
+            Checksum::Unchecked
+        } else {
+            checksum::verdict(&src, &dst, header, payload, event.payload_len)
+        },
     })
 }
 

@@ -477,6 +477,24 @@ fn segments_with_a_bad_checksum_are_not_taken() {
     assert_eq!(rig.pipe.counters.reassembly.overlaps, 0);
 }
 
+/// A segment that crossed an IPv6 routing header cannot be checked (the
+/// pseudo-header names the final destination): it is taken as it is.
+#[test]
+fn segments_past_a_routing_header_are_not_checked() {
+    let (client, server) = (v6(1, 43210), v6(2, 80));
+    let (mut rig, mut conn) = Rig::handshaken(client, server, 7, 70);
+    for (mut req, resp) in exchanges_of(&mut conn, 70, 40) {
+        req[size_of::<PacketEvent>() + 17] ^= 0xff;
+        req[offset_of!(PacketEvent, routed)] = 1;
+        rig.feed(&req);
+        for segment in &resp {
+            rig.feed(segment);
+        }
+    }
+    assert_eq!(rig.exchanges(server, client), expected(&CALLS));
+    assert_eq!(rig.flows.counters.bad_checksum, 0);
+}
+
 #[test]
 fn a_segment_missing_from_a_body_costs_that_body_only() {
     let (client, server) = (v4([10, 0, 0, 1], 43210), v4([10, 0, 0, 2], 80));
