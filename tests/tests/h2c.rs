@@ -145,7 +145,7 @@ fn h2c_upgrades_to_apache_counted_exactly_on_both_sides() {
         let out = run_ok(
             Command::new(require_tool("curl"))
                 .args([
-                    "-s",
+                    "-sS",
                     "--http2",
                     "-o",
                     "/dev/null",

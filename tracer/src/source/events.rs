@@ -94,8 +94,8 @@ impl Event<'_> {
     }
 }
 
-/// A syscall record that is too short, of an unknown kind, or whose
-/// lengths do not fit it.
+/// A record (of either source) that is too short, of an unknown kind, or
+/// whose lengths do not fit it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Malformed;
 

@@ -8,7 +8,7 @@ use std::mem::size_of;
 use tracer_common::{kind, PacketEvent, SockAddr, AF_INET, AF_INET6};
 
 use super::checksum::{self, Checksum};
-use crate::source::events::read_event;
+use crate::source::events::{read_event, Malformed};
 
 /// One TCP segment as the socket filter saw it.
 #[derive(Debug, Clone, Copy)]
@@ -26,15 +26,11 @@ pub struct Segment<'a> {
     pub checksum: Checksum,
 }
 
-/// The record is too short, of another kind, claims more captured bytes
-/// than it holds or than the segment carried, has a TCP header length TCP
-/// cannot have, or names no IP family.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Malformed;
-
-/// Decodes one packet record.
+/// Decodes one packet record: `Malformed` when it is too short, of another
+/// kind, claims more captured bytes than it holds or than the segment
+/// carried, has a TCP header length TCP cannot have, or names no IP family.
 pub fn segment(record: &[u8]) -> Result<Segment<'_>, Malformed> {
-    let event = read_event::<PacketEvent>(record).map_err(|_| Malformed)?;
+    let event = read_event::<PacketEvent>(record)?;
     let header_len = usize::from(event.tcp_header_len);
     if event.header.kind != kind::PACKET
         || event.cap_len > event.payload_len
