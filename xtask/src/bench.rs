@@ -7,9 +7,13 @@
 //! 1. Overhead: nginx (1 worker, `return 200`) under `wrk -t1 -c16 --latency`
 //!    with the tracer off, with `tracer run --hooks-only` (hooks attached but
 //!    returning at once: the cost floor) and with the full `tracer run`,
-//!    alternated over several rounds, medians reported. For the full tracer
-//!    also its CPU time per request, and counted/served: the tracer's
-//!    server-side request count for nginx against nginx's access log.
+//!    alternated over several rounds, medians reported. With `--sources`,
+//!    the full tracer reading packets (`--source packets`, `--source both`)
+//!    joins the same rotation, so its cost compares with the syscall
+//!    tracer's under the same machine noise rather than across invocations.
+//!    For every full tracer also its CPU time per request, and
+//!    counted/served: the tracer's server-side request count for nginx
+//!    against nginx's access log.
 //! 2. Replay: `tracer record` while wrk drives nginx, then the pipeline
 //!    benchmark (`tracer/benches/pipeline.rs`) on that recording.
 //! 3. Memory: the full tracer's resident memory while 10,000 idle keep-alive
@@ -48,7 +52,8 @@ pub struct BenchArgs {
     /// Seconds of wrk load per overhead run.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=300))]
     pub duration: u64,
-    /// Rounds of the three overhead configurations (alternated; medians reported).
+    /// Rounds of the overhead configurations (off, hooks-only, full, and one
+    /// per `--sources`; alternated; medians reported).
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=10))]
     pub rounds: u64,
     /// Idle keep-alive connections held open for the memory figure.
@@ -66,6 +71,11 @@ pub struct BenchArgs {
     /// Also write the markdown report to this file.
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Also measure the full tracer with each of these `--source` values
+    /// (comma-separated): each is one more overhead configuration in every
+    /// round's rotation, beside the syscall-hooking full tracer it is compared with.
+    #[arg(long, value_name = "SOURCE", value_enum, value_delimiter = ',')]
+    pub sources: Vec<Source>,
     /// Extra argument for every `tracer run` (repeatable), e.g.
     /// `--tracer-arg=--ring-buffer-mib=8`.
     #[arg(long = "tracer-arg", value_name = "ARG", allow_hyphen_values = true)]
@@ -124,8 +134,18 @@ pub(crate) const LOSS_COUNTERS: [&str; 7] = [
 const TARGET_HOOKS_RATIO: f64 = 0.95;
 const TARGET_CPU_US: f64 = 5.0;
 const TARGET_RSS_MIB: f64 = 64.0;
+/// `--source both`'s whole-machine CPU per request (nginx worker, wrk and
+/// tracer) against the syscall-only full tracer's: the packet path must cost
+/// little where the hooks already cover every flow.
+const TARGET_BOTH_CPU_RATIO: f64 = 1.05;
 
 pub fn run(root: &Path, tracer: &Path, args: &BenchArgs) -> Result<()> {
+    let sets_source = |a: &String| a == "--source" || a.starts_with("--source=");
+    if !args.sources.is_empty() && args.tracer_args.iter().any(sets_source) {
+        // The tracer takes --source once: the packet configurations would
+        // not start, and the one labelled syscalls would not read syscalls.
+        bail!("--sources and --tracer-arg=--source cannot be combined: --sources sets each full tracer's --source");
+    }
     preflight("bench", tracer, &["nginx", "wrk", "python3"])?;
     let started = Instant::now();
     let dir = WorkDir::new()?;
@@ -201,21 +221,49 @@ fn say(message: &str) {
 
 // ---------------------------------------------------------------- overhead
 
+/// What the full tracer reads (`tracer run --source`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Source {
+    /// The tracer's default, measured in every run: not for `--sources`.
+    #[value(skip)]
+    Syscalls,
+    /// `--source packets`: the socket filter on the interfaces' packets alone.
+    Packets,
+    /// `--source both`: the hooks, and the packet path for the flows they miss.
+    Both,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Config {
     Off,
     HooksOnly,
-    Full,
+    Full(Source),
 }
 
 impl Config {
-    const ALL: [Config; 3] = [Config::Off, Config::HooksOnly, Config::Full];
+    /// Every round's configurations: off, hooks-only and the syscall full
+    /// tracer always, then a full tracer per `--sources` value.
+    fn rotation(sources: &[Source]) -> Vec<Config> {
+        let mut configs = vec![
+            Config::Off,
+            Config::HooksOnly,
+            Config::Full(Source::Syscalls),
+        ];
+        for &source in sources {
+            if !configs.contains(&Config::Full(source)) {
+                configs.push(Config::Full(source));
+            }
+        }
+        configs
+    }
 
     fn label(self) -> &'static str {
         match self {
             Config::Off => "tracer off",
             Config::HooksOnly => "`tracer run --hooks-only`",
-            Config::Full => "`tracer run` (full)",
+            Config::Full(Source::Syscalls) => "`tracer run` (full)",
+            Config::Full(Source::Packets) => "`tracer run --source packets`",
+            Config::Full(Source::Both) => "`tracer run --source both`",
         }
     }
 
@@ -223,8 +271,28 @@ impl Config {
         match self {
             Config::Off => "off",
             Config::HooksOnly => "hooks-only",
-            Config::Full => "full",
+            Config::Full(Source::Syscalls) => "full",
+            Config::Full(Source::Packets) => "full-packets",
+            Config::Full(Source::Both) => "full-both",
         }
+    }
+
+    /// The flags `tracer run` gets for this configuration (before
+    /// `--tracer-arg`'s); None: no tracer. The syscall full tracer gets none:
+    /// syscalls is the tracer's default, and without `--sources` a
+    /// `--tracer-arg=--source=…` still picks what it reads.
+    fn tracer_flags(self) -> Option<&'static [&'static str]> {
+        match self {
+            Config::Off => None,
+            Config::HooksOnly => Some(&["--hooks-only"]),
+            Config::Full(Source::Syscalls) => Some(&[]),
+            Config::Full(Source::Packets) => Some(&["--source", "packets"]),
+            Config::Full(Source::Both) => Some(&["--source", "both"]),
+        }
+    }
+
+    fn is_full(self) -> bool {
+        matches!(self, Config::Full(_))
     }
 }
 
@@ -247,7 +315,7 @@ struct Run {
     /// Another `tracer` (someone else's test, say) was running at the start
     /// or the end of the run: its hooks tax nginx too, so the run is suspect.
     foreign: Vec<u32>,
-    /// The tracer's server-side count for our nginx (full tracer only).
+    /// The tracer's server-side count for our nginx (full tracers only).
     counted: Option<f64>,
     /// Server-side requests of other services it traced meanwhile: work
     /// that is not ours in its CPU figure.
@@ -289,12 +357,13 @@ impl Run {
 }
 
 fn overhead(tracer: &TracerBin, dir: &WorkDir, args: &BenchArgs) -> Result<Vec<Run>> {
+    let configs = Config::rotation(&args.sources);
     let mut runs = Vec::new();
     for round in 0..args.rounds as usize {
         // Rotate the order every round so that no configuration always runs
         // first (cold caches) or last (warm, or after a noisy neighbour).
-        let mut order = Config::ALL;
-        order.rotate_left(round % Config::ALL.len());
+        let mut order = configs.clone();
+        order.rotate_left(round % configs.len());
         for config in order {
             let name = format!("r{}-{}", round + 1, config.slug());
             say(&format!(
@@ -346,10 +415,9 @@ fn overhead_run(
     if let Some(pod) = tracer.pod {
         pod.enter(&nginx)?;
     }
-    let mut daemon = match config {
-        Config::Off => None,
-        Config::HooksOnly => Some(Tracer::start(tracer, dir, name, true)?),
-        Config::Full => Some(Tracer::start(tracer, dir, name, false)?),
+    let mut daemon = match config.tracer_flags() {
+        Some(flags) => Some(Tracer::start(tracer, dir, name, flags)?),
+        None => None,
     };
     if let (Some(pod), Some(t)) = (tracer.pod, &mut daemon) {
         pod.synced(t)?;
@@ -401,7 +469,7 @@ fn overhead_run(
     };
     if let (Some(t), Some(cpu0)) = (&mut daemon, cpu0) {
         t.proc.check_running()?;
-        let scrape = if config == Config::Full {
+        let scrape = if config.is_full() {
             // The pipeline may still be draining the ring buffer: wait for
             // the count to stop moving, and charge that work to the run.
             let (count, scrape) =
@@ -648,7 +716,7 @@ fn memory(tracer: &TracerBin, dir: &WorkDir, n: u64) -> Result<Memory> {
         "memory: full tracer with {n} idle keep-alive connections to nginx"
     ));
     let mut nginx = Nginx::start(dir, "memory")?;
-    let mut t = Tracer::start(tracer, dir, "memory", false)?;
+    let mut t = Tracer::start(tracer, dir, "memory", &[])?;
     let (conns_before, _) = t.settle(|s| s.sum("tracer_connections", &[]))?;
     let before = Rss::of(t.proc.pid())?;
 
@@ -835,19 +903,18 @@ pub(crate) struct Tracer {
 }
 
 impl Tracer {
+    /// `flags`: what this run measures (`--hooks-only`, `--source packets`),
+    /// given ahead of the arguments every run gets (`bin.extra`).
     pub(crate) fn start(
         bin: &TracerBin,
         dir: &WorkDir,
         name: &str,
-        hooks_only: bool,
+        flags: &[&str],
     ) -> Result<Self> {
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?));
         let mut cmd = Command::new(bin.path);
         cmd.arg("run").arg("--metrics-addr").arg(addr.to_string());
-        if hooks_only {
-            cmd.arg("--hooks-only");
-        }
-        cmd.args(bin.extra);
+        cmd.args(flags).args(bin.extra);
         let mut proc = Proc::spawn(&format!("tracer-{name}"), &mut cmd, &dir.path)?;
         // /readyz answers 200 once the hooks are attached and the reader runs.
         wait_for(Duration::from_secs(60), "tracer /readyz", || {
@@ -1469,7 +1536,10 @@ impl Report {
                 wrk_command(0, args.duration).replace(":0/", ":PORT/")
             );
             match overhead {
-                Ok(runs) => overhead_tables(m, runs, &mut targets),
+                Ok(runs) => {
+                    let configs = Config::rotation(&args.sources);
+                    overhead_tables(m, &configs, runs, &mut targets);
+                }
                 Err(e) => {
                     let _ = writeln!(m, "Could not run: {e}\n");
                 }
@@ -1540,7 +1610,11 @@ impl Report {
     }
 }
 
-fn overhead_tables(m: &mut String, runs: &[Run], targets: &mut Vec<Target>) {
+/// `configs`: the rotation the runs came from, in the order the tables list them.
+fn overhead_tables(m: &mut String, configs: &[Config], runs: &[Run], targets: &mut Vec<Target>) {
+    let syscalls = Config::Full(Source::Syscalls);
+    let fulls: Vec<Config> = configs.iter().copied().filter(|c| c.is_full()).collect();
+    let packet_fulls: Vec<Config> = fulls.iter().copied().filter(|&c| c != syscalls).collect();
     let of = |c: Config| runs.iter().filter(move |r| r.config == c);
     let med = |c: Config, f: &dyn Fn(&Run) -> Option<f64>| median(of(c).filter_map(f).collect());
     let rps = |c| med(c, &|r: &Run| Some(r.wrk.rps));
@@ -1564,7 +1638,7 @@ fn overhead_tables(m: &mut String, runs: &[Run], targets: &mut Vec<Target>) {
         m,
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |"
     );
-    for c in Config::ALL {
+    for &c in configs {
         let all: Vec<String> = of(c)
             .map(|r| {
                 let mark = if r.foreign.is_empty() { "" } else { "*" };
@@ -1607,9 +1681,16 @@ fn overhead_tables(m: &mut String, runs: &[Run], targets: &mut Vec<Target>) {
         m,
         "\nCPU per request served, by process (median over runs; µs, user + sys):\n"
     );
+    // The packet sources' cost is judged against the syscall full tracer's,
+    // measured in the same rounds: a column only when one was measured.
+    let (vs_syscalls_head, vs_syscalls_align) = if packet_fulls.is_empty() {
+        ("", "")
+    } else {
+        (" this total / `tracer run` (full)'s total |", " ---: |")
+    };
     let _ = writeln!(
         m,
-        "| configuration | nginx worker | wrk | tracer | all three | off's total / this total |\n| --- | ---: | ---: | ---: | ---: | ---: |"
+        "| configuration | nginx worker | wrk | tracer | all three | off's total / this total |{vs_syscalls_head}\n| --- | ---: | ---: | ---: | ---: | ---: |{vs_syscalls_align}"
     );
     let total_cpu = |c: Config| {
         let split = |f: &dyn Fn(&Run) -> Option<(f64, f64)>| {
@@ -1628,18 +1709,33 @@ fn overhead_tables(m: &mut String, runs: &[Run], targets: &mut Vec<Target>) {
         (nginx, wrk, tracer, total)
     };
     let (.., off_total) = total_cpu(Config::Off);
-    for c in Config::ALL {
+    let (.., full_total) = total_cpu(syscalls);
+    let cpu_vs_syscalls = |c: Config| {
+        let (.., total) = total_cpu(c);
+        (total > 0.0 && full_total > 0.0).then(|| total / full_total)
+    };
+    for &c in configs {
         let (nginx, wrk, tracer, total) = total_cpu(c);
         let cell = |v: Option<(f64, f64)>| {
             v.map_or("–".into(), |(u, k)| {
                 format!("{:.2} ({u:.2} + {k:.2})", u + k)
             })
         };
+        let vs_syscalls = if packet_fulls.is_empty() {
+            String::new()
+        } else if packet_fulls.contains(&c) {
+            format!(
+                " {} |",
+                cpu_vs_syscalls(c).map_or("–".into(), |v| format!("{v:.3}"))
+            )
+        } else {
+            " |".into()
+        };
         // With both cores saturated, throughput goes as the inverse of the
         // CPU a request costs: a noise-resistant reading of the ratios above.
         let _ = writeln!(
             m,
-            "| {} | {} | {} | {} | {total:.2} | {} |",
+            "| {} | {} | {} | {} | {total:.2} | {} |{vs_syscalls}",
             c.label(),
             cell(nginx),
             cell(wrk),
@@ -1651,19 +1747,18 @@ fn overhead_tables(m: &mut String, runs: &[Run], targets: &mut Vec<Target>) {
             },
         );
     }
-    let full_vs_hooks = match (rps(Config::Full), rps(Config::HooksOnly)) {
+    let full_vs_hooks = match (rps(syscalls), rps(Config::HooksOnly)) {
         (Some(f), Some(h)) if h > 0.0 => Some(f / h),
         _ => None,
     };
     let (.., hooks_total) = total_cpu(Config::HooksOnly);
-    let (.., full_total) = total_cpu(Config::Full);
     let _ = writeln!(
         m,
         "\nFull tracer vs hooks-only: throughput {}, p50 {}, p99 {}; by CPU per request \
          (hooks-only's total / full's total, the same ratio with less noise) {}.\n",
         full_vs_hooks.map_or("–".into(), |v| format!("{v:.3}")),
-        ratio(p50(Config::Full), p50(Config::HooksOnly)),
-        ratio(p99(Config::Full), p99(Config::HooksOnly)),
+        ratio(p50(syscalls), p50(Config::HooksOnly)),
+        ratio(p99(syscalls), p99(Config::HooksOnly)),
         if full_total > 0.0 {
             format!("{:.3}", hooks_total / full_total)
         } else {
@@ -1677,6 +1772,80 @@ fn overhead_tables(m: &mut String, runs: &[Run], targets: &mut Vec<Target>) {
          `{SERVER_COUNT}{{service_name=\"{NGINX_SERVICE}\"}}` once it stopped changing; CPU = the \
          tracer's utime+stime from wrk's start until then):\n"
     );
+    for (i, &c) in fulls.iter().enumerate() {
+        // One table per full tracer; named only when there are several.
+        if fulls.len() > 1 {
+            let gap = if i == 0 { "" } else { "\n" };
+            let _ = writeln!(m, "{gap}{}:\n", c.label());
+        }
+        full_runs_table(m, of(c));
+    }
+    let wrk_errors: Vec<String> = runs
+        .iter()
+        .flat_map(|r| {
+            r.wrk
+                .errors
+                .iter()
+                .map(move |e| format!("{} – {e}", r.config.slug()))
+        })
+        .collect();
+    if !wrk_errors.is_empty() {
+        let _ = writeln!(m, "\nwrk reported: {}", wrk_errors.join("; "));
+    }
+    let _ = writeln!(m);
+
+    // Exactness is every full tracer's, whatever it reads.
+    let full_runs = || runs.iter().filter(|r| r.config.is_full());
+    let ratios: Vec<f64> = full_runs().filter_map(Run::counted_ratio).collect();
+    let exact = full_runs().all(|r| r.counted == Some(r.served as f64));
+    let listed: Vec<String> = fulls
+        .iter()
+        .map(|&c| {
+            let each: Vec<String> = of(c)
+                .filter_map(Run::counted_ratio)
+                .map(|v| format!("{v:.4}"))
+                .collect();
+            if fulls.len() > 1 {
+                format!("{} {}", c.slug(), each.join(", "))
+            } else {
+                each.join(", ")
+            }
+        })
+        .collect();
+    targets.push(Target {
+        what: "counted/served = 1.000 (every full run)",
+        measured: if ratios.is_empty() {
+            "–".into()
+        } else {
+            let worst = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+            format!("worst {worst:.4} (runs: {})", listed.join("; "))
+        },
+        pass: (!ratios.is_empty()).then_some(exact),
+    });
+    targets.push(Target {
+        what: "full-tracer throughput within 5% of hooks-only",
+        measured: full_vs_hooks.map_or("–".into(), |v| format!("{v:.3} of hooks-only")),
+        pass: full_vs_hooks.map(|v| v >= TARGET_HOOKS_RATIO),
+    });
+    let cpu_full = cpu(syscalls);
+    targets.push(Target {
+        what: "≤ 5 µs tracer (user-space) CPU per request",
+        measured: cpu_full.map_or("–".into(), |v| format!("{v:.2} µs (median)")),
+        pass: cpu_full.map(|v| v <= TARGET_CPU_US),
+    });
+    let both = Config::Full(Source::Both);
+    if configs.contains(&both) {
+        let both_vs_syscalls = cpu_vs_syscalls(both);
+        targets.push(Target {
+            what: "`--source both` CPU per request (nginx worker + wrk + tracer) within 5% of syscalls alone",
+            measured: both_vs_syscalls.map_or("–".into(), |v| format!("{v:.3} of syscalls'")),
+            pass: both_vs_syscalls.map(|v| v <= TARGET_BOTH_CPU_RATIO),
+        });
+    }
+}
+
+/// One full tracer's runs, one row each, and its kernel drops by cause.
+fn full_runs_table<'a>(m: &mut String, runs: impl Iterator<Item = &'a Run>) {
     let _ = writeln!(
         m,
         "| run | req/s | served | counted | counted/served | tracer CPU per request (user + sys) | tracer RSS | kernel drops | other loss counters | others' requests traced |"
@@ -1685,12 +1854,13 @@ fn overhead_tables(m: &mut String, runs: &[Run], targets: &mut Vec<Target>) {
         m,
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |"
     );
-    for (i, r) in of(Config::Full).enumerate() {
-        let losses: Vec<&String> = r
+    let mut drops = Vec::new();
+    for (i, r) in runs.enumerate() {
+        let (kernel, losses): (Vec<&String>, Vec<&String>) = r
             .losses
             .iter()
-            .filter(|l| !l.starts_with("tracer_kernel_drops_total"))
-            .collect();
+            .partition(|l| l.starts_with("tracer_kernel_drops_total"));
+        drops.extend(kernel.into_iter().map(String::as_str));
         let _ = writeln!(
             m,
             "| {}{} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
@@ -1718,52 +1888,9 @@ fn overhead_tables(m: &mut String, runs: &[Run], targets: &mut Vec<Target>) {
             r.others_traced.map_or("–".into(), |v| format!("{v:.0}")),
         );
     }
-    let drops: Vec<String> = of(Config::Full)
-        .flat_map(|r| r.losses.iter())
-        .filter(|l| l.starts_with("tracer_kernel_drops_total"))
-        .cloned()
-        .collect();
     if !drops.is_empty() {
         let _ = writeln!(m, "\nKernel drops by cause: {}", drops.join("; "));
     }
-    let wrk_errors: Vec<String> = runs
-        .iter()
-        .flat_map(|r| {
-            r.wrk
-                .errors
-                .iter()
-                .map(move |e| format!("{} – {e}", r.config.slug()))
-        })
-        .collect();
-    if !wrk_errors.is_empty() {
-        let _ = writeln!(m, "\nwrk reported: {}", wrk_errors.join("; "));
-    }
-    let _ = writeln!(m);
-
-    let ratios: Vec<f64> = of(Config::Full).filter_map(Run::counted_ratio).collect();
-    let exact = of(Config::Full).all(|r| r.counted == Some(r.served as f64));
-    targets.push(Target {
-        what: "counted/served = 1.000 (every full run)",
-        measured: if ratios.is_empty() {
-            "–".into()
-        } else {
-            let worst = ratios.iter().copied().fold(f64::INFINITY, f64::min);
-            let all: Vec<String> = ratios.iter().map(|v| format!("{v:.4}")).collect();
-            format!("worst {worst:.4} (runs: {})", all.join(", "))
-        },
-        pass: (!ratios.is_empty()).then_some(exact),
-    });
-    targets.push(Target {
-        what: "full-tracer throughput within 5% of hooks-only",
-        measured: full_vs_hooks.map_or("–".into(), |v| format!("{v:.3} of hooks-only")),
-        pass: full_vs_hooks.map(|v| v >= TARGET_HOOKS_RATIO),
-    });
-    let cpu_full = cpu(Config::Full);
-    targets.push(Target {
-        what: "≤ 5 µs tracer (user-space) CPU per request",
-        measured: cpu_full.map_or("–".into(), |v| format!("{v:.2} µs (median)")),
-        pass: cpu_full.map(|v| v <= TARGET_CPU_US),
-    });
 }
 
 fn memory_table(m: &mut String, mem: &Memory, targets: &mut Vec<Target>) {

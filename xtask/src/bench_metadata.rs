@@ -38,7 +38,7 @@ use anyhow::{anyhow, bail, Context, Result};
 
 use super::{
     fmt_int, fmt_kib, free_port, median, overhead_run, proc_cpu, run_wrk, say, vm_kib, wait_for,
-    which, wrk_command, BenchArgs, Config, Nginx, Proc, Rss, Run, Scrape, Target, Tracer,
+    which, wrk_command, BenchArgs, Config, Nginx, Proc, Rss, Run, Scrape, Source, Target, Tracer,
     TracerBin, WorkDir, NGINX_SERVICE, SERVER_COUNT,
 };
 
@@ -213,7 +213,7 @@ fn memory(
 /// memory and stops it.
 fn measure(bin: &TracerBin, dir: &WorkDir, name: &str, services: Option<u64>) -> Result<MemRow> {
     let started = Instant::now();
-    let mut t = Tracer::start(bin, dir, name, false)?;
+    let mut t = Tracer::start(bin, dir, name, &[])?;
     let ready = started.elapsed();
     let synced = match services {
         Some(n) => {
@@ -318,8 +318,14 @@ fn cpu(plain: &TracerBin, kube: &TracerBin, dir: &WorkDir, args: &BenchArgs) -> 
             ));
             let bin = if with_kube { kube } else { plain };
             let name = format!("md{}-{label}", round + 1);
-            let run = overhead_run(bin, dir, &name, Config::Full, args.duration)
-                .with_context(|| format!("metadata run {name}"))?;
+            let run = overhead_run(
+                bin,
+                dir,
+                &name,
+                Config::Full(Source::Syscalls),
+                args.duration,
+            )
+            .with_context(|| format!("metadata run {name}"))?;
             let labelled = if with_kube { pod.labelled.take() } else { None };
             say(&format!(
                 "  {:.0} req/s, counted {} of {} served, {} µs tracer CPU/request{}",
@@ -379,7 +385,7 @@ fn side_by_side(
     pod.enter(&nginx)?;
     // Which starts first alternates between runs, in case order matters.
     let start =
-        |bin: &TracerBin, which: &str| Tracer::start(bin, dir, &format!("{name}-{which}"), false);
+        |bin: &TracerBin, which: &str| Tracer::start(bin, dir, &format!("{name}-{which}"), &[]);
     let mut tracers = if kube_first {
         let k = start(kube, "kube")?;
         [start(plain, "plain")?, k]

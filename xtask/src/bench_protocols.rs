@@ -287,7 +287,7 @@ fn h2load_overhead(
         ));
         overhead.off_rps.push(h2load()?);
         let served_before = served(&nginx);
-        let mut tracer = Tracer::start(bin, dir, "h2load", false)?;
+        let mut tracer = Tracer::start(bin, dir, "h2load", &[])?;
         overhead.on_rps.push(h2load()?);
         let (counted, _) = tracer.settle(|s| {
             s.sum(
@@ -356,7 +356,7 @@ fn redis_overhead(
         ));
         overhead.off_rps.push(bench()?);
         let before = calls(&redis);
-        let mut tracer = Tracer::start(bin, dir, "redis", false)?;
+        let mut tracer = Tracer::start(bin, dir, "redis", &[])?;
         overhead.on_rps.push(bench()?);
         let served = calls(&redis) - before;
         // Only SET and GET: redis-benchmark also asks CONFIG GET at start.

@@ -242,7 +242,7 @@ struct Churn {
 fn soak(tracer: &Path, dir: &WorkDir, args: &SoakArgs) -> Result<Report> {
     let mut foreign = wait_for_quiet(Duration::from_secs(30));
     let mut nginx = Nginx::start_with_log_format(dir, "soak", Some(LOG_FORMAT))?;
-    let mut daemon = Tracer::start(&TracerBin::plain(tracer), dir, "soak", false)?;
+    let mut daemon = Tracer::start(&TracerBin::plain(tracer), dir, "soak", &[])?;
     let mut log = AccessLog::new(nginx.log.clone());
     let mut conn = MetricsConn::new(daemon.addr);
     // The first scrape opens the connection; the daemon may not have read
