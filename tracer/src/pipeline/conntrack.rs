@@ -398,7 +398,7 @@ impl<S: Sink> Pipeline<S> {
                     kernel.cover(&flow, true);
                 }
                 if let Some(flows) = self.packets.as_mut() {
-                    flows.forget_handshake(&tuple.local, &tuple.remote);
+                    flows.hooks_trace(&tuple.local, &tuple.remote);
                 }
                 if let Some(copy) = self.packet_flows.remove(&flow) {
                     if self.remove(copy).is_some() {

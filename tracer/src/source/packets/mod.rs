@@ -85,6 +85,9 @@ pub struct PacketCounters {
     pub duplicate_handshake: u64,
     /// A FIN or RST (or an empty segment) of no known flow: dropped.
     pub no_flow: u64,
+    /// A FIN or RST of a connection the syscall hooks trace, sent as its
+    /// socket closed (past the kernel's cover): theirs, nothing lost.
+    pub hooked_control: u64,
     /// Segments captured whole whose TCP checksum is wrong: the receiver
     /// drops them too (and the sender retransmits), or they were forged.
     pub bad_checksum: u64,
@@ -192,6 +195,10 @@ pub struct Flows {
     handshakes: Bounded<Key, Handshake>,
     /// Recently closed tuples and the interface they were seen on.
     closed: Bounded<Key, u32>,
+    /// Tuples of connections the syscall hooks trace (both sources): the
+    /// kernel skips their segments, but not the FIN or RST sent as the
+    /// socket closes, which is theirs to count, not a segment of no flow.
+    hooked: Bounded<Key, ()>,
     owners: Box<dyn Owners + Send>,
     next_id: u64,
     /// Reused by eviction and expiry: no allocation per segment.
@@ -208,6 +215,7 @@ impl Flows {
             capacity,
             handshakes: Bounded::new(capacity.min(MAX_HANDSHAKES)),
             closed: Bounded::new(capacity.min(MAX_CLOSED)),
+            hooked: Bounded::new(capacity),
             owners,
             next_id: 0,
             scratch: Vec::new(),
@@ -260,10 +268,12 @@ impl Flows {
 
     /// The syscall hooks trace the connection between `x` and `y` (both
     /// sources run): its segments stop coming here, so a handshake seen
-    /// before the hooks covered it is done with, not left to expire.
-    pub fn forget_handshake(&mut self, x: &SockAddr, y: &SockAddr) {
+    /// before the hooks covered it is done with, not left to expire, and
+    /// its closing FIN or RST is not a segment of no flow.
+    pub fn hooks_trace(&mut self, x: &SockAddr, y: &SockAddr) {
         let (key, _) = Key::between(&decode::as_on_the_wire(*x), &decode::as_on_the_wire(*y));
         self.handshakes.remove(&key);
+        self.hooked.insert(key, ());
     }
 
     /// Flows idle for more than `idle_ns` at `now_ns` end with `Closed`;
@@ -372,6 +382,10 @@ impl Flows {
                 self.handshakes.remove(&key);
                 self.closed.insert(key, ifindex);
             }
+            return;
+        }
+        if self.hooked.contains(&key) {
+            self.counters.hooked_control += 1;
             return;
         }
         self.count_gone(key, segment);

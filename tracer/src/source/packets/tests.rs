@@ -432,7 +432,9 @@ fn reordered_duplicated_and_overlapping_segments_make_the_same_exchanges() {
 
 /// Both sources: once the hooks announce a connection the packet path
 /// sees no more of it, so the handshake it saw before is forgotten then,
-/// whether the socket names its peer as IPv4 or as IPv4-mapped IPv6.
+/// whether the socket names its peer as IPv4 or as IPv4-mapped IPv6; the
+/// RST its socket sends as it closes is the hooks' too, not a segment of no
+/// flow.
 #[test]
 fn a_handshake_the_hooks_took_over_is_forgotten() {
     let (client, server) = (v4([10, 0, 0, 1], 43210), v4([10, 0, 0, 2], 80));
@@ -447,11 +449,20 @@ fn a_handshake_the_hooks_took_over_is_forgotten() {
         }
     };
     for (local, remote) in [(server, client), (mapped(server), mapped(client))] {
-        let (mut rig, _) = Rig::handshaken(client, server, 1, 2);
+        let (mut rig, mut conn) = Rig::handshaken(client, server, 1, 2);
         assert_eq!(rig.flows.handshakes(), 1);
-        rig.flows.forget_handshake(&local, &remote);
+        rig.flows.hooks_trace(&local, &remote);
         assert_eq!(rig.flows.handshakes(), 0);
+        rig.feed(&conn.rst(true));
+        let c = rig.flows.counters;
+        assert_eq!((c.hooked_control, c.no_flow), (1, 0));
     }
+    // The RST of a tuple the hooks do not trace is one of no flow.
+    let mut rig = Rig::serving(server);
+    let mut other = Conn::new(v4([10, 0, 0, 9], 1), server, 1, 2);
+    rig.flows.hooks_trace(&client, &server);
+    rig.feed(&other.rst(true));
+    assert_eq!(rig.flows.counters.no_flow, 1);
 }
 
 /// A forged segment ahead of each real one (a request for another path,
