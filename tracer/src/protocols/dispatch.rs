@@ -71,22 +71,25 @@ macro_rules! registry {
 
         }
 
-        /// One protocol's parser.
+        /// One protocol's parser, boxed: parsers differ in size by a
+        /// factor of two, and an inline one would make every connection in
+        /// the table as large as the largest (an allocation per connection
+        /// costs far less than its syscalls).
         #[derive(Debug)]
         enum Chosen {
-            $($variant($parser)),+
+            $($variant(Box<$parser>)),+
         }
 
         impl Chosen {
             fn of(protocol: Protocol, side: Side, start: Start) -> Self {
                 match protocol {
-                    $(Protocol::$variant => Self::$variant(<$parser as Spec>::start(side, start))),+
+                    $(Protocol::$variant => Self::$variant(Box::new(<$parser as Spec>::start(side, start)))),+
                 }
             }
 
             fn get(&mut self) -> &mut dyn ConnParser {
                 match self {
-                    $(Self::$variant(parser) => parser),+
+                    $(Self::$variant(parser) => &mut **parser),+
                 }
             }
         }
@@ -117,10 +120,6 @@ pub struct Parser {
 }
 
 #[derive(Debug)]
-#[expect(
-    clippy::large_enum_variant,
-    reason = "most connections are parsing: boxing would cost an allocation each"
-)]
 enum State {
     Detecting(Detector),
     /// Found mid-stream: every candidate parser reads the bytes until one
@@ -158,7 +157,7 @@ impl Parser {
     pub fn known(protocol: Protocol, side: Side) -> Self {
         let chosen = if protocol == Protocol::Http1 {
             // Junk sent to a known HTTP port is a counted resync.
-            Chosen::Http1(Http1Conn::new(side, Mode::KnownHttp))
+            Chosen::Http1(Box::new(Http1Conn::new(side, Mode::KnownHttp)))
         } else {
             Chosen::of(protocol, side, Start::Fresh)
         };
@@ -228,7 +227,7 @@ impl Parser {
                 Decision::Junk => {
                     let held = detector.take_held();
                     let sniffing = Http1Conn::new(self.side, Mode::Sniff);
-                    self.state = State::Parsing(Protocol::Http1, Chosen::Http1(sniffing));
+                    self.state = State::Parsing(Protocol::Http1, Chosen::Http1(Box::new(sniffing)));
                     held
                 }
             };
@@ -288,7 +287,7 @@ impl Parser {
             // Reported as timed out already: its late answer is not.
             None => Http2Conn::new(self.side, Start::Fresh),
         };
-        self.state = State::Parsing(Protocol::Http2, Chosen::Http2(http2));
+        self.state = State::Parsing(Protocol::Http2, Chosen::Http2(Box::new(http2)));
         if !handover.rest.is_empty() {
             // The 101 came from the server: the traced server wrote it.
             let outbound = self.side == Side::Server;
