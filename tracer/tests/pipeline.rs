@@ -233,6 +233,7 @@ struct KernelState {
     adopts: Vec<(u64, ConnInfo)>,
     lookups: Vec<u64>,
     /// What the pipeline told the kernel to cover (true) or uncover.
+    /// `narrow`ed (true) and `cover`ed (false) flows.
     covers: Vec<(FlowAt, bool)>,
 }
 
@@ -267,8 +268,12 @@ impl KernelSockets for FakeKernel {
         k.table.get(&key).copied()
     }
 
-    fn cover(&mut self, flow: &FlowAt, traced: bool) {
-        self.0.lock().unwrap().covers.push((*flow, traced));
+    fn narrow(&mut self, flow: &FlowAt) {
+        self.0.lock().unwrap().covers.push((*flow, true));
+    }
+
+    fn cover(&mut self, flow: &FlowAt) {
+        self.0.lock().unwrap().covers.push((*flow, false));
     }
 }
 
@@ -1009,15 +1014,14 @@ fn tls_client_hello_is_not_http() {
     assert_eq!(h.p.counters.parser[HTTP1].resyncs, 0);
 }
 
+/// The hooks cover a routable flow as they announce it and the kernel
+/// uncovers it when its socket closes: the daemon has nothing to add, and
+/// never uncovers one (TLS) it gives up on, which the packet path must not
+/// read instead, nor one that ended (a newer connection on the same ends
+/// may hold the entry by then).
 #[test]
-fn with_both_sources_a_flow_given_up_stays_covered_and_one_that_ended_does_not() {
+fn with_both_sources_routable_flows_are_left_to_the_kernel() {
     let mut h = Harness::with_packet_path();
-    // Not loopback: covered in every namespace.
-    let flow = |c: &Conn| FlowAt {
-        key: FlowKey::new(&c.tuple.local, &c.tuple.remote),
-        netns: 0,
-    };
-    // TLS: the hooks give it up; the packet path must not read it instead.
     let tls = h.server(1, DEAD, 5, 443, 100);
     h.send(
         &tls,
@@ -1032,16 +1036,11 @@ fn with_both_sources_a_flow_given_up_stays_covered_and_one_that_ended_does_not()
         b"\x16\x03\x03\x00\x7a\x02\x00\x00\x76\x03\x03",
     );
     assert_eq!(h.p.connections(), 0);
-    assert_eq!(h.kernel.state().covers, [(flow(&tls), true)]);
-    // HTTP: covered while open, uncovered when it closes.
     let web = h.server(2, DEAD, 6, 8080, 200);
     h.send(&web, IN, 2_000, &get("/a"));
     h.send(&web, OUT, 2_100, &ok(200, "a"));
     h.close(&web, 3_000);
-    assert_eq!(
-        h.kernel.state().covers,
-        [(flow(&tls), true), (flow(&web), true), (flow(&web), false)]
-    );
+    assert!(h.kernel.state().covers.is_empty());
     assert_eq!(h.summary(), [ex("GET", "/a", 200)]);
 }
 
@@ -1075,7 +1074,8 @@ fn loopback_flows_are_covered_in_their_own_network_namespace() {
         tuple: loopback,
     };
     h.open(&pod, role::SERVER, 1_000, "podd");
-    let routable = h.server(2, 8, 6, 8080, 1_100);
+    // A routable flow of the same process: nothing for the daemon to do.
+    h.server(2, 8, 6, 8080, 1_100);
     let adopted = Tuple {
         local: v4([127, 0, 0, 1], 9090),
         remote: v4([127, 0, 0, 1], 40_002),
@@ -1087,16 +1087,19 @@ fn loopback_flows_are_covered_in_their_own_network_namespace() {
         tuple: adopted,
         side: Side::Server,
     }]);
-    let at = |key, netns| (FlowAt { key, netns }, true);
+    // The pod's flow is narrowed to its namespace; the adopted one is
+    // covered in the daemon's.
     assert_eq!(
         h.kernel.state().covers,
         [
-            at(key, 111),
-            at(
-                FlowKey::new(&routable.tuple.local, &routable.tuple.remote),
-                0
+            (FlowAt { key, netns: 111 }, true),
+            (
+                FlowAt {
+                    key: FlowKey::new(&adopted.local, &adopted.remote),
+                    netns: 222
+                },
+                false
             ),
-            at(FlowKey::new(&adopted.local, &adopted.remote), 222),
         ]
     );
     // The packet path's copy of a flow with the pod's ends is the tracer's

@@ -38,11 +38,16 @@ pub trait KernelSockets {
     fn adopt(&mut self, key: u64, info: &ConnInfo) -> bool;
     /// What the kernel knows of this socket.
     fn lookup(&self, key: u64) -> Option<ConnInfo>;
-    /// The syscall hooks trace this flow (`traced`), or no longer: the
-    /// packet path skips the flows they trace. `netns` is the network
-    /// namespace of a loopback flow, 0 for any other (see `FlowAt`).
-    /// Without a packet path there is nothing to tell.
-    fn cover(&mut self, _flow: &FlowAt, _traced: bool) {}
+    /// Both sources: the packet path skips the flows the hooks trace
+    /// (`COVERED`). The hooks cover a flow in every namespace as they
+    /// announce it, and the kernel uncovers it when its socket closes; the
+    /// daemon narrows a loopback flow the hooks announced to its namespace
+    /// (see `FlowAt`), if the kernel still has it (a closed socket's entry
+    /// must not come back).
+    fn narrow(&mut self, _flow: &FlowAt) {}
+    /// Covers a connection adopted at start-up, which the hooks never
+    /// announced.
+    fn cover(&mut self, _flow: &FlowAt) {}
 }
 
 /// Counts the pipeline keeps; the daemon turns them into metrics.
@@ -332,8 +337,8 @@ impl<S: Sink> Pipeline<S> {
             self.remember_gone(event.conn_id);
             return;
         }
-        let Some(netns) = self.claim_flow(&event.tuple, event.source, event.tgid, event.conn_id)
-        else {
+        let claim = self.claim_flow(&event.tuple, event.source, event.tgid, event.conn_id, false);
+        let Some(netns) = claim else {
             self.counters.packet_flows_covered += 1;
             self.remember_gone(event.conn_id);
             return;
@@ -377,12 +382,15 @@ impl<S: Sink> Pipeline<S> {
     /// syscall hooks already trace. A flow the hooks start tracing takes
     /// over from the packet path's copy, which is dropped without records
     /// (its segments passed before the kernel knew).
+    /// `adopted`: a connection found at start-up, not announced by the
+    /// hooks (so not covered by them).
     fn claim_flow(
         &mut self,
         tuple: &Tuple,
         source: Source,
         tgid: u32,
         conn_id: u64,
+        adopted: bool,
     ) -> Option<u32> {
         // One source, nothing to share (and no bookkeeping per connection).
         if !self.packet_path {
@@ -395,7 +403,11 @@ impl<S: Sink> Pipeline<S> {
             Source::Syscalls => {
                 *self.syscall_flows.entry(flow).or_default() += 1;
                 if let Some(kernel) = self.kernel.as_mut() {
-                    kernel.cover(&flow, true);
+                    if adopted {
+                        kernel.cover(&flow);
+                    } else if flow.netns != 0 {
+                        kernel.narrow(&flow);
+                    }
                 }
                 if let Some(flows) = self.packets.as_mut() {
                     flows.hooks_trace(&tuple.local, &tuple.remote);
@@ -424,18 +436,25 @@ impl<S: Sink> Pipeline<S> {
                 if self.netns.len() >= MAX_NETNS_CACHED {
                     self.netns.clear();
                 }
-                let lookup = self.netns_of;
-                *self.netns.entry(tgid).or_insert_with(|| lookup(tgid))
+                if let Some(&netns) = self.netns.get(&tgid) {
+                    return netns;
+                }
+                // 0: the process is gone already; not remembered, as its
+                // pid may come back as another process's.
+                let netns = (self.netns_of)(tgid);
+                if netns != 0 {
+                    self.netns.insert(tgid, netns);
+                }
+                netns
             }
         })
     }
 
     /// The connection left the table: its flow is no longer its source's.
-    /// `ended`: the socket closed (or its process exited). A connection the
-    /// hooks gave up on (no protocol we parse, such as TLS; or evicted)
-    /// stays covered in the kernel until its socket closes there: the
-    /// packet path would only read it mid-stream for nothing.
-    fn release_flow(&mut self, conn_id: u64, conn: &Conn, ended: bool) {
+    /// Its kernel cover stays until its socket closes there, also when the
+    /// hooks gave up on it (no protocol we parse, such as TLS; or evicted):
+    /// the packet path would only read it mid-stream for nothing.
+    fn release_flow(&mut self, conn_id: u64, conn: &Conn) {
         if !self.packet_path {
             return;
         }
@@ -450,9 +469,6 @@ impl<S: Sink> Pipeline<S> {
                 *live -= 1;
                 if *live == 0 {
                     self.syscall_flows.remove(&flow);
-                    if let (true, Some(kernel)) = (ended, self.kernel.as_mut()) {
-                        kernel.cover(&flow, false);
-                    }
                 }
             }
             Source::Packets => {
@@ -487,7 +503,7 @@ impl<S: Sink> Pipeline<S> {
         let cut = (ages.len() / 16).max(1);
         ages.select_nth_unstable(cut - 1);
         for &(_, id) in &ages[..cut] {
-            if let Some(conn) = self.remove_given_up(id) {
+            if let Some(conn) = self.remove(id) {
                 self.counters.evictions += 1;
                 self.stop_tracing(id, &conn);
                 let last = conn.last_ns;
@@ -568,7 +584,7 @@ impl<S: Sink> Pipeline<S> {
             }
             Verdict::Done => {
                 // Nothing more we can parse here: stop the kernel copying it.
-                if let Some(conn) = self.remove_given_up(conn_id) {
+                if let Some(conn) = self.remove(conn_id) {
                     self.stop_tracing(conn_id, &conn);
                     self.finish(conn, ts);
                 }
@@ -653,7 +669,7 @@ impl<S: Sink> Pipeline<S> {
             }
             // The hooks trace it from now on: the packet path skips it.
             let netns = self
-                .claim_flow(&conn.tuple, Source::Syscalls, conn.tgid, conn_id)
+                .claim_flow(&conn.tuple, Source::Syscalls, conn.tgid, conn_id, true)
                 .unwrap_or(0);
             let identity = self.identities.slot(conn.tgid, &[0; 16]);
             self.insert(
@@ -697,26 +713,18 @@ impl<S: Sink> Pipeline<S> {
         self.known_ports.retain(|&(t, _), _| t != tgid);
         for id in ids {
             if let Some(conn) = self.conns.remove(&id) {
-                self.release_flow(id, &conn, true);
+                self.release_flow(id, &conn);
                 self.stop_tracing(id, &conn);
                 self.finish(conn, ts_ns);
             }
         }
     }
 
-    /// Takes a connection that ended out of the table.
+    /// Takes a connection out of the table (it ended, or the pipeline
+    /// gives up on it).
     fn remove(&mut self, conn_id: u64) -> Option<Conn> {
-        self.take(conn_id, true)
-    }
-
-    /// Takes a connection the pipeline gives up on out of the table.
-    fn remove_given_up(&mut self, conn_id: u64) -> Option<Conn> {
-        self.take(conn_id, false)
-    }
-
-    fn take(&mut self, conn_id: u64, ended: bool) -> Option<Conn> {
         let conn = self.conns.remove(&conn_id)?;
-        self.release_flow(conn_id, &conn, ended);
+        self.release_flow(conn_id, &conn);
         if let Some(ids) = self.by_process.get_mut(&conn.tgid) {
             ids.remove(&conn_id);
             if ids.is_empty() {

@@ -532,7 +532,7 @@ impl Http1Conn {
             _ => None,
         };
         if let (Some(end_ns), Some(answer)) = (end_ns, self.answer.take()) {
-            emit(answer, self.resp_body, end_ns, out);
+            emit(answer, Some(self.resp_body), end_ns, out);
         }
         // Requests whose answers were lost are not the close's doing.
         let lost = usize::from(self.stale).min(self.waiting.len());
@@ -712,7 +712,7 @@ impl Http1Conn {
                         // its request, ending where its framing broke.
                         if dir == Dir::Resp {
                             if let Some(answer) = self.answer.take() {
-                                emit(answer, self.resp_body, ts, out);
+                                emit(answer, Some(self.resp_body), ts, out);
                             }
                         }
                         self.fail(dir, Cause::Malformed, c);
@@ -955,7 +955,7 @@ impl Http1Conn {
             return;
         }
         if status == 101 || (kind == Some(RequestKind::Connect) && (200..300).contains(&status)) {
-            emit(answer, 0, ts, out);
+            emit(answer, Some(0), ts, out);
             self.state = ConnState::Upgraded;
             self.stop();
             return;
@@ -976,7 +976,7 @@ impl Http1Conn {
         };
         self.resp.phase = match body {
             Body::None | Body::Length(0) => {
-                emit(answer, 0, ts, out);
+                emit(answer, Some(0), ts, out);
                 Phase::Idle
             }
             Body::Length(n) => {
@@ -992,7 +992,8 @@ impl Http1Conn {
                 Phase::UntilClose
             }
             Body::Invalid => {
-                emit(answer, 0, ts, out);
+                // Contradictory lengths: how much body followed is unknown.
+                emit(answer, None, ts, out);
                 c.resyncs += 1;
                 self.stale = self.stale.saturating_add(1);
                 Phase::Seek(Seek::Anywhere)
@@ -1097,7 +1098,7 @@ impl Http1Conn {
             Dir::Resp => {
                 self.resp.phase = Phase::Idle;
                 if let Some(answer) = self.answer.take() {
-                    emit(answer, self.resp_body, end_ns, out);
+                    emit(answer, Some(self.resp_body), end_ns, out);
                 }
             }
         }
@@ -1331,15 +1332,15 @@ impl Chunk {
     }
 }
 
-/// Reports a response with `body_bytes` of body.
-fn emit(answer: Answer, body_bytes: u64, end_ns: u64, out: &mut Vec<Exchange>) {
+/// Reports a response with `body_bytes` of body (None: not known).
+fn emit(answer: Answer, body_bytes: Option<u64>, end_ns: u64, out: &mut Vec<Exchange>) {
     if let Some(request) = answer.request.filter(|r| !r.timed_out) {
         out.push(Exchange {
             call: http_call(request.method, request.path, answer.status),
             failure: None,
             start_ns: request.start_ns,
             end_ns,
-            response_body_bytes: Some(body_bytes),
+            response_body_bytes: body_bytes,
         });
     }
 }

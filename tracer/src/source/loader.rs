@@ -357,17 +357,21 @@ impl KernelSockets for KernelControl {
         self.sockets.get(&key, 0).ok()
     }
 
-    fn cover(&mut self, flow: &FlowAt, traced: bool) {
-        let Some(covered) = self.covered.as_mut() else {
-            return;
-        };
-        // A full table only costs the packet path's copies, which the
-        // pipeline drops; an entry already gone (TCP CLOSE) is fine.
-        let _ = if traced {
-            covered.insert(flow.key, flow.netns, 0)
-        } else {
-            covered.remove(&flow.key)
-        };
+    fn narrow(&mut self, flow: &FlowAt) {
+        const BPF_EXIST: u64 = 2;
+        if let Some(covered) = self.covered.as_mut() {
+            // Gone (its socket closed, or the table was full when the hooks
+            // announced it): only the packet path's copies cost, which the
+            // pipeline drops.
+            let _ = covered.insert(flow.key, flow.netns, BPF_EXIST);
+        }
+    }
+
+    fn cover(&mut self, flow: &FlowAt) {
+        if let Some(covered) = self.covered.as_mut() {
+            // A full table only costs the packet path's copies.
+            let _ = covered.insert(flow.key, flow.netns, 0);
+        }
     }
 }
 

@@ -273,6 +273,9 @@ impl Flows {
     pub fn hooks_trace(&mut self, x: &SockAddr, y: &SockAddr) {
         let (key, _) = Key::between(&decode::as_on_the_wire(*x), &decode::as_on_the_wire(*y));
         self.handshakes.remove(&key);
+        // A flow opened from segments that passed before the cover: the
+        // pipeline dropped its copy, and no more segments come to end it.
+        self.flows.remove(&key);
         self.hooked.insert(key, ());
     }
 
@@ -312,6 +315,8 @@ impl Flows {
     ) -> bool {
         let syn_ack = segment.flags & tcp_flag::ACK != 0;
         let first = segment.seq.wrapping_add(1);
+        // A new connection on the ends: the hooks' earlier one is over.
+        self.hooked.remove(&key);
         if let Some(flow) = self.flows.get(&key) {
             if flow.ifindex != segment.ifindex {
                 self.counters.other_interface += 1;

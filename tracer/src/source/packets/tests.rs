@@ -457,6 +457,14 @@ fn a_handshake_the_hooks_took_over_is_forgotten() {
         let c = rig.flows.counters;
         assert_eq!((c.hooked_control, c.no_flow), (1, 0));
     }
+    // A flow opened from segments that passed before the cover is dropped
+    // when the hooks take it over: no more segments would end it.
+    let (mut rig, mut conn) = Rig::handshaken(client, server, 1, 2);
+    let (req, _) = first_exchange(&mut conn, 10);
+    rig.feed(&req);
+    assert_eq!(rig.flows.flows(), 1);
+    rig.flows.hooks_trace(&server, &client);
+    assert_eq!(rig.flows.flows(), 0);
     // The RST of a tuple the hooks do not trace is one of no flow.
     let mut rig = Rig::serving(server);
     let mut other = Conn::new(v4([10, 0, 0, 9], 1), server, 1, 2);
