@@ -12,6 +12,7 @@ use std::{
 
 use tracer_common::{SockAddr, AF_INET, AF_INET6};
 
+use super::decode::as_on_the_wire;
 use crate::metadata::procfs::{netns_inode, parse_row, socket_fds, TCP_LISTEN};
 
 /// Answers the flow table's questions about local sockets.
@@ -264,7 +265,7 @@ fn read_tables(net_dir: &Path) -> Tables {
 /// Reads one /proc/net/tcp or tcp6 text into `tables`.
 fn parse_table(text: &str, family: u16, tables: &mut Tables) {
     for row in text.lines().skip(1).filter_map(|l| parse_row(l, family)) {
-        let local = as_ipv4(row.tuple.local);
+        let local = as_on_the_wire(row.tuple.local);
         if row.state == TCP_LISTEN {
             tables.listeners.push((local, row.inode));
         } else if local.addr != [0; 16] && !tables.locals.contains(&local_addr(local)) {
@@ -276,22 +277,6 @@ fn parse_table(text: &str, family: u16, tables: &mut Tables) {
 /// An address without its port.
 fn local_addr(addr: SockAddr) -> SockAddr {
     SockAddr { port: 0, ..addr }
-}
-
-/// An IPv4-mapped IPv6 address (`::ffff:a.b.c.d`, how a dual-stack socket
-/// shows an IPv4 peer) as the IPv4 address packets carry.
-fn as_ipv4(addr: SockAddr) -> SockAddr {
-    let a = addr.addr;
-    if addr.family == AF_INET6 && a[..10] == [0; 10] && a[10..12] == [0xff, 0xff] {
-        let mut v4 = [0; 16];
-        v4[..4].copy_from_slice(&a[12..]);
-        return SockAddr {
-            addr: v4,
-            port: addr.port,
-            family: AF_INET,
-        };
-    }
-    addr
 }
 
 #[cfg(test)]
