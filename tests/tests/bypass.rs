@@ -262,7 +262,7 @@ fn check_counts(body_via: &str, request_body_via: &str, client: Client, source: 
             server.guard.name(),
             server.guard.stderr()
         );
-        wants.extend(exact_wants(server, client_tally, source));
+        wants.extend(exact_wants(server, client_tally));
     }
     // Nothing invented: the service's total is this traffic and the barriers.
     let served: u64 = client_tallies.iter().flat_map(|t| t.values()).sum();
@@ -280,7 +280,7 @@ fn check_counts(body_via: &str, request_body_via: &str, client: Client, source: 
 /// The tracer's counts `server`'s traffic must have, server and client side:
 /// per (method, status, route) of `tally`, per route whatever the status,
 /// and (client side) per server port, its barrier included.
-fn exact_wants(server: &BypassServer, tally: &Counts, source: Source) -> Vec<Want> {
+fn exact_wants(server: &BypassServer, tally: &Counts) -> Vec<Want> {
     let port = server.port.to_string();
     let mut wants = Vec::new();
     let mut per_route: BTreeMap<&str, u64> = BTreeMap::new();
@@ -292,30 +292,24 @@ fn exact_wants(server: &BypassServer, tally: &Counts, source: Source) -> Vec<Wan
                 .status(*status)
                 .is(count),
         );
-        if source == Source::Syscalls {
-            wants.push(
-                Want::client(CLIENT, route)
-                    .method(method)
-                    .status(*status)
-                    .label("server_port", &port)
-                    .is(count),
-            );
-        }
+        // The packet path reports a flow from each local end too.
+        wants.push(
+            Want::client(CLIENT, route)
+                .method(method)
+                .status(*status)
+                .label("server_port", &port)
+                .is(count),
+        );
     }
-    let client_count = |count| match source {
-        Source::Syscalls => count,
-        // The packet path reports flows from the server's end only.
-        Source::Packets => 0,
-    };
     for (route, count) in per_route {
         wants.push(Want::server(server.service(), route).is(count));
-        wants.push(Want::client(CLIENT, route).is(client_count(count)));
+        wants.push(Want::client(CLIENT, route).is(count));
     }
     wants.push(
         Want::metric(CLIENT_COUNT)
             .label("service_name", CLIENT)
             .label("server_port", &port)
-            .is(client_count(tally.values().sum::<u64>() + 1)),
+            .is(tally.values().sum::<u64>() + 1),
     );
     wants
 }

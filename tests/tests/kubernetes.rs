@@ -78,7 +78,25 @@ fn pod_series_carry_pod_workload_and_callee_labels() {
     if !privileged("pod_series_carry_pod_workload_and_callee_labels") {
         return;
     }
-    let dir = TestDir::new("k8s-labels");
+    pod_and_callee_labels("k8s-labels", &[]);
+}
+
+/// The packet path names the same processes, pods and callees: the server
+/// by its listening socket, the client by the kernel's note of who
+/// connected, the callee by its address.
+#[test]
+fn packet_path_series_carry_pod_workload_and_callee_labels() {
+    if !privileged("packet_path_series_carry_pod_workload_and_callee_labels") {
+        return;
+    }
+    pod_and_callee_labels(
+        "k8s-labels-pkt",
+        &["--source", "packets", "--interfaces", "lo"],
+    );
+}
+
+fn pod_and_callee_labels(name: &str, tracer_args: &[&str]) {
+    let dir = TestDir::new(name);
     let api = KubeApi::start(&dir);
     // Deployment web -> ReplicaSet web-7d9f8b6c5d -> pod, systemd driver.
     let web = TestPod::new(Qos::Burstable, true);
@@ -138,7 +156,7 @@ fn pod_series_carry_pod_workload_and_callee_labels() {
             .build(),
     );
 
-    let tracer = tracer_with(&dir, &api, &[]);
+    let tracer = tracer_with(&dir, &api, tracer_args);
     let server = PyServer::start_in_pod(&dir, "web", &web.cgroup, "web");
     let bare_server = PyServer::start_in_pod(&dir, "debug", &bare.cgroup, "debug-shell");
     let port = server.addr().port();

@@ -97,6 +97,7 @@ fn sendfile_bodies_counted_from_packets_alone() {
     let (_dir, tracer, logged) =
         serve_big_file("pkt-sendfile", &["--interfaces", "lo"], "packets", 5);
     let [count, sum] = sizes("server", "nginx", &logged);
+    let [client_count, client_sum] = sizes("client", "curl", &logged);
     tracer.expect(&[
         Want::server("nginx", "/big/file.bin")
             .method("GET")
@@ -104,8 +105,14 @@ fn sendfile_bodies_counted_from_packets_alone() {
             .is(logged.fetches),
         count,
         sum,
-        // Packets are seen from the server's end only: no client series.
-        Want::client("curl", "/big/file.bin").is(0),
+        // Both ends are local: the flow is reported from each, curl's
+        // named by the kernel's note of who connected.
+        Want::client("curl", "/big/file.bin")
+            .status(200)
+            .label("server_address", "127.0.0.1")
+            .is(logged.fetches),
+        client_count,
+        client_sum,
         Want::metric("tracer_user_drops_total")
             .label("cause", "packet_malformed")
             .is(0),
@@ -183,7 +190,7 @@ fn watch_says_which_source_saw_each_exchange() {
     }
     const FETCHES: usize = 2;
     for (source, lines_per_fetch, says) in [
-        ("packets", 1, "source=packets"),
+        ("packets", 2, "source=packets"),
         ("both", 2, "source=syscalls"),
     ] {
         let dir = TestDir::new(&format!("pkt-watch-{source}"));
@@ -346,7 +353,15 @@ fn a_server_behind_a_bridged_veth_counts_once() {
     );
     let fetched = served("/page.html");
     assert_eq!(fetched, FETCHES + 1, "the server's log (probe included)");
-    tracer.expect(&[Want::server(&service, "/page.html").status(200).is(fetched)]);
+    // The client's end too: curl in the host's namespace, the server
+    // named by its address.
+    tracer.expect(&[
+        Want::server(&service, "/page.html").status(200).is(fetched),
+        Want::client("curl", "/page.html")
+            .status(200)
+            .label("server_address", "10.231.7.2")
+            .is(FETCHES),
+    ]);
     // Not a result but the premise: the segments did show on two interfaces.
     let copies = tracer.scrape().count(
         "tracer_user_drops_total",

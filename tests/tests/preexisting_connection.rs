@@ -22,7 +22,25 @@ fn keepalive_connection_opened_before_start_counts_only_later_requests() {
     if !privileged("keepalive_connection_opened_before_start_counts_only_later_requests") {
         return;
     }
-    let dir = TestDir::new("preexisting");
+    count_only_later_requests("preexisting", &[]);
+}
+
+/// The packet path picks the connection up mid-stream; its client end is
+/// named from the connections found open at start-up (the kernel never saw
+/// it connect).
+#[test]
+fn packet_path_names_both_ends_of_a_connection_opened_before_start() {
+    if !privileged("packet_path_names_both_ends_of_a_connection_opened_before_start") {
+        return;
+    }
+    count_only_later_requests(
+        "preexisting-pkt",
+        &["--source", "packets", "--interfaces", "lo"],
+    );
+}
+
+fn count_only_later_requests(name: &str, tracer_args: &[&str]) {
+    let dir = TestDir::new(name);
     let nginx = Nginx::start(&dir, "");
     // One fd for both directions (no `try_clone`: a dup'd fd is another
     // matter, see dup_fd.rs).
@@ -37,7 +55,9 @@ fn keepalive_connection_opened_before_start_counts_only_later_requests() {
     exchange("/pre");
 
     let rename = format!("{}=e2e-adopter", own_service_name());
-    let tracer = Tracer::start(&dir, &["--service-name", &rename]);
+    let mut args = vec!["--service-name", rename.as_str()];
+    args.extend_from_slice(tracer_args);
+    let tracer = Tracer::start(&dir, &args);
     for _ in 0..AFTER {
         exchange("/pre");
     }

@@ -501,6 +501,39 @@ impl FlowKey {
     }
 }
 
+/// A client socket's ends as its packets show them (IPv4-mapped IPv6 as
+/// IPv4), its own end first: the key under which the kernel notes which
+/// process connected it (`CLIENTS`), since a packet names no process.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SocketEnds {
+    pub local: [u8; 16],
+    pub remote: [u8; 16],
+    pub local_port: u16,
+    pub remote_port: u16,
+}
+
+impl SocketEnds {
+    #[inline(always)]
+    pub fn new(local: &SockAddr, remote: &SockAddr) -> SocketEnds {
+        SocketEnds {
+            local: plain_address(local),
+            remote: plain_address(remote),
+            local_port: local.port,
+            remote_port: remote.port,
+        }
+    }
+}
+
+/// The process that connected a client socket, as `CLIENTS` holds it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClientOwner {
+    pub tgid: u32,
+    /// The connecting task's name, NUL-padded.
+    pub comm: [u8; COMM_LEN],
+}
+
 /// The address as `FlowKey` compares it: IPv4-mapped IPv6 as IPv4.
 #[inline(always)]
 fn plain_address(end: &SockAddr) -> [u8; 16] {
@@ -543,6 +576,8 @@ const _: () = assert!(size_of::<ConnEvent>() == 112);
 const _: () = assert!(size_of::<ConnInfo>() == 104);
 const _: () = assert!(size_of::<PacketEvent>() == 88);
 const _: () = assert!(size_of::<FlowKey>() == 36);
+const _: () = assert!(size_of::<SocketEnds>() == 36);
+const _: () = assert!(size_of::<ClientOwner>() == 20);
 const _: () = assert!(size_of::<SockOffsets>() == 48);
 const _: () = assert!(MAX_CAPTURE.is_power_of_two());
 const _: () = assert!(DEFAULT_CAPTURE as usize <= MAX_CAPTURE);
@@ -554,6 +589,10 @@ mod pod {
     unsafe impl aya::Pod for super::ConnInfo {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::FlowKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::SocketEnds {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ClientOwner {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::SockOffsets {}
 }

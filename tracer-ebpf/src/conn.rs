@@ -9,8 +9,8 @@ use aya_ebpf::helpers::{
     generated::bpf_get_smp_processor_id,
 };
 use tracer_common::{
-    conn_key, kernel_conn_id, kind, role, ConnEvent, ConnInfo, EventHeader, FlowKey, SockAddr,
-    Tuple, AF_INET, AF_INET6, COMM_LEN,
+    conn_key, kernel_conn_id, kind, role, ClientOwner, ConnEvent, ConnInfo, EventHeader, FlowKey,
+    SockAddr, SocketEnds, Tuple, AF_INET, AF_INET6, COMM_LEN,
 };
 
 use core::{ffi::c_void, mem::size_of};
@@ -18,11 +18,12 @@ use core::{ffi::c_void, mem::size_of};
 use crate::{
     cover_flows,
     maps::{
-        count, output, Connecting, CONNECTING, CONN_SCRATCH, CONN_SEQ, COVERED, COVER_KEY,
-        DUP_REFS, PEER_TO_LOCAL, SOCKETS,
+        count, output, Connecting, CLIENTS, CLIENT_CONNECTING, CONNECTING, CONN_SCRATCH, CONN_SEQ,
+        COVERED, COVER_KEY, DUP_REFS, PEER_TO_LOCAL, SOCKETS,
     },
+    note_clients,
     regs::{Caller, SyscallArgs},
-    seq,
+    seq, trace_syscalls,
 };
 
 const NR_CONNECT: u64 = 42;
@@ -280,6 +281,12 @@ pub fn on_state_change(change: &StateChange) {
     if change.protocol != IPPROTO_TCP {
         return;
     }
+    if note_clients() {
+        note_client(change);
+    }
+    if !trace_syscalls() {
+        return;
+    }
     match (change.oldstate, change.newstate) {
         // Inside connect(), in the caller's context: fd and socket meet here.
         (_, TCP_SYN_SENT) => on_syn_sent(change),
@@ -293,6 +300,35 @@ pub fn on_state_change(change: &StateChange) {
             // end uncovers its flow even when the daemon never learns of it.
             let _ = COVERED.remove(&FlowKey::new(&change.tuple.local, &change.tuple.remote));
             on_closed(change.sk)
+        }
+        _ => {}
+    }
+}
+
+/// The packet path: a client socket's process, taken inside `connect`
+/// (`SYN_SENT`, whatever made the call: a syscall, io_uring) and filed
+/// under the socket's ends once they are all known (`ESTABLISHED`), where
+/// the daemon looks for it when the flow's first payload arrives.
+fn note_client(change: &StateChange) {
+    match (change.oldstate, change.newstate) {
+        (_, TCP_SYN_SENT) => {
+            let owner = ClientOwner {
+                tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
+                comm: comm(),
+            };
+            let _ = CLIENT_CONNECTING.insert(&change.sk, &owner, 0);
+        }
+        (TCP_SYN_SENT, TCP_ESTABLISHED) => {
+            // SAFETY: plain map lookup; the value is copied out at once.
+            let Some(owner) = (unsafe { CLIENT_CONNECTING.get(&change.sk) }).copied() else {
+                return;
+            };
+            let _ = CLIENT_CONNECTING.remove(&change.sk);
+            let ends = SocketEnds::new(&change.tuple.local, &change.tuple.remote);
+            let _ = CLIENTS.insert(&ends, &owner, 0);
+        }
+        (TCP_SYN_SENT, TCP_CLOSE) => {
+            let _ = CLIENT_CONNECTING.remove(&change.sk);
         }
         _ => {}
     }

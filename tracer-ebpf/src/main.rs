@@ -62,6 +62,16 @@ static SELF_NETNS: u32 = 0;
 #[no_mangle]
 static COVER_FLOWS: u8 = 0;
 
+/// Non-zero: the syscall hooks run (`--source syscalls` or `both`); zero
+/// when only the packet path does, which still needs `inet_sock_set_state`
+/// to name the processes of client sockets (`CLIENTS`).
+#[no_mangle]
+static TRACE_SYSCALLS: u8 = 1;
+
+/// Non-zero: the packet path runs, so `CLIENTS` is kept.
+#[no_mangle]
+static NOTE_CLIENTS: u8 = 0;
+
 /// Non-zero: every hook returns at once (the benchmark's overhead floor).
 #[no_mangle]
 static HOOKS_ONLY: u8 = 0;
@@ -84,6 +94,18 @@ fn capture_limit() -> u32 {
 fn cover_flows() -> bool {
     // SAFETY: as for `capture_limit`.
     unsafe { core::ptr::read_volatile(&COVER_FLOWS) != 0 }
+}
+
+#[inline(always)]
+fn trace_syscalls() -> bool {
+    // SAFETY: as for `capture_limit`.
+    unsafe { core::ptr::read_volatile(&TRACE_SYSCALLS) != 0 }
+}
+
+#[inline(always)]
+fn note_clients() -> bool {
+    // SAFETY: as for `capture_limit`.
+    unsafe { core::ptr::read_volatile(&NOTE_CLIENTS) != 0 }
 }
 
 #[inline(always)]

@@ -9,7 +9,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
 };
 use core::ffi::c_void;
-use tracer_common::{ConnInfo, DataEvent, FlowKey, SockAddr, COMM_LEN, MAX_CAPTURE};
+use tracer_common::{
+    ClientOwner, ConnInfo, DataEvent, FlowKey, SockAddr, SocketEnds, COMM_LEN, MAX_CAPTURE,
+};
 
 /// Traced TCP sockets, keyed by `conn_key(tgid, fd)`: the filter every data
 /// hook consults first. 104-byte values: 65,536 entries is about 8 MiB with
@@ -53,6 +55,22 @@ pub static COVER_KEY: PerCpuArray<FlowKey> = PerCpuArray::with_max_entries(1, 0)
 /// socket vanished without a `CLOSE` transition ages out.
 #[map]
 pub static CONNECTING: LruHashMap<u64, Connecting> = LruHashMap::with_max_entries(8192, 0);
+
+/// Which process connected each client socket, for the packet path (a
+/// packet names no process), keyed by the socket's ends as its packets show
+/// them; written when it is established, read by the daemon when the
+/// flow's first payload arrives. LRU: a busy node's older entries age out
+/// (the daemon reads each within milliseconds). Sized by the loader
+/// (`--max-connections`, 1 without the packet path).
+#[map]
+pub static CLIENTS: LruHashMap<SocketEnds, ClientOwner> = LruHashMap::with_max_entries(65536, 0);
+
+/// A connecting socket's process for `CLIENTS`, keyed by the kernel's `sock`
+/// address, from `SYN_SENT` (inside `connect`, in the process's context)
+/// until `ESTABLISHED` (in softirq, where both ends are first known). LRU:
+/// an entry of a socket that never got established ages out.
+#[map]
+pub static CLIENT_CONNECTING: LruHashMap<u64, ClientOwner> = LruHashMap::with_max_entries(8192, 0);
 
 /// Local address of each freshly established inbound connection, keyed by the
 /// remote address, until `accept` collects it. LRU: connections accepted by

@@ -17,12 +17,12 @@ use crate::{
     export::metrics::{EventKind, Limits, Metrics, Observation},
     export::server::{self, Health},
     export::watch::{Filter, PrintSink},
-    metadata::{self, procfs},
+    metadata::{self, procfs, procfs::ExistingConn},
     pipeline::conntrack::{Counters, Pipeline},
     pipeline::records::{ip_of, Record, Sink},
     protocols::{ParserCounters, Protocol, Side},
     source::ingest,
-    source::loader::{self, AttachMode, Kernel, Shedding},
+    source::loader::{self, AttachMode, Kernel, KernelClients, Shedding},
     source::packets::{Flows, PacketCounters, ProcOwners},
 };
 
@@ -177,6 +177,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         socket_counter,
         stats,
         shedding,
+        clients,
         ..
     } = kernel;
     tokio::spawn(watch_memory(
@@ -217,6 +218,11 @@ pub async fn run(args: RunArgs) -> Result<()> {
         kube_stats,
         gone_pods,
     } = stage;
+    let existing = if args.hooks_only {
+        Vec::new()
+    } else {
+        procfs::existing_connections(std::process::id())
+    };
     let mut pipeline = with_packet_path(
         Pipeline::new(
             config.max_connections,
@@ -225,10 +231,10 @@ pub async fn run(args: RunArgs) -> Result<()> {
             MetricsSink(metrics.clone()),
         ),
         &config,
+        clients,
+        &existing,
     );
-    if !args.hooks_only {
-        adopt_existing(&mut pipeline, &config);
-    }
+    adopt_existing(&mut pipeline, &config, &existing);
     let mut publisher = Publisher::default();
     let mut housekeeping = Housekeeping::new(pipeline_config.request_timeout);
     ingest::run(
@@ -364,6 +370,7 @@ pub async fn watch(args: WatchArgs) -> Result<()> {
         ebpf,
         events,
         control,
+        clients,
         ..
     } = kernel;
     let filter = Filter {
@@ -378,6 +385,7 @@ pub async fn watch(args: WatchArgs) -> Result<()> {
         PrintSink::new(filter, std::io::stdout()),
         MetricsSink(metrics),
     );
+    let existing = procfs::existing_connections(std::process::id());
     let mut pipeline = with_packet_path(
         Pipeline::new(
             config.max_connections,
@@ -386,8 +394,10 @@ pub async fn watch(args: WatchArgs) -> Result<()> {
             sink,
         ),
         &config,
+        clients,
+        &existing,
     );
-    adopt_existing(&mut pipeline, &config);
+    adopt_existing(&mut pipeline, &config, &existing);
     let mut housekeeping = Housekeeping::new(pipeline_config.request_timeout);
     ingest::run(
         events,
@@ -495,26 +505,32 @@ pub fn check(args: CaptureArgs) -> Result<()> {
     Ok(())
 }
 
-/// The pipeline reads the packet path's records too when it runs.
-fn with_packet_path<S: Sink>(pipeline: Pipeline<S>, config: &Config) -> Pipeline<S> {
-    if config.load.source.packets() {
-        pipeline.with_packets(Flows::new(
-            config.max_connections,
-            Box::new(ProcOwners::new()),
-        ))
-    } else {
-        pipeline
+/// The pipeline reads the packet path's records too when it runs; the
+/// kernel's client table and the connections open before start-up name
+/// the processes of its flows' client ends.
+fn with_packet_path<S: Sink>(
+    pipeline: Pipeline<S>,
+    config: &Config,
+    clients: Option<KernelClients>,
+    existing: &[ExistingConn],
+) -> Pipeline<S> {
+    if !config.load.source.packets() {
+        return pipeline;
     }
+    let mut owners = ProcOwners::new();
+    if let Some(clients) = clients {
+        owners = owners.with_clients(Box::new(clients), existing);
+    }
+    pipeline.with_packets(Flows::new(config.max_connections, Box::new(owners)))
 }
 
-/// Connections open before start-up, for the syscall hooks (the packet
-/// path picks them up mid-stream by itself).
-fn adopt_existing<S: Sink>(pipeline: &mut Pipeline<S>, config: &Config) {
+/// Connections open before start-up: the syscall hooks adopt them (the
+/// packet path picks them up mid-stream by itself).
+fn adopt_existing<S: Sink>(pipeline: &mut Pipeline<S>, config: &Config, existing: &[ExistingConn]) {
     if !config.load.source.syscalls() {
         return;
     }
-    let existing = procfs::existing_connections(std::process::id());
-    let adopted = pipeline.adopt_existing(&existing);
+    let adopted = pipeline.adopt_existing(existing);
     tracing::info!(
         found = existing.len(),
         adopted,

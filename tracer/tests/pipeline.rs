@@ -1124,6 +1124,53 @@ fn loopback_flows_are_covered_in_their_own_network_namespace() {
     assert_eq!(h.p.counters.packet_flows_covered, 1);
 }
 
+/// A packet flow between two local ends has a view from each; when the
+/// hooks announce the flow, both views leave the table.
+#[test]
+fn both_views_of_a_packet_flow_give_way_to_the_hooks() {
+    let mut h = Harness::with_packet_path();
+    let server_end = v4([10, 0, 0, 2], 8080);
+    let client_end = v4([10, 0, 0, 1], 40_007);
+    let view = |conn_id, side, local, remote| {
+        Event::Opened(Opened {
+            conn_id,
+            ts_ns: 1_000,
+            tgid: 0,
+            fd: -1,
+            side,
+            tuple: Tuple { local, remote },
+            comm: [0; 16],
+            source: Source::Packets,
+            from_start: true,
+        })
+    };
+    h.p.on_event(view(
+        PACKET_CONN_ID_BITS | 1,
+        Side::Server,
+        server_end,
+        client_end,
+    ));
+    h.p.on_event(view(
+        PACKET_CONN_ID_BITS | 2,
+        Side::Client,
+        client_end,
+        server_end,
+    ));
+    assert_eq!(h.p.connections(), 2);
+    let hooked = Conn {
+        id: 3,
+        tgid: 9,
+        fd: 4,
+        tuple: Tuple {
+            local: client_end,
+            remote: server_end,
+        },
+    };
+    h.open(&hooked, role::CLIENT, 2_000, "curl");
+    assert_eq!(h.p.counters.packet_flows_covered, 2);
+    assert_eq!(h.p.connections(), 1, "the hooks' connection alone");
+}
+
 #[test]
 fn with_one_source_nothing_is_covered() {
     let mut h = Harness::new();

@@ -1,5 +1,6 @@
 //! The packet path from its records to exchanges: segments of a few flows
-//! (IPv4 and IPv6, over two interfaces) with any flags, sequence numbers
+//! (IPv4 and IPv6, over two interfaces; some with both ends local, so seen
+//! from each) with any flags, sequence numbers
 //! near or far from the last, payloads cut anywhere, through the flow table
 //! (`tracer::source::packets`) into the whole pipeline, now and then with
 //! a wrong checksum; now and then a raw record for the decoder alone. Checks beyond "no panic, no hang": the
@@ -55,8 +56,18 @@ fn record(event: &PacketEvent, header: &[u8], payload: &[u8]) -> Vec<u8> {
 }
 
 fuzz_target!(|data: &[u8]| {
-    // Port 80 listens on every address; its process is unknown.
-    let owners = FixedOwners(vec![(end(false, 0, 80), 0)]);
+    // Port 80 listens on every address; its process is unknown. The
+    // clients of flows 0 and 3 are local too: those flows have two views.
+    let owners = FixedOwners {
+        listeners: vec![(end(false, 0, 80), 0)],
+        clients: [0u8, 3]
+            .map(|flow| {
+                let v6 = flow == 3;
+                let client = end(v6, 2 + flow, 40000 + u16::from(flow));
+                ((client, end(v6, 1, 80)), 100 + u32::from(flow))
+            })
+            .to_vec(),
+    };
     let mut pipeline = Pipeline::new(CAPACITY, Identities::inline(HashMap::new()), None, Discard)
         .with_packets(Flows::new(CAPACITY, Box::new(owners)));
     // Per (flow, direction): the next sequence number.

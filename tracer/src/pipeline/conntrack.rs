@@ -153,6 +153,14 @@ fn flow_of(tuple: &Tuple, netns: impl FnOnce() -> u32) -> Option<FlowAt> {
     })
 }
 
+/// Where a packet flow's view from `side` is kept in `packet_flows`.
+fn view(side: Side) -> usize {
+    match side {
+        Side::Server => 0,
+        Side::Client => 1,
+    }
+}
+
 /// 127.0.0.0/8, ::1, and 127.0.0.0/8 mapped into IPv6.
 fn is_loopback(addr: &SockAddr) -> bool {
     match ip_of(addr) {
@@ -194,10 +202,11 @@ pub struct Pipeline<S: Sink> {
     forgotten: VecDeque<u64>,
     forgotten_set: HashSet<u64, FxBuildHasher>,
     /// Live connections of the syscall hooks per flow (two when both ends
-    /// are local), and the packet path's connection of each flow: one flow
+    /// are local), and the packet path's connections of each flow (its
+    /// views from the server's end and the client's, 0 for none): one flow
     /// is counted by one source.
     syscall_flows: HashMap<FlowAt, u32, FxBuildHasher>,
-    packet_flows: HashMap<FlowAt, u64, FxBuildHasher>,
+    packet_flows: HashMap<FlowAt, [u64; 2], FxBuildHasher>,
     /// The network namespaces of processes with loopback flows, while both
     /// sources run (see `FlowAt`); forgotten when a process exits.
     netns: IdMap<u32, u32>,
@@ -337,7 +346,14 @@ impl<S: Sink> Pipeline<S> {
             self.remember_gone(event.conn_id);
             return;
         }
-        let claim = self.claim_flow(&event.tuple, event.source, event.tgid, event.conn_id, false);
+        let claim = self.claim_flow(
+            &event.tuple,
+            event.source,
+            event.side,
+            event.tgid,
+            event.conn_id,
+            false,
+        );
         let Some(netns) = claim else {
             self.counters.packet_flows_covered += 1;
             self.remember_gone(event.conn_id);
@@ -388,6 +404,7 @@ impl<S: Sink> Pipeline<S> {
         &mut self,
         tuple: &Tuple,
         source: Source,
+        side: Side,
         tgid: u32,
         conn_id: u64,
         adopted: bool,
@@ -412,7 +429,8 @@ impl<S: Sink> Pipeline<S> {
                 if let Some(flows) = self.packets.as_mut() {
                     flows.hooks_trace(&tuple.local, &tuple.remote);
                 }
-                if let Some(copy) = self.packet_flows.remove(&flow) {
+                let copies = self.packet_flows.remove(&flow).unwrap_or_default();
+                for copy in copies.into_iter().filter(|&id| id != 0) {
                     if self.remove(copy).is_some() {
                         self.counters.packet_flows_covered += 1;
                     }
@@ -422,7 +440,7 @@ impl<S: Sink> Pipeline<S> {
             }
             Source::Packets if self.syscall_flows.contains_key(&flow) => None,
             Source::Packets => {
-                self.packet_flows.insert(flow, conn_id);
+                self.packet_flows.entry(flow).or_default()[view(side)] = conn_id;
                 Some(flow.netns)
             }
         }
@@ -472,7 +490,13 @@ impl<S: Sink> Pipeline<S> {
                 }
             }
             Source::Packets => {
-                if self.packet_flows.get(&flow) == Some(&conn_id) {
+                let Some(views) = self.packet_flows.get_mut(&flow) else {
+                    return;
+                };
+                if views[view(conn.side)] == conn_id {
+                    views[view(conn.side)] = 0;
+                }
+                if *views == [0, 0] {
                     self.packet_flows.remove(&flow);
                 }
             }
@@ -669,7 +693,14 @@ impl<S: Sink> Pipeline<S> {
             }
             // The hooks trace it from now on: the packet path skips it.
             let netns = self
-                .claim_flow(&conn.tuple, Source::Syscalls, conn.tgid, conn_id, true)
+                .claim_flow(
+                    &conn.tuple,
+                    Source::Syscalls,
+                    conn.side,
+                    conn.tgid,
+                    conn_id,
+                    true,
+                )
                 .unwrap_or(0);
             let identity = self.identities.slot(conn.tgid, &[0; 16]);
             self.insert(

@@ -11,11 +11,12 @@ use aya::{
     programs::{KProbe, SocketFilter, TracePoint},
     Btf, Ebpf, EbpfLoader,
 };
-use tracer_common::{stat, ConnInfo, FlowKey, SockOffsets, MAX_RINGS};
+use tracer_common::{stat, ClientOwner, ConnInfo, FlowKey, SockOffsets, SocketEnds, MAX_RINGS};
 
 use super::{
     btf,
     packet_sockets::{Interface, PacketSocket},
+    packets::owners::ClientTable,
 };
 
 use crate::error::StartError;
@@ -218,9 +219,14 @@ const SYSCALL_HOOKS: [Hook; 22] = [
     ),
 ];
 
-/// Tracepoints both modes need (not syscall tracepoints).
+/// TCP state changes: the syscall hooks' client sockets, and the packet
+/// path's note of which process connected each client socket.
+const SOCK_STATE: (&str, &str, &str) = ("tp_inet_sock_set_state", "sock", "inet_sock_set_state");
+
+/// Tracepoints both attach modes of the syscall hooks need (not syscall
+/// tracepoints).
 const COMMON_TRACEPOINTS: [(&str, &str, &str); 2] = [
-    ("tp_inet_sock_set_state", "sock", "inet_sock_set_state"),
+    SOCK_STATE,
     ("tp_sched_process_exit", "sched", "sched_process_exit"),
 ];
 
@@ -310,6 +316,17 @@ pub struct Kernel {
     pub shedding: Shedding,
     /// The packet path's AF_PACKET sockets: closing them detaches the filter.
     pub packet_sockets: Vec<PacketSocket>,
+    /// Which process connected each client socket, for the packet path.
+    pub clients: Option<KernelClients>,
+}
+
+/// The kernel side's `CLIENTS` table.
+pub struct KernelClients(HashMap<MapData, SocketEnds, ClientOwner>);
+
+impl ClientTable for KernelClients {
+    fn get(&self, ends: &SocketEnds) -> Option<ClientOwner> {
+        self.0.get(ends, 0).ok()
+    }
 }
 
 /// The kernel side's `SHEDDING` switch.
@@ -503,6 +520,14 @@ pub fn load(opts: &LoadOptions) -> Result<Kernel, StartError> {
     // loopback flow is this namespace's.
     let self_netns = netns_of(self_tgid);
     let cover_flows = u8::from(opts.source == SourceChoice::Both);
+    let trace_syscalls = u8::from(opts.source.syscalls());
+    let note_clients = u8::from(opts.source.packets());
+    // Without the packet path nobody reads the client table: one entry.
+    let clients = if opts.source.packets() {
+        opts.max_connections
+    } else {
+        1
+    };
     let hooks_only: u8 = opts.hooks_only.into();
     let rings = RingLayout::new(opts.ring_buffer_bytes, possible_cpus());
     let mut loader = EbpfLoader::new();
@@ -513,12 +538,16 @@ pub fn load(opts: &LoadOptions) -> Result<Kernel, StartError> {
         .override_global("SELF_TGID", &self_tgid, true)
         .override_global("SELF_NETNS", &self_netns, true)
         .override_global("COVER_FLOWS", &cover_flows, true)
+        .override_global("TRACE_SYSCALLS", &trace_syscalls, true)
+        .override_global("NOTE_CLIENTS", &note_clients, true)
         .override_global("HOOKS_ONLY", &hooks_only, true)
         .override_global("RING_COUNT", &rings.count, true)
         .override_global("WAKEUP_BYTES", &rings.wakeup_bytes, true)
         .map_max_entries("SOCKETS", opts.max_connections)
         .map_max_entries("DUP_REFS", opts.max_connections)
         .map_max_entries("COVERED", opts.max_connections)
+        .map_max_entries("CLIENTS", clients)
+        .map_max_entries("CLIENT_CONNECTING", clients.min(8192))
         .map_max_entries("SCRATCH", possible_cpus())
         .map_max_entries("PACKET_SCRATCH", possible_cpus());
     for (i, name) in RING_NAMES.iter().enumerate() {
@@ -547,6 +576,11 @@ pub fn load(opts: &LoadOptions) -> Result<Kernel, StartError> {
     } else {
         None
     };
+    let clients = if opts.source.packets() {
+        Some(KernelClients(take_map(&mut ebpf, "CLIENTS")?))
+    } else {
+        None
+    };
     let socket_counter = SocketCounter::new(&sockets, opts.max_connections)?;
     let stats = take_map(&mut ebpf, "STATS")?;
     let shedding = Shedding(take_map(&mut ebpf, "SHEDDING")?);
@@ -564,6 +598,11 @@ pub fn load(opts: &LoadOptions) -> Result<Kernel, StartError> {
         }
     }
     let packet_sockets = if opts.source.packets() {
+        if !opts.source.syscalls() {
+            // Names the processes of client sockets (`CLIENTS`) only.
+            let (program, category, name) = SOCK_STATE;
+            attach_tracepoint(&mut ebpf, program, category, name)?;
+        }
         attach_packet_filter(&mut ebpf, &opts.interfaces)?
     } else {
         Vec::new()
@@ -581,6 +620,7 @@ pub fn load(opts: &LoadOptions) -> Result<Kernel, StartError> {
         stats,
         shedding,
         packet_sockets,
+        clients,
     })
 }
 

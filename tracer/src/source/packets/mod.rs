@@ -2,15 +2,17 @@
 //! records) into the typed events the syscall source produces
 //! (`source::events`), so connection tracking, reassembly and the parsers
 //! take both alike. Segments are grouped into flows by their 4-tuple; each
-//! flow is reported from its server's end, its sequence numbers become
-//! stream positions, its handshake decides where the streams start and
-//! which end serves, and its FINs or RST end it.
+//! flow is reported from each of its ends that is local (a view: one
+//! connection of the pipeline's, from the server's end or the client's),
+//! its sequence numbers become stream positions, its handshake decides
+//! where the streams start and which end serves, and its FINs or RST end
+//! it.
 //!
 //! Modules: `decode` reads a record, `checksum` checks a segment captured
 //! whole, `position` turns sequence numbers into
 //! positions, `bounded` holds the tables a flood must not grow (handshakes
-//! in progress, recently closed tuples), `owners` finds the process behind a
-//! server address.
+//! in progress, recently closed tuples), `owners` finds the processes
+//! behind a flow's ends.
 
 mod bounded;
 pub mod checksum;
@@ -60,6 +62,9 @@ pub struct PacketCounters {
     pub flows_opened: u64,
     /// Flows first seen mid-stream.
     pub flows_mid_stream: u64,
+    /// Flows also reported from their client's end: a local process
+    /// connected them.
+    pub client_views: u64,
     /// Flows ended by FINs both ways.
     pub flows_closed: u64,
     /// Flows ended by a RST.
@@ -159,15 +164,25 @@ impl Key {
     }
 }
 
-/// Index of a flow's directions: what the client sent, what the server
-/// sent (`Data::outbound` from the server's end).
+/// Index of a flow's directions (what the client sent, what the server
+/// sent) and of its views (from the client's end, from the server's: each
+/// end's view is the direction it writes).
 const FROM_CLIENT: usize = 0;
 const FROM_SERVER: usize = 1;
 
-/// A live flow; fixed size (payload is never kept here).
-struct Flow {
+/// One local end's view of a flow: a connection of the pipeline's, from
+/// the server's end or from the client's.
+#[derive(Debug, Clone, Copy)]
+struct View {
     conn_id: u64,
     tgid: u32,
+}
+
+/// A live flow; fixed size (payload is never kept here).
+struct Flow {
+    /// Its views from the client's end and from the server's, each where
+    /// that end is local (indexed like `dirs`).
+    views: [Option<View>; 2],
     /// The interface its first segment came on; copies elsewhere are dropped.
     ifindex: u32,
     server_is_lo: bool,
@@ -438,35 +453,55 @@ impl Flows {
         if self.flows.len() >= self.capacity {
             self.evict(segment.ts_ns, out);
         }
-        self.next_id += 1;
-        let conn_id = PACKET_CONN_ID_BITS | (self.next_id & !PACKET_CONN_ID_BITS);
         let server = key.end(server_is_lo);
         let client = key.end(!server_is_lo);
-        let tgid = self.owners.owner(&server).unwrap_or(0);
+        let client_owner = self.owners.client(&client, &server);
+        // A flow with no end known to be local (traffic the node forwards,
+        // or a socket found nowhere) is reported from its server's end, as
+        // a process unknown.
+        let server_local = self.owners.listening(&server) || client_owner.is_none();
+        let server_tgid = server_local.then(|| self.owners.owner(&server).unwrap_or(0));
         if from_start {
             self.counters.flows_opened += 1;
         } else {
             self.counters.flows_mid_stream += 1;
         }
-        out(Event::Opened(Opened {
-            conn_id,
-            ts_ns: segment.ts_ns,
-            tgid,
-            fd: -1,
-            side: Side::Server,
-            tuple: Tuple {
-                local: server,
-                remote: client,
-            },
-            comm: [0; 16],
-            source: Source::Packets,
-            from_start,
-        }));
+        let mut views = [None, None];
+        for (end, side, tgid, comm) in [
+            (FROM_SERVER, Side::Server, server_tgid, [0; 16]),
+            (
+                FROM_CLIENT,
+                Side::Client,
+                client_owner.map(|o| o.tgid),
+                client_owner.map_or([0; 16], |o| o.comm),
+            ),
+        ] {
+            let Some(tgid) = tgid else { continue };
+            self.next_id += 1;
+            let conn_id = PACKET_CONN_ID_BITS | (self.next_id & !PACKET_CONN_ID_BITS);
+            let (local, remote) = if end == FROM_SERVER {
+                (server, client)
+            } else {
+                (client, server)
+            };
+            out(Event::Opened(Opened {
+                conn_id,
+                ts_ns: segment.ts_ns,
+                tgid,
+                fd: -1,
+                side,
+                tuple: Tuple { local, remote },
+                comm,
+                source: Source::Packets,
+                from_start,
+            }));
+            views[end] = Some(View { conn_id, tgid });
+        }
+        self.counters.client_views += u64::from(views[FROM_CLIENT].is_some());
         self.flows.insert(
             key,
             Flow {
-                conn_id,
-                tgid,
+                views,
                 ifindex: segment.ifindex,
                 server_is_lo,
                 from_start,
@@ -534,18 +569,22 @@ impl Flows {
         dir.high = dir.high.max(end);
         flow.last_ns = flow.last_ns.max(segment.ts_ns);
         if len > 0 {
-            out(Event::Data(Data {
-                conn_id: flow.conn_id,
-                ts_ns: segment.ts_ns,
-                tgid: flow.tgid,
-                fd: -1,
-                pos,
-                len,
-                outbound: from_server,
-                payload: segment.payload,
-                frames: 0,
-                heads: &[],
-            }));
+            for (end, view) in flow.views.iter().enumerate() {
+                let Some(view) = view else { continue };
+                out(Event::Data(Data {
+                    conn_id: view.conn_id,
+                    ts_ns: segment.ts_ns,
+                    tgid: view.tgid,
+                    fd: -1,
+                    pos,
+                    len,
+                    // Written by this view's end.
+                    outbound: from_server == (end == FROM_SERVER),
+                    payload: segment.payload,
+                    frames: 0,
+                    heads: &[],
+                }));
+            }
         }
         if flags & tcp_flag::FIN != 0 {
             dir.fin = Some(end);
@@ -569,14 +608,24 @@ impl Flows {
         if remember {
             self.closed.insert(key, flow.ifindex);
         }
-        out(Event::Closed {
-            conn_id: flow.conn_id,
-            ts_ns,
-            bytes: [
-                flow.dirs[FROM_CLIENT].total(),
-                flow.dirs[FROM_SERVER].total(),
-            ],
-        });
+        let (from_client, from_server) = (
+            flow.dirs[FROM_CLIENT].total(),
+            flow.dirs[FROM_SERVER].total(),
+        );
+        for (end, view) in flow.views.iter().enumerate() {
+            let Some(view) = view else { continue };
+            // (inbound, outbound) as this view's end sees them.
+            let bytes = if end == FROM_SERVER {
+                [from_client, from_server]
+            } else {
+                [from_server, from_client]
+            };
+            out(Event::Closed {
+                conn_id: view.conn_id,
+                ts_ns,
+                bytes,
+            });
+        }
     }
 
     /// Ends the least recently active sixteenth of the table at once, so a

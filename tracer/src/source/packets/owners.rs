@@ -1,7 +1,10 @@
-//! Who serves a flow's server address: a packet names no process, so the
-//! listening sockets of every network namespace on the node (from procfs)
-//! are matched to the processes holding them. Also tells, for a flow first
-//! seen mid-stream, which end listens (and so is the server).
+//! Which local processes hold a flow's ends, since a packet names none. A
+//! server end: the listening sockets of every network namespace on the
+//! node (from procfs) are matched to the processes holding them; this also
+//! tells, for a flow first seen mid-stream, which end listens (and so is
+//! the server). A client end: the kernel notes which process connected
+//! each client socket (`CLIENTS`, read through `ClientTable`); sockets
+//! connected before the tracer started are matched by inode once, at start.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -10,10 +13,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tracer_common::{SockAddr, AF_INET, AF_INET6};
+use tracer_common::{ClientOwner, SockAddr, SocketEnds, AF_INET, AF_INET6};
 
 use super::decode::as_on_the_wire;
-use crate::metadata::procfs::{netns_inode, parse_row, socket_fds, TCP_LISTEN};
+use crate::metadata::procfs::{netns_inode, parse_row, socket_fds, ExistingConn, TCP_LISTEN};
 
 /// Answers the flow table's questions about local sockets.
 pub trait Owners {
@@ -22,17 +25,37 @@ pub trait Owners {
     /// Whether a local socket listens on `addr` (its address and port, or
     /// any address on its port).
     fn listening(&mut self, addr: &SockAddr) -> bool;
+    /// The process that connected the local socket from `client` to
+    /// `server`, if a local process did.
+    fn client(&mut self, client: &SockAddr, server: &SockAddr) -> Option<ClientOwner>;
+}
+
+/// The kernel's note of which process connected each client socket.
+pub trait ClientTable {
+    fn get(&self, ends: &SocketEnds) -> Option<ClientOwner>;
 }
 
 /// Fixed answers, for tests and replays: listeners and their processes
-/// (tgid 0: listening, process unknown). An address of all zeros listens
-/// on every address of its port.
+/// (tgid 0: listening, process unknown; an address of all zeros listens on
+/// every address of its port), and client sockets' ends (client first) and
+/// their processes.
 #[derive(Debug, Default, Clone)]
-pub struct FixedOwners(pub Vec<(SockAddr, u32)>);
+pub struct FixedOwners {
+    pub listeners: Vec<(SockAddr, u32)>,
+    pub clients: Vec<((SockAddr, SockAddr), u32)>,
+}
 
 impl FixedOwners {
+    /// Listeners only.
+    pub fn listening(listeners: Vec<(SockAddr, u32)>) -> Self {
+        Self {
+            listeners,
+            clients: Vec::new(),
+        }
+    }
+
     fn find(&self, addr: &SockAddr) -> Option<u32> {
-        self.0
+        self.listeners
             .iter()
             .find(|(l, _)| l.port == addr.port && (l.addr == addr.addr || l.addr == [0; 16]))
             .map(|(_, tgid)| *tgid)
@@ -46,6 +69,16 @@ impl Owners for FixedOwners {
 
     fn listening(&mut self, addr: &SockAddr) -> bool {
         self.find(addr).is_some()
+    }
+
+    fn client(&mut self, client: &SockAddr, server: &SockAddr) -> Option<ClientOwner> {
+        self.clients
+            .iter()
+            .find(|((c, s), _)| c == client && s == server)
+            .map(|&(_, tgid)| ClientOwner {
+                tgid,
+                comm: [0; 16],
+            })
     }
 }
 
@@ -67,8 +100,9 @@ const MAX_LISTENERS: usize = 65_536;
 /// address: IPv4 uses 4 bytes, the rest zero).
 type Listener = ([u8; 16], u16, u16);
 
-/// The listeners of every network namespace, from /proc.
-#[derive(Debug, Default)]
+/// The listeners of every network namespace, from /proc, and the client
+/// sockets the kernel saw connect.
+#[derive(Default)]
 pub struct ProcOwners {
     /// (address, port, family) → tgid (0: the holder was not found).
     exact: HashMap<Listener, u32>,
@@ -85,11 +119,35 @@ pub struct ProcOwners {
     scanned: Option<Instant>,
     /// Scans made (for tests and metrics).
     pub scans: u64,
+    /// The kernel's client sockets (none in tests and replays).
+    clients: Option<Box<dyn ClientTable + Send>>,
+    /// Client sockets open before start-up: ends → process.
+    existing: HashMap<SocketEnds, u32>,
 }
+
+/// Most connections open at start-up remembered as clients.
+const MAX_EXISTING: usize = 65_536;
 
 impl ProcOwners {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Also names client ends: from the kernel's table, and from the
+    /// connections found open at start-up (`existing`), whose processes
+    /// the kernel never saw connect.
+    pub fn with_clients(
+        mut self,
+        clients: Box<dyn ClientTable + Send>,
+        existing: &[ExistingConn],
+    ) -> Self {
+        self.clients = Some(clients);
+        self.existing = existing
+            .iter()
+            .take(MAX_EXISTING)
+            .map(|c| (SocketEnds::new(&c.tuple.local, &c.tuple.remote), c.tgid))
+            .collect();
+        self
     }
 
     /// The tgid (0: unknown) of the listener `addr` reaches, rescanning
@@ -240,6 +298,17 @@ impl Owners for ProcOwners {
 
     fn listening(&mut self, addr: &SockAddr) -> bool {
         self.lookup(addr).is_some()
+    }
+
+    fn client(&mut self, client: &SockAddr, server: &SockAddr) -> Option<ClientOwner> {
+        let ends = SocketEnds::new(client, server);
+        let noted = self.clients.as_ref().and_then(|table| table.get(&ends));
+        noted.or_else(|| {
+            self.existing.get(&ends).map(|&tgid| ClientOwner {
+                tgid,
+                comm: [0; 16],
+            })
+        })
     }
 }
 

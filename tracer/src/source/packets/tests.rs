@@ -266,7 +266,7 @@ impl Rig {
 
     /// The server listens, served by `SERVER_TGID`.
     fn serving(server: SockAddr) -> Self {
-        Self::new(1024, FixedOwners(vec![(server, SERVER_TGID)]))
+        Self::new(1024, FixedOwners::listening(vec![(server, SERVER_TGID)]))
     }
 
     fn feed(&mut self, record: &[u8]) {
@@ -681,7 +681,7 @@ fn a_flow_seen_on_two_interfaces_counts_once() {
 #[test]
 fn a_syn_flood_never_reaches_the_pipeline() {
     let server = v6(2, 443);
-    let mut rig = Rig::new(1024, FixedOwners(vec![(server, SERVER_TGID)]));
+    let mut rig = Rig::new(1024, FixedOwners::listening(vec![(server, SERVER_TGID)]));
     for i in 0..100_000u32 {
         let mut client = v6(0, 1024 + (i % 60_000) as u16);
         client.addr[8..12].copy_from_slice(&i.to_be_bytes());
@@ -754,7 +754,7 @@ fn malformed_records_are_counted_and_skipped() {
 #[test]
 fn a_full_table_evicts_the_least_recently_active_flows() {
     let server = v4([10, 0, 0, 2], 8080);
-    let mut rig = Rig::new(16, FixedOwners(vec![(server, SERVER_TGID)]));
+    let mut rig = Rig::new(16, FixedOwners::listening(vec![(server, SERVER_TGID)]));
     for i in 0..20u16 {
         let client = v4([10, 0, 0, 1], 40000 + i);
         rig.feed(&packet(
@@ -866,7 +866,7 @@ fn throughput() {
 fn the_tracers_own_flows_are_not_traced() {
     let (client, server) = (v4([127, 0, 0, 1], 43211), v4([127, 0, 0, 1], 9464));
     let run = |owner: u32| {
-        let mut rig = Rig::new(1024, FixedOwners(vec![(server, owner)]));
+        let mut rig = Rig::new(1024, FixedOwners::listening(vec![(server, owner)]));
         let mut conn = Conn::new(client, server, 5_000, 70_000);
         rig.feed(&conn.syn());
         rig.feed(&conn.syn_ack());
@@ -878,4 +878,105 @@ fn the_tracers_own_flows_are_not_traced() {
     };
     assert_eq!(run(SERVER_TGID), (CALLS.len(), 1), "another process's");
     assert_eq!(run(std::process::id()), (0, 0), "this process's own");
+}
+
+const CLIENT_TGID: u32 = 777;
+
+/// The records of `rig`'s pipeline from `side`: (method, path, status).
+fn calls_from(rig: &Rig, side: Side) -> Vec<(String, String, u16)> {
+    rig.pipe
+        .sink
+        .0
+        .iter()
+        .filter(|record| record.side == side)
+        .map(|record| match &record.exchange.call {
+            Call::Http(http) => (http.method.clone(), http.path.clone(), http.status),
+            other => panic!("{other:?}"),
+        })
+        .collect()
+}
+
+/// A keep-alive connection from SYN to FINs, with the owners given, and
+/// the bytes each side sent.
+fn through(owners: FixedOwners, client: SockAddr, server: SockAddr) -> (Rig, [u64; 2]) {
+    let mut rig = Rig::new(1024, owners);
+    let mut conn = Conn::new(client, server, 5_000, 60_000);
+    rig.feed(&conn.syn());
+    rig.feed(&conn.syn_ack());
+    for (req, resp) in exchanges_of(&mut conn, 100, 60) {
+        rig.feed(&req);
+        rig.feed_all(&resp);
+    }
+    rig.feed(&conn.fin(true));
+    rig.feed(&conn.fin(false));
+    let sent = |parts: &[usize]| parts.iter().sum::<usize>() as u64;
+    let requests = sent(&CALLS.map(|(p, _)| request(p).len()));
+    let responses = sent(&CALLS.map(|(_, s)| response(s, 100).len()));
+    (rig, [requests, responses])
+}
+
+#[test]
+fn a_flow_between_two_local_ends_is_reported_from_each() {
+    let (client, server) = (v4([127, 0, 0, 1], 50000), v4([127, 0, 0, 1], 8080));
+    let owners = FixedOwners {
+        listeners: vec![(server, SERVER_TGID)],
+        clients: vec![((client, server), CLIENT_TGID)],
+    };
+    let (rig, [requests, responses]) = through(owners, client, server);
+    assert_eq!(calls_from(&rig, Side::Server), expected(&CALLS));
+    assert_eq!(calls_from(&rig, Side::Client), expected(&CALLS));
+    let [server_view, client_view] = rig.opened[..] else {
+        panic!("{:?}", rig.opened)
+    };
+    assert_eq!(
+        (server_view.side, server_view.tgid, server_view.tuple.local),
+        (Side::Server, SERVER_TGID, server)
+    );
+    assert_eq!(
+        (client_view.side, client_view.tgid),
+        (Side::Client, CLIENT_TGID)
+    );
+    assert_eq!(
+        (client_view.tuple.local, client_view.tuple.remote),
+        (client, server)
+    );
+    assert_ne!(server_view.conn_id, client_view.conn_id);
+    // (inbound, outbound) as each end sees them.
+    assert_eq!(
+        rig.closed,
+        vec![
+            (client_view.conn_id, [responses, requests]),
+            (server_view.conn_id, [requests, responses]),
+        ]
+    );
+    assert_eq!(rig.flows.counters.client_views, 1);
+    assert_eq!(rig.pipe.connections(), 0);
+}
+
+#[test]
+fn a_local_client_of_a_remote_server_is_reported_from_its_end_only() {
+    let (client, server) = (v4([10, 0, 0, 1], 50000), v4([10, 9, 9, 9], 80));
+    let owners = FixedOwners {
+        listeners: Vec::new(),
+        clients: vec![((client, server), CLIENT_TGID)],
+    };
+    let (rig, _) = through(owners, client, server);
+    assert_eq!(calls_from(&rig, Side::Server), []);
+    assert_eq!(calls_from(&rig, Side::Client), expected(&CALLS));
+    assert!(rig
+        .pipe
+        .sink
+        .0
+        .iter()
+        .all(|r| (r.tgid, r.local, r.remote) == (CLIENT_TGID, client, server)));
+}
+
+#[test]
+fn a_flow_with_no_local_end_known_is_reported_from_its_server_end() {
+    let (client, server) = (v4([10, 0, 0, 1], 50000), v4([10, 9, 9, 9], 80));
+    let (rig, _) = through(FixedOwners::default(), client, server);
+    assert_eq!(calls_from(&rig, Side::Server), expected(&CALLS));
+    assert_eq!(calls_from(&rig, Side::Client), []);
+    assert_eq!(rig.opened[0].tgid, 0, "no process known");
+    assert_eq!(rig.flows.counters.client_views, 0);
 }
