@@ -239,6 +239,7 @@ fn watch_says_which_source_saw_each_exchange() {
 struct BridgedNamespace {
     name: String,
     bridge: String,
+    tag: u8,
 }
 
 impl BridgedNamespace {
@@ -250,6 +251,7 @@ impl BridgedNamespace {
         let this = BridgedNamespace {
             name: name.clone(),
             bridge: bridge.clone(),
+            tag,
         };
         this.drop_leftovers();
         for args in [
@@ -301,29 +303,25 @@ fn ip(args: &[&str], must: bool) {
     assert!(!must || status.success(), "ip {args:?} failed: {status}");
 }
 
-#[test]
-fn a_server_behind_a_bridged_veth_counts_once() {
-    if !privileged("a_server_behind_a_bridged_veth_counts_once") {
-        return;
-    }
+/// Serves a page from Python's HTTP server inside `net`, fetches it over
+/// the bridge and the veth, and checks that `tracer` (`--source packets`
+/// on every interface) counted each request exactly once against the
+/// server's own log, and that the segments did show on two interfaces.
+fn count_behind_the_veth(dir: &TestDir, tracer: &Tracer, net: &BridgedNamespace) {
     const FETCHES: u64 = 20;
-    let dir = TestDir::new("pkt-veth");
-    let net = BridgedNamespace::create(7);
-    // Every interface (the default): the bridge and its veth port both
-    // carry the flow.
-    let tracer = Tracer::start(&dir, &["--source", "packets"]);
     dir.write("www/page.html", b"<p>behind a veth</p>");
     let port = tracer_e2e::free_port();
     let python = tracer_e2e::peers::python();
+    let server_ip = format!("10.231.{}.2", net.tag);
     let mut cmd = std::process::Command::new(tracer_e2e::require_tool("ip"));
     cmd.args(["netns", "exec", &net.name])
         .arg(&python)
-        .args(["-m", "http.server", "--bind", "10.231.7.2"])
+        .args(["-m", "http.server", "--bind", &server_ip])
         .arg(port.to_string())
         .arg("--directory")
         .arg(dir.path().join("www"));
-    let server = tracer_e2e::Guard::spawn("netns-server", &mut cmd, &dir);
-    let addr: std::net::SocketAddr = format!("10.231.7.2:{port}").parse().unwrap();
+    let server = tracer_e2e::Guard::spawn("netns-server", &mut cmd, dir);
+    let addr: std::net::SocketAddr = format!("{server_ip}:{port}").parse().unwrap();
     let up = wait_until(START_TIMEOUT, || try_get(addr, "/page.html").ok());
     assert!(up.is_some(), "the server in {} never answered", net.name);
 
@@ -359,7 +357,7 @@ fn a_server_behind_a_bridged_veth_counts_once() {
         Want::server(&service, "/page.html").status(200).is(fetched),
         Want::client("curl", "/page.html")
             .status(200)
-            .label("server_address", "10.231.7.2")
+            .label("server_address", &server_ip)
             .is(FETCHES),
     ]);
     // Not a result but the premise: the segments did show on two interfaces.
@@ -368,4 +366,58 @@ fn a_server_behind_a_bridged_veth_counts_once() {
         &[("cause", "packet_other_interface")],
     );
     assert!(copies > 0, "no segment was seen on a second interface");
+}
+
+/// `tracer_packet_interfaces` once it equals `want` (None if it never
+/// does within the metrics timeout).
+fn interfaces_become(tracer: &Tracer, want: u64) -> Option<u64> {
+    wait_until(METRICS_TIMEOUT, || {
+        let now = tracer.scrape().count("tracer_packet_interfaces", &[]);
+        (now == want).then_some(now)
+    })
+}
+
+#[test]
+fn a_server_behind_a_bridged_veth_counts_once() {
+    if !privileged("a_server_behind_a_bridged_veth_counts_once") {
+        return;
+    }
+    let dir = TestDir::new("pkt-veth");
+    let net = BridgedNamespace::create(7);
+    // Every interface (the default), found at start: the bridge and its
+    // veth port both carry the flow.
+    let tracer = Tracer::start(&dir, &["--source", "packets"]);
+    count_behind_the_veth(&dir, &tracer, &net);
+}
+
+/// Without `--interfaces` the tracer follows the interfaces: a bridge and
+/// a veth created after it is ready get sockets of their own (counted in
+/// `tracer_packet_interfaces`), their traffic is counted exactly once, and
+/// their sockets close when they go.
+#[test]
+fn interfaces_that_appear_later_are_captured_and_released() {
+    if !privileged("interfaces_that_appear_later_are_captured_and_released") {
+        return;
+    }
+    let dir = TestDir::new("pkt-veth-later");
+    let tracer = Tracer::start(&dir, &["--source", "packets"]);
+    let before = tracer.scrape().count("tracer_packet_interfaces", &[]);
+    let present = std::fs::read_dir("/sys/class/net").unwrap().count() as u64;
+    assert_eq!(before, present, "one socket per interface at start");
+    let net = BridgedNamespace::create(8);
+    // The bridge and the veth's host end (its other end moved away): wait
+    // for their sockets, so the server's first segments are seen.
+    assert!(
+        interfaces_become(&tracer, before + 2).is_some(),
+        "the new bridge and veth were not captured: {} interfaces",
+        tracer.scrape().count("tracer_packet_interfaces", &[])
+    );
+    count_behind_the_veth(&dir, &tracer, &net);
+    drop(net);
+    assert!(
+        interfaces_become(&tracer, before).is_some(),
+        "the sockets of the removed bridge and veth stayed: {} interfaces",
+        tracer.scrape().count("tracer_packet_interfaces", &[])
+    );
+    tracer.expect(&[Want::metric("tracer_packet_interface_errors_total").is(0)]);
 }

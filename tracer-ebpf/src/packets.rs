@@ -98,6 +98,12 @@ fn segment(ctx: &SkBuffContext) -> Result<(), ()> {
         count(stat::PACKET_MALFORMED);
         return Err(());
     }
+    // A bare ACK tells nothing: skipped before the map lookup below, as
+    // about half of a flow's segments are.
+    let payload_len = ip.end - payload_at;
+    if payload_len == 0 && flags & (tcp_flag::SYN | tcp_flag::FIN | tcp_flag::RST) == 0 {
+        return Ok(());
+    }
     let mut src = ip.src;
     let mut dst = ip.dst;
     src.port = u16::from_be_bytes([tcp[0], tcp[1]]);
@@ -108,10 +114,6 @@ fn segment(ctx: &SkBuffContext) -> Result<(), ()> {
         if netns == 0 || netns == self_netns() {
             return Ok(());
         }
-    }
-    let payload_len = ip.end - payload_at;
-    if payload_len == 0 && flags & (tcp_flag::SYN | tcp_flag::FIN | tcp_flag::RST) == 0 {
-        return Ok(());
     }
 
     // SAFETY: no arguments.

@@ -178,8 +178,10 @@ pub async fn run(args: RunArgs) -> Result<()> {
         stats,
         shedding,
         clients,
+        packet_sockets,
         ..
     } = kernel;
+    let interfaces = packet_sockets.counts();
     tokio::spawn(watch_memory(
         config.budget.clone(),
         shedding,
@@ -203,6 +205,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
             if let Some(kube) = &kube {
                 metrics.set_kube_stats(kube);
             }
+            metrics.set_packet_interfaces(interfaces.captured(), interfaces.failures());
         })
     };
     let server = tokio::spawn(server::serve(
@@ -256,6 +259,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
     .await
     .context("reading the ring buffer")?;
     health.set_ready(false);
+    drop(packet_sockets);
     drop(ebpf);
     server.await.context("metrics server task")??;
     tracing::info!("stopped");

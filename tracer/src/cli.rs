@@ -49,7 +49,7 @@ pub struct CaptureArgs {
     #[arg(long, env = "TRACER_SOURCE", value_enum, default_value = "syscalls")]
     pub source: SourceChoice,
 
-    /// With --source packets or both: the interfaces to read, by name (comma-separated), e.g. lo,eth0. Default: every interface of the tracer's network namespace, including those that appear later (pod veths).
+    /// With --source packets or both: the interfaces to read, by name (comma-separated), e.g. lo,eth0, each opened at start-up only. Default: every interface of the tracer's network namespace, including those that appear later (pod veths), followed through rtnetlink's link notifications.
     #[arg(
         long,
         env = "TRACER_INTERFACES",

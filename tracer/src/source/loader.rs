@@ -15,7 +15,7 @@ use tracer_common::{stat, ClientOwner, ConnInfo, FlowKey, SockOffsets, SocketEnd
 
 use super::{
     btf,
-    packet_sockets::{Interface, PacketSocket},
+    packet_sockets::{Filter, Interface, PacketSockets},
     packets::owners::ClientTable,
 };
 
@@ -296,7 +296,8 @@ pub struct LoadOptions {
     /// Attach the hooks but make them return at once (benchmark floor).
     pub hooks_only: bool,
     pub source: SourceChoice,
-    /// The packet path's interfaces; empty: all.
+    /// The packet path's interfaces; empty: every interface, followed as
+    /// they come and go.
     pub interfaces: Vec<Interface>,
 }
 
@@ -314,8 +315,9 @@ pub struct Kernel {
     pub stats: PerCpuArray<MapData, u64>,
     /// Tells the kernel side to shed payload (`budget::Pressure`).
     pub shedding: Shedding,
-    /// The packet path's AF_PACKET sockets: closing them detaches the filter.
-    pub packet_sockets: Vec<PacketSocket>,
+    /// The packet path's AF_PACKET sockets: closing them (dropping this)
+    /// detaches the filter.
+    pub packet_sockets: PacketSockets,
     /// Which process connected each client socket, for the packet path.
     pub clients: Option<KernelClients>,
 }
@@ -605,7 +607,7 @@ pub fn load(opts: &LoadOptions) -> Result<Kernel, StartError> {
         }
         attach_packet_filter(&mut ebpf, &opts.interfaces)?
     } else {
-        Vec::new()
+        PacketSockets::none()
     };
     Ok(Kernel {
         ebpf,
@@ -625,42 +627,43 @@ pub fn load(opts: &LoadOptions) -> Result<Kernel, StartError> {
 }
 
 /// Loads the socket filter and attaches it to one AF_PACKET socket per
-/// interface (one socket for all when `interfaces` is empty).
+/// interface: those of `interfaces`, or when it is empty every interface,
+/// followed as they come and go.
 fn attach_packet_filter(
     ebpf: &mut Ebpf,
     interfaces: &[Interface],
-) -> Result<Vec<PacketSocket>, StartError> {
+) -> Result<PacketSockets, StartError> {
     const PROGRAM: &str = "packet_filter";
     let filter: &mut SocketFilter = program_mut(ebpf, PROGRAM)?;
-    let fail = |target: String| {
-        move |reason: String| StartError::Attach {
-            program: PROGRAM,
-            target,
-            reason,
-        }
+    let fail = |target: String, reason: String| StartError::Attach {
+        program: PROGRAM,
+        target,
+        reason,
     };
     filter
         .load()
-        .map_err(|e| fail("AF_PACKET sockets".into())(format!("{e:#}")))?;
-    let all = [None];
-    let wanted: Vec<Option<&Interface>> = if interfaces.is_empty() {
-        all.to_vec()
+        .map_err(|e| fail("AF_PACKET sockets".into(), format!("{e:#}")))?;
+    // A descriptor of its own: the follower attaches the filter to the
+    // sockets of later interfaces without the `Ebpf` object.
+    let program = filter
+        .fd()
+        .map_err(|e| fail("AF_PACKET sockets".into(), format!("{e:#}")))?
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|e| fail("AF_PACKET sockets".into(), format!("program fd: {e}")))?;
+    let filter = Filter::new(program);
+    let sockets = if interfaces.is_empty() {
+        PacketSockets::following(filter)
     } else {
-        interfaces.iter().map(Some).collect()
-    };
-    wanted
-        .into_iter()
-        .map(|interface| {
-            let target = match interface {
-                Some(i) => format!("an AF_PACKET socket on {}", i.name),
-                None => "an AF_PACKET socket on every interface".into(),
-            };
-            PacketSocket::open(interface, |socket| {
-                filter.attach(socket).map_err(|e| format!("{e:#}"))
-            })
-            .map_err(fail(target))
-        })
-        .collect()
+        PacketSockets::fixed(interfaces, &filter)
+    }
+    .map_err(|e| fail(e.target, e.reason))?;
+    tracing::info!(
+        interfaces = sockets.captured(),
+        following = interfaces.is_empty(),
+        "packet path: socket filter attached to one AF_PACKET socket per interface"
+    );
+    Ok(sockets)
 }
 
 /// Whether the running kernel's BTF has every field the kernel side needs to

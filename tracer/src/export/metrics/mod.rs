@@ -144,6 +144,8 @@ pub struct Metrics {
     memory_budget: Gauge,
     memory_used: Gauge,
     memory_pressure: Gauge,
+    packet_interfaces: Gauge,
+    packet_interface_errors: Counter,
     kubernetes: Option<KubeMetrics>,
 }
 
@@ -312,6 +314,20 @@ impl Metrics {
              full; looked up again 30 s later",
             identity_queue_full.clone(),
         );
+        let packet_interfaces = Gauge::default();
+        registry.register(
+            "tracer_packet_interfaces",
+            "Interfaces the packet path captures now, one AF_PACKET socket each (0 without \
+             --source packets or both)",
+            packet_interfaces.clone(),
+        );
+        let packet_interface_errors = Counter::default();
+        registry.register(
+            "tracer_packet_interface_errors",
+            "Sockets the packet path could not open on interfaces that appeared after start-up \
+             (each retried at the next link change)",
+            packet_interface_errors.clone(),
+        );
         let kubernetes = kubernetes.then(|| KubeMetrics::register(&mut registry));
 
         Self {
@@ -336,6 +352,8 @@ impl Metrics {
             memory_budget,
             memory_used,
             memory_pressure,
+            packet_interfaces,
+            packet_interface_errors,
             kubernetes,
         }
     }
@@ -453,6 +471,17 @@ impl Metrics {
     /// Sets the number of entries in the kernel's socket table.
     pub fn set_kernel_connections(&self, n: i64) {
         self.kernel_connections.set(n);
+    }
+
+    /// The packet path's interfaces captured now, and the sockets that
+    /// could not be opened on later ones so far (a running total, stored:
+    /// the follower keeps it, so the counter stays monotonic).
+    pub fn set_packet_interfaces(&self, captured: usize, errors: u64) {
+        self.packet_interfaces
+            .set(i64::try_from(captured).unwrap_or(i64::MAX));
+        self.packet_interface_errors
+            .inner()
+            .store(errors, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Adds `n` connection evictions.
@@ -622,6 +651,7 @@ mod tests {
         m.count_gaps(4, 4096);
         m.set_connections(17);
         m.set_kernel_connections(16);
+        m.set_packet_interfaces(3, 2);
         m.count_evictions(5);
         m.count_late_events(6);
         let text = encoded(&m);
@@ -647,6 +677,8 @@ mod tests {
             ("tracer_stream_gap_bytes_total", 4096.0),
             ("tracer_connections", 17.0),
             ("tracer_kernel_connections", 16.0),
+            ("tracer_packet_interfaces", 3.0),
+            ("tracer_packet_interface_errors_total", 2.0),
             ("tracer_connection_evictions_total", 5.0),
             ("tracer_late_events_total", 6.0),
         ];
