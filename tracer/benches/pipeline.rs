@@ -32,6 +32,7 @@
 
 use std::{
     collections::{HashMap, HashSet},
+    mem::size_of,
     process::ExitCode,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
@@ -216,16 +217,37 @@ fn as_the_kernel_would_send(records: Vec<&[u8]>) -> Vec<&[u8]> {
 
 /// A recording of `tracer record --source packets` (or `both`) has packet
 /// records: the pipeline reads them as the daemon would, through the packet
-/// path's flows (roles from the SYNs; no /proc lookups in a replay).
+/// path's flows (roles from the SYNs; no /proc lookups in a replay). Both
+/// ends of every connection whose SYN was recorded are taken to be local,
+/// as the listeners in /proc and the kernel's `CLIENTS` table say of the
+/// benchmark's loopback traffic: such a flow is seen from each end, as
+/// live.
 fn with_packet_path<S: Sink>(records: &[&[u8]], pipeline: Pipeline<S>) -> Pipeline<S> {
-    if records
+    use tracer_common::{kind, tcp_flag, PacketEvent};
+    let packets = records
         .iter()
-        .any(|r| r.first() == Some(&tracer_common::kind::PACKET))
-    {
-        pipeline.with_packets(Flows::new(CAPACITY, Box::new(FixedOwners::default())))
-    } else {
-        pipeline
+        .filter(|r| r.first() == Some(&kind::PACKET) && r.len() >= size_of::<PacketEvent>());
+    let mut servers = Vec::new();
+    let mut clients = Vec::new();
+    for record in packets.clone() {
+        // SAFETY: at least one PacketEvent's bytes; plain-old-data.
+        let event = unsafe { std::ptr::read_unaligned(record.as_ptr().cast::<PacketEvent>()) };
+        if event.flags & (tcp_flag::SYN | tcp_flag::ACK) == tcp_flag::SYN {
+            if !servers.iter().any(|&(s, _)| s == event.dst) {
+                servers.push((event.dst, 2));
+            }
+            clients.push((event.src, event.dst));
+        }
     }
+    if packets.count() == 0 {
+        return pipeline;
+    }
+    let owners = clients
+        .iter()
+        .fold(FixedOwners::listening(servers), |owners, (c, s)| {
+            owners.with_client(c, s, 1)
+        });
+    pipeline.with_packets(Flows::new(CAPACITY, Box::new(owners)))
 }
 
 /// The connection id every record carries in its header (0 for process

@@ -58,16 +58,12 @@ fn record(event: &PacketEvent, header: &[u8], payload: &[u8]) -> Vec<u8> {
 fuzz_target!(|data: &[u8]| {
     // Port 80 listens on every address; its process is unknown. The
     // clients of flows 0 and 3 are local too: those flows have two views.
-    let owners = FixedOwners {
-        listeners: vec![(end(false, 0, 80), 0)],
-        clients: [0u8, 3]
-            .map(|flow| {
-                let v6 = flow == 3;
-                let client = end(v6, 2 + flow, 40000 + u16::from(flow));
-                ((client, end(v6, 1, 80)), 100 + u32::from(flow))
-            })
-            .to_vec(),
-    };
+    let mut owners = FixedOwners::listening(vec![(end(false, 0, 80), 0)]);
+    for flow in [0u8, 3] {
+        let v6 = flow == 3;
+        let client = end(v6, 2 + flow, 40000 + u16::from(flow));
+        owners = owners.with_client(&client, &end(v6, 1, 80), 100 + u32::from(flow));
+    }
     let mut pipeline = Pipeline::new(CAPACITY, Identities::inline(HashMap::new()), None, Discard)
         .with_packets(Flows::new(CAPACITY, Box::new(owners)));
     // Per (flow, direction): the next sequence number.

@@ -41,8 +41,8 @@ pub trait ClientTable {
 /// their processes.
 #[derive(Debug, Default, Clone)]
 pub struct FixedOwners {
-    pub listeners: Vec<(SockAddr, u32)>,
-    pub clients: Vec<((SockAddr, SockAddr), u32)>,
+    listeners: Vec<(SockAddr, u32)>,
+    clients: HashMap<SocketEnds, u32>,
 }
 
 impl FixedOwners {
@@ -50,8 +50,14 @@ impl FixedOwners {
     pub fn listening(listeners: Vec<(SockAddr, u32)>) -> Self {
         Self {
             listeners,
-            clients: Vec::new(),
+            clients: HashMap::new(),
         }
+    }
+
+    /// Also: `tgid` connected the socket from `client` to `server`.
+    pub fn with_client(mut self, client: &SockAddr, server: &SockAddr, tgid: u32) -> Self {
+        self.clients.insert(SocketEnds::new(client, server), tgid);
+        self
     }
 
     fn find(&self, addr: &SockAddr) -> Option<u32> {
@@ -73,9 +79,8 @@ impl Owners for FixedOwners {
 
     fn client(&mut self, client: &SockAddr, server: &SockAddr) -> Option<ClientOwner> {
         self.clients
-            .iter()
-            .find(|((c, s), _)| c == client && s == server)
-            .map(|&(_, tgid)| ClientOwner {
+            .get(&SocketEnds::new(client, server))
+            .map(|&tgid| ClientOwner {
                 tgid,
                 comm: [0; 16],
             })

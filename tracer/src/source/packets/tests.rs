@@ -918,10 +918,11 @@ fn through(owners: FixedOwners, client: SockAddr, server: SockAddr) -> (Rig, [u6
 #[test]
 fn a_flow_between_two_local_ends_is_reported_from_each() {
     let (client, server) = (v4([127, 0, 0, 1], 50000), v4([127, 0, 0, 1], 8080));
-    let owners = FixedOwners {
-        listeners: vec![(server, SERVER_TGID)],
-        clients: vec![((client, server), CLIENT_TGID)],
-    };
+    let owners = FixedOwners::listening(vec![(server, SERVER_TGID)]).with_client(
+        &client,
+        &server,
+        CLIENT_TGID,
+    );
     let (rig, [requests, responses]) = through(owners, client, server);
     assert_eq!(calls_from(&rig, Side::Server), expected(&CALLS));
     assert_eq!(calls_from(&rig, Side::Client), expected(&CALLS));
@@ -956,10 +957,7 @@ fn a_flow_between_two_local_ends_is_reported_from_each() {
 #[test]
 fn a_local_client_of_a_remote_server_is_reported_from_its_end_only() {
     let (client, server) = (v4([10, 0, 0, 1], 50000), v4([10, 9, 9, 9], 80));
-    let owners = FixedOwners {
-        listeners: Vec::new(),
-        clients: vec![((client, server), CLIENT_TGID)],
-    };
+    let owners = FixedOwners::default().with_client(&client, &server, CLIENT_TGID);
     let (rig, _) = through(owners, client, server);
     assert_eq!(calls_from(&rig, Side::Server), []);
     assert_eq!(calls_from(&rig, Side::Client), expected(&CALLS));
