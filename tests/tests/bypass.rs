@@ -151,6 +151,19 @@ impl BypassServer {
         request_body_via: &str,
         body_size: usize,
     ) -> Self {
+        Self::start_accepting(dir, prefix, body_via, request_body_via, body_size, "std")
+    }
+
+    /// `accept`: `std` (`accept4` with an address buffer) or
+    /// `without-address` (`accept(fd, NULL, NULL)`).
+    fn start_accepting(
+        dir: &TestDir,
+        prefix: &'static str,
+        body_via: &str,
+        request_body_via: &str,
+        body_size: usize,
+        accept: &str,
+    ) -> Self {
         let bin = PathBuf::from(env!("CARGO_BIN_EXE_bypass_server"));
         let port = free_port();
         let name = format!("bypass-server{}", prefix.replace('/', "-"));
@@ -160,6 +173,7 @@ impl BypassServer {
             .args(["--body-via", body_via])
             .args(["--request-body-via", request_body_via])
             .args(["--body-size", &body_size.to_string()])
+            .args(["--accept", accept])
             .arg("--log")
             .arg(&log);
         let mut guard = Guard::spawn(&name, &mut cmd, dir);
@@ -428,4 +442,61 @@ fn shared_socket_connection(server: &BypassServer, tally: &mut Counts) {
             read_and_tally(&mut reader, &requests, method, &route, tally);
         }
     });
+}
+
+/// A server that passes no address buffer to `accept` (as libuv and
+/// Node.js do): its connections still carry both ends, those its socket was
+/// established with, so `watch --port` shows its side of every exchange
+/// and names its peer. (Before, such a connection had no addresses: no
+/// port filter matched it, and with `--source both` nothing covered its
+/// flow when its client was not hooked.)
+#[test]
+fn a_server_accepting_without_an_address_buffer_is_named_by_its_ends() {
+    if !privileged("a_server_accepting_without_an_address_buffer_is_named_by_its_ends") {
+        return;
+    }
+    let dir = TestDir::new("bypass-accept-without-address");
+    let server = BypassServer::start_accepting(
+        &dir,
+        "/small",
+        "write",
+        "read",
+        SMALL_BODY,
+        "without-address",
+    );
+    let port = server.port.to_string();
+    let mut watch = tracer_e2e::tracer::spawn_watch(&dir, &["--port", &port]);
+    // Ready once it prints: probe until the client's side of a probe shows
+    // (the client's connect names the port either way).
+    let ready = tracer_e2e::wait_until(tracer_e2e::wait::START_TIMEOUT, || {
+        watch.assert_running();
+        let _ = tracer_e2e::tracer::try_get(server.addr(), "/probe");
+        tracer_e2e::tracer::printed_lines(&watch)
+            .iter()
+            .any(|l| l.contains(" client ") && l.contains(" /probe "))
+            .then_some(())
+    });
+    assert!(ready.is_some(), "watch printed nothing");
+    let mut tally = Counts::new();
+    one_thread_connection(&server, &mut tally);
+    assert_eq!(server.tally(), tally, "the server's log");
+    let served: u64 = tally.values().sum();
+    let server_side = || {
+        tracer_e2e::tracer::printed_lines(&watch)
+            .into_iter()
+            .filter(|l| l.contains(" server peer=127.0.0.1:") && l.contains(" /small/"))
+            .count() as u64
+    };
+    let seen = tracer_e2e::wait_until(tracer_e2e::wait::METRICS_TIMEOUT, || {
+        (server_side() >= served).then_some(())
+    });
+    assert!(
+        seen.is_some(),
+        "{} of {served} server lines: {:#?}",
+        server_side(),
+        tracer_e2e::tracer::printed_lines(&watch)
+    );
+    // Longer for a line too many.
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(server_side(), served);
 }

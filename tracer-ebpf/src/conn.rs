@@ -18,8 +18,8 @@ use core::{ffi::c_void, mem::size_of};
 use crate::{
     cover_flows,
     maps::{
-        count, output, Connecting, CLIENTS, CLIENT_CONNECTING, CONNECTING, CONN_SCRATCH, CONN_SEQ,
-        COVERED, COVER_KEY, DUP_REFS, PEER_TO_LOCAL, SOCKETS,
+        count, output, Connecting, ACCEPTED, CLIENTS, CLIENT_CONNECTING, CONNECTING, CONN_SCRATCH,
+        CONN_SEQ, COVERED, COVER_KEY, DUP_REFS, PEER_TO_LOCAL, SOCKETS,
     },
     note_clients,
     regs::{Caller, SyscallArgs},
@@ -163,8 +163,9 @@ pub fn on_accept_exit(ret: i64) {
         return;
     };
     let mut tuple = Tuple::default();
-    // A NULL peer buffer leaves the addresses unknown (family 0), and the
-    // socket may even be a Unix one: the parser drops it if it is not HTTP.
+    let fd = ret as u32;
+    // 0 for a Unix socket, or without the BTF offsets.
+    let sk = seq::socket_of(fd);
     // A non-inet family is a Unix socket: skip.
     let peer_ptr = args.arg1();
     if peer_ptr != 0 {
@@ -177,10 +178,21 @@ pub fn on_accept_exit(ret: i64) {
             tuple.local = *local;
             let _ = PEER_TO_LOCAL.remove(&remote);
         }
+    } else if sk != 0 {
+        // No peer buffer (libuv, Node.js): the ends its socket was
+        // established with. Without them (a Unix socket, say) the
+        // addresses stay unknown (family 0), and the parser drops the
+        // connection if it is not HTTP.
+        // SAFETY: plain map lookup; the value is copied out at once.
+        if let Some(ends) = unsafe { ACCEPTED.get(&sk) } {
+            tuple = *ends;
+        }
     }
-    let fd = ret as u32;
+    if sk != 0 {
+        let _ = ACCEPTED.remove(&sk);
+    }
     let mut info = ConnInfo::new(next_conn_id(), tuple, role::SERVER);
-    seq::attach(&mut info, seq::socket_of(fd), 0, 0);
+    seq::attach(&mut info, sk, 0, 0);
     if register(conn_key(tgid, fd), &info) {
         emit(kind::OPEN, pid_tgid, fd as i32, &info, comm());
     }
@@ -292,8 +304,10 @@ pub fn on_state_change(change: &StateChange) {
         (_, TCP_SYN_SENT) => on_syn_sent(change),
         (TCP_SYN_SENT, TCP_ESTABLISHED) => on_client_established(change),
         (TCP_SYN_RECV, TCP_ESTABLISHED) => {
-            // Server side: keep the local address until accept() asks for it.
+            // Server side: keep the local address until accept() asks for it,
+            // and both ends for an accept() that passes no address buffer.
             let _ = PEER_TO_LOCAL.insert(&change.tuple.remote, &change.tuple.local, 0);
+            let _ = ACCEPTED.insert(&change.sk, &change.tuple, 0);
         }
         (_, TCP_CLOSE) => {
             // The daemon covers the flows the hooks announce; a socket's

@@ -10,7 +10,7 @@ use aya_ebpf::{
 };
 use core::ffi::c_void;
 use tracer_common::{
-    ClientOwner, ConnInfo, DataEvent, FlowKey, SockAddr, SocketEnds, COMM_LEN, MAX_CAPTURE,
+    ClientOwner, ConnInfo, DataEvent, FlowKey, SockAddr, SocketEnds, Tuple, COMM_LEN, MAX_CAPTURE,
 };
 
 /// Traced TCP sockets, keyed by `conn_key(tgid, fd)`: the filter every data
@@ -77,6 +77,13 @@ pub static CLIENT_CONNECTING: LruHashMap<u64, ClientOwner> = LruHashMap::with_ma
 /// untraced code age out.
 #[map]
 pub static PEER_TO_LOCAL: LruHashMap<SockAddr, SockAddr> = LruHashMap::with_max_entries(16384, 0);
+
+/// Both ends of each freshly established inbound connection, keyed by its
+/// kernel `sock` address, for an `accept` that passes no address buffer
+/// (libuv, Node.js): the hook finds the socket behind the new descriptor
+/// and its ends here. LRU: connections accepted by untraced code age out.
+#[map]
+pub static ACCEPTED: LruHashMap<u64, Tuple> = LruHashMap::with_max_entries(16384, 0);
 
 /// Slot 0 non-zero while the daemon is short of memory (90% of its budget
 /// in use, `tracer/src/budget.rs`): payload is shed as under ring pressure.

@@ -32,7 +32,7 @@
 
 use std::fs::File;
 use std::io::{self, Write as _};
-use std::net::{Ipv4Addr, TcpListener};
+use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::ptr;
 
@@ -68,6 +68,9 @@ enum RequestBodyVia {
 
 struct Args {
     port: u16,
+    /// Accept with no address buffer (`accept(fd, NULL, NULL)`), as libuv
+    /// and Node.js do, instead of std's `accept4` with one.
+    accept_without_address: bool,
     body_via: BodyVia,
     request_body_via: RequestBodyVia,
     body_size: usize,
@@ -80,6 +83,7 @@ fn parse_args() -> Result<Args, String> {
     let mut request_body_via = RequestBodyVia::Read;
     let mut body_size = 0;
     let mut log = None;
+    let mut accept_without_address = false;
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
         let value = args.next().ok_or(format!("{flag} needs a value"))?;
@@ -87,6 +91,13 @@ fn parse_args() -> Result<Args, String> {
             "--port" => port = Some(value.parse().map_err(|e| format!("--port: {e}"))?),
             "--body-size" => body_size = value.parse().map_err(|e| format!("--body-size: {e}"))?,
             "--log" => log = Some(value),
+            "--accept" => {
+                accept_without_address = match value.as_str() {
+                    "std" => false,
+                    "without-address" => true,
+                    other => return Err(format!("unknown --accept {other}")),
+                }
+            }
             "--body-via" => {
                 body_via = match value.as_str() {
                     "write" => BodyVia::Write,
@@ -113,6 +124,7 @@ fn parse_args() -> Result<Args, String> {
     }
     Ok(Args {
         port: port.ok_or("--port is required")?,
+        accept_without_address,
         body_via,
         request_body_via,
         body_size,
@@ -135,7 +147,12 @@ fn main() {
     );
     // std's accept is accept4(2) (with SOCK_CLOEXEC), where the tracer
     // registers a server's connections.
-    for (connection, accepted) in (1u64..).zip(listener.incoming()) {
+    for connection in 1u64.. {
+        let accepted = if args.accept_without_address {
+            accept_without_address(&listener)
+        } else {
+            listener.accept().map(|(stream, _)| stream)
+        };
         match accepted {
             Ok(stream) => {
                 if let Err(e) = server.serve(stream.as_raw_fd(), connection) {
@@ -145,6 +162,18 @@ fn main() {
             Err(e) => eprintln!("accept: {e}"),
         }
     }
+}
+
+/// `accept(fd, NULL, NULL)`: the kernel writes no peer address.
+fn accept_without_address(listener: &TcpListener) -> io::Result<TcpStream> {
+    // SAFETY: a listening socket's fd; NULL address and length pointers
+    // are allowed.
+    let fd = unsafe { libc::accept(listener.as_raw_fd(), ptr::null_mut(), ptr::null_mut()) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor that nothing else owns.
+    Ok(unsafe { TcpStream::from_raw_fd(fd) })
 }
 
 /// One parsed request head.
