@@ -226,7 +226,7 @@ fn check_counts_exact(body_via: &str, request_body_via: &str, client: Client) {
 enum Source {
     Syscalls,
     /// The packet path alone, on loopback: it sees every byte on the wire
-    /// whatever moved it, from the server's end only.
+    /// whatever moved it, from both ends (both are local).
     Packets,
 }
 

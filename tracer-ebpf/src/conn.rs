@@ -9,17 +9,17 @@ use aya_ebpf::helpers::{
     generated::bpf_get_smp_processor_id,
 };
 use tracer_common::{
-    conn_key, kernel_conn_id, kind, role, ClientOwner, ConnEvent, ConnInfo, EventHeader, FlowKey,
-    SockAddr, SocketEnds, Tuple, AF_INET, AF_INET6, COMM_LEN,
+    conn_key, kernel_conn_id, kind, role, ConnEvent, ConnInfo, EventHeader, FlowKey, SockAddr,
+    Tuple, AF_INET, AF_INET6, COMM_LEN,
 };
 
 use core::{ffi::c_void, mem::size_of};
 
 use crate::{
-    cover_flows,
+    clients, cover_flows,
     maps::{
-        count, output, Connecting, ACCEPTED, CLIENTS, CLIENT_CONNECTING, CONNECTING, CONN_SCRATCH,
-        CONN_SEQ, COVERED, COVER_KEY, DUP_REFS, PEER_TO_LOCAL, SOCKETS,
+        count, output, Connecting, ACCEPTED, CONNECTING, CONN_SCRATCH, CONN_SEQ, COVERED,
+        COVER_KEY, DUP_REFS, PEER_TO_LOCAL, SOCKETS,
     },
     note_clients,
     regs::{Caller, SyscallArgs},
@@ -29,10 +29,10 @@ use crate::{
 const NR_CONNECT: u64 = 42;
 const EINPROGRESS: i64 = 115;
 
-const TCP_ESTABLISHED: i32 = 1;
-const TCP_SYN_SENT: i32 = 2;
-const TCP_SYN_RECV: i32 = 3;
-const TCP_CLOSE: i32 = 7;
+pub const TCP_ESTABLISHED: i32 = 1;
+pub const TCP_SYN_SENT: i32 = 2;
+pub const TCP_SYN_RECV: i32 = 3;
+pub const TCP_CLOSE: i32 = 7;
 const IPPROTO_TCP: u16 = 6;
 
 /// The fields of the `sock/inet_sock_set_state` tracepoint we use.
@@ -58,7 +58,7 @@ fn next_conn_id() -> u64 {
     }
 }
 
-fn comm() -> [u8; COMM_LEN] {
+pub fn comm() -> [u8; COMM_LEN] {
     bpf_get_current_comm().unwrap_or([0; COMM_LEN])
 }
 
@@ -294,7 +294,7 @@ pub fn on_state_change(change: &StateChange) {
         return;
     }
     if note_clients() {
-        note_client(change);
+        clients::note_client(change);
     }
     if !trace_syscalls() {
         return;
@@ -314,35 +314,6 @@ pub fn on_state_change(change: &StateChange) {
             // end uncovers its flow even when the daemon never learns of it.
             let _ = COVERED.remove(&FlowKey::new(&change.tuple.local, &change.tuple.remote));
             on_closed(change.sk)
-        }
-        _ => {}
-    }
-}
-
-/// The packet path: a client socket's process, taken inside `connect`
-/// (`SYN_SENT`, whatever made the call: a syscall, io_uring) and filed
-/// under the socket's ends once they are all known (`ESTABLISHED`), where
-/// the daemon looks for it when the flow's first payload arrives.
-fn note_client(change: &StateChange) {
-    match (change.oldstate, change.newstate) {
-        (_, TCP_SYN_SENT) => {
-            let owner = ClientOwner {
-                tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
-                comm: comm(),
-            };
-            let _ = CLIENT_CONNECTING.insert(&change.sk, &owner, 0);
-        }
-        (TCP_SYN_SENT, TCP_ESTABLISHED) => {
-            // SAFETY: plain map lookup; the value is copied out at once.
-            let Some(owner) = (unsafe { CLIENT_CONNECTING.get(&change.sk) }).copied() else {
-                return;
-            };
-            let _ = CLIENT_CONNECTING.remove(&change.sk);
-            let ends = SocketEnds::new(&change.tuple.local, &change.tuple.remote);
-            let _ = CLIENTS.insert(&ends, &owner, 0);
-        }
-        (TCP_SYN_SENT, TCP_CLOSE) => {
-            let _ = CLIENT_CONNECTING.remove(&change.sk);
         }
         _ => {}
     }

@@ -12,6 +12,11 @@
 //!                       positions from the socket's
 //!                       TCP sequence counters (seq.rs)
 //!  sched_process_exit ────────────────────────────┘──▶ PROC_EXIT events
+//!
+//!  inet_sock_set_state ──▶ CLIENTS (a client socket's ends → its process),
+//!                          SERVED (an accepted socket's ends)
+//!                            ◀── read by the daemon for the packet path
+//!  AF_PACKET socket filter (packets.rs) ──▶ PACKET events ──▶ the same rings
 //! ```
 //!
 //! Read family: read, readv, preadv2, recvfrom, recvmsg, recvmmsg, and splice
@@ -36,6 +41,7 @@
 )]
 
 mod capture;
+mod clients;
 mod conn;
 mod frames;
 mod maps;

@@ -1,6 +1,6 @@
 //! Every map of the kernel side, with its sizing and what happens when full.
-//! The loader sizes `SOCKETS` and the event rings `EVENTS_*` from the
-//! command line.
+//! The loader sizes `SOCKETS`, `COVERED`, `CLIENTS` and the event rings
+//! `EVENTS_*` from the command line.
 
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_RING_SIZE},
@@ -61,9 +61,18 @@ pub static CONNECTING: LruHashMap<u64, Connecting> = LruHashMap::with_max_entrie
 /// them; written when it is established, read by the daemon when the
 /// flow's first payload arrives. LRU: a busy node's older entries age out
 /// (the daemon reads each within milliseconds). Sized by the loader
-/// (`--max-connections`, 1 without the packet path).
+/// (`--max-connections`, 1 without the packet path): 36-byte keys and
+/// 20-byte values, preallocated, about 6 to 7 MiB at 65,536 entries.
 #[map]
 pub static CLIENTS: LruHashMap<SocketEnds, ClientOwner> = LruHashMap::with_max_entries(65536, 0);
+
+/// The ends of each connection a local socket accepted, server end first,
+/// for the packet path: a flow whose server end is here is reported from
+/// it. Written when the accepted socket is established (in softirq, where
+/// no process is known: the daemon names it by its listener). LRU, sized
+/// as `CLIENTS`: 36-byte keys, 1-byte values.
+#[map]
+pub static SERVED: LruHashMap<SocketEnds, u8> = LruHashMap::with_max_entries(65536, 0);
 
 /// A connecting socket's process for `CLIENTS`, keyed by the kernel's `sock`
 /// address, from `SYN_SENT` (inside `connect`, in the process's context)

@@ -22,7 +22,7 @@ use crate::{
     pipeline::records::{ip_of, Record, Sink},
     protocols::{ParserCounters, Protocol, Side},
     source::ingest,
-    source::loader::{self, AttachMode, Kernel, KernelClients, Shedding},
+    source::loader::{self, AttachMode, Kernel, KernelNotes, Shedding},
     source::packets::{Flows, PacketCounters, ProcOwners},
 };
 
@@ -177,7 +177,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         socket_counter,
         stats,
         shedding,
-        clients,
+        notes,
         packet_sockets,
         ..
     } = kernel;
@@ -234,7 +234,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
             MetricsSink(metrics.clone()),
         ),
         &config,
-        clients,
+        notes,
         &existing,
     );
     adopt_existing(&mut pipeline, &config, &existing);
@@ -374,7 +374,7 @@ pub async fn watch(args: WatchArgs) -> Result<()> {
         ebpf,
         events,
         control,
-        clients,
+        notes,
         ..
     } = kernel;
     let filter = Filter {
@@ -398,7 +398,7 @@ pub async fn watch(args: WatchArgs) -> Result<()> {
             sink,
         ),
         &config,
-        clients,
+        notes,
         &existing,
     );
     adopt_existing(&mut pipeline, &config, &existing);
@@ -515,15 +515,15 @@ pub fn check(args: CaptureArgs) -> Result<()> {
 fn with_packet_path<S: Sink>(
     pipeline: Pipeline<S>,
     config: &Config,
-    clients: Option<KernelClients>,
+    notes: Option<KernelNotes>,
     existing: &[ExistingConn],
 ) -> Pipeline<S> {
     if !config.load.source.packets() {
         return pipeline;
     }
     let mut owners = ProcOwners::new();
-    if let Some(clients) = clients {
-        owners = owners.with_clients(Box::new(clients), existing);
+    if let Some(notes) = notes {
+        owners = owners.with_notes(Box::new(notes), existing);
     }
     pipeline.with_packets(Flows::new(config.max_connections, Box::new(owners)))
 }

@@ -72,7 +72,7 @@ pub struct CaptureArgs {
     #[arg(long, env = "TRACER_RING_BUFFER_MIB")]
     pub ring_buffer_mib: Option<u32>,
 
-    /// Connections traced at once (16 to 4194304), instead of the share of --memory-mib. At capacity the kernel traces no new ones and the daemon evicts its least recently active ones; both are counted.
+    /// Connections traced at once (16 to 4194304; a packet flow reported from both its ends is two), instead of the share of --memory-mib. At capacity the kernel traces no new ones and the daemon evicts its least recently active ones; both are counted.
     #[arg(long, env = "TRACER_MAX_CONNECTIONS")]
     pub max_connections: Option<u32>,
 

@@ -1,5 +1,7 @@
 //! `sock/inet_sock_set_state`: TCP state changes, where a client socket's fd
-//! meets its kernel socket and where both ends' addresses become known.
+//! meets its kernel socket and where both ends' addresses become known; and
+//! where the packet path learns which process connected a client socket
+//! (`clients.rs`).
 
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use tracer_common::{SockAddr, Tuple, AF_INET, AF_INET6};

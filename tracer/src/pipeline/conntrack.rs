@@ -70,8 +70,9 @@ pub struct Counters {
     /// Exchanges dropped because too many waited for their process's
     /// identity.
     pub pending_full: u64,
-    /// Flows the packet path saw that the syscall hooks trace too, dropped
-    /// from the packet side (its segments passed before the kernel knew).
+    /// Views of flows the packet path saw (one per local end) that the
+    /// syscall hooks trace too, dropped from the packet side (its segments
+    /// passed before the kernel knew).
     pub packet_flows_covered: u64,
     pub reassembly: ReassemblyCounters,
     /// Per protocol, indexed by [`Protocol::index`].
@@ -153,11 +154,12 @@ fn flow_of(tuple: &Tuple, netns: impl FnOnce() -> u32) -> Option<FlowAt> {
     })
 }
 
-/// Where a packet flow's view from `side` is kept in `packet_flows`.
+/// Where a packet flow's view from `side` is kept in `packet_flows` (the
+/// client's first, as in the packet path's flows).
 fn view(side: Side) -> usize {
     match side {
-        Side::Server => 0,
-        Side::Client => 1,
+        Side::Client => 0,
+        Side::Server => 1,
     }
 }
 
@@ -203,7 +205,7 @@ pub struct Pipeline<S: Sink> {
     forgotten_set: HashSet<u64, FxBuildHasher>,
     /// Live connections of the syscall hooks per flow (two when both ends
     /// are local), and the packet path's connections of each flow (its
-    /// views from the server's end and the client's, 0 for none): one flow
+    /// views from the client's end and the server's, 0 for none): one flow
     /// is counted by one source.
     syscall_flows: HashMap<FlowAt, u32, FxBuildHasher>,
     packet_flows: HashMap<FlowAt, [u64; 2], FxBuildHasher>,

@@ -16,7 +16,7 @@ use tracer_common::{stat, ClientOwner, ConnInfo, FlowKey, SockOffsets, SocketEnd
 use super::{
     btf,
     packet_sockets::{Filter, Interface, PacketSockets},
-    packets::owners::ClientTable,
+    packets::owners::SocketNotes,
 };
 
 use crate::error::StartError;
@@ -318,16 +318,24 @@ pub struct Kernel {
     /// The packet path's AF_PACKET sockets: closing them (dropping this)
     /// detaches the filter.
     pub packet_sockets: PacketSockets,
-    /// Which process connected each client socket, for the packet path.
-    pub clients: Option<KernelClients>,
+    /// The kernel's notes of the node's own connections, for the packet
+    /// path.
+    pub notes: Option<KernelNotes>,
 }
 
-/// The kernel side's `CLIENTS` table.
-pub struct KernelClients(HashMap<MapData, SocketEnds, ClientOwner>);
+/// The kernel side's `CLIENTS` and `SERVED` tables.
+pub struct KernelNotes {
+    clients: HashMap<MapData, SocketEnds, ClientOwner>,
+    served: HashMap<MapData, SocketEnds, u8>,
+}
 
-impl ClientTable for KernelClients {
-    fn get(&self, ends: &SocketEnds) -> Option<ClientOwner> {
-        self.0.get(ends, 0).ok()
+impl SocketNotes for KernelNotes {
+    fn client(&self, ends: &SocketEnds) -> Option<ClientOwner> {
+        self.clients.get(ends, 0).ok()
+    }
+
+    fn served(&self, ends: &SocketEnds) -> bool {
+        self.served.get(ends, 0).is_ok()
     }
 }
 
@@ -549,6 +557,7 @@ pub fn load(opts: &LoadOptions) -> Result<Kernel, StartError> {
         .map_max_entries("DUP_REFS", opts.max_connections)
         .map_max_entries("COVERED", opts.max_connections)
         .map_max_entries("CLIENTS", clients)
+        .map_max_entries("SERVED", clients)
         .map_max_entries("CLIENT_CONNECTING", clients.min(8192))
         .map_max_entries("SCRATCH", possible_cpus())
         .map_max_entries("PACKET_SCRATCH", possible_cpus());
@@ -578,8 +587,11 @@ pub fn load(opts: &LoadOptions) -> Result<Kernel, StartError> {
     } else {
         None
     };
-    let clients = if opts.source.packets() {
-        Some(KernelClients(take_map(&mut ebpf, "CLIENTS")?))
+    let notes = if opts.source.packets() {
+        Some(KernelNotes {
+            clients: take_map(&mut ebpf, "CLIENTS")?,
+            served: take_map(&mut ebpf, "SERVED")?,
+        })
     } else {
         None
     };
@@ -622,7 +634,7 @@ pub fn load(opts: &LoadOptions) -> Result<Kernel, StartError> {
         stats,
         shedding,
         packet_sockets,
-        clients,
+        notes,
     })
 }
 

@@ -317,15 +317,15 @@ impl Metrics {
         let packet_interfaces = Gauge::default();
         registry.register(
             "tracer_packet_interfaces",
-            "Interfaces the packet path captures now, one AF_PACKET socket each (0 without \
+            "AF_PACKET sockets the packet path holds now, one per interface (0 without \
              --source packets or both)",
             packet_interfaces.clone(),
         );
         let packet_interface_errors = Counter::default();
         registry.register(
             "tracer_packet_interface_errors",
-            "Sockets the packet path could not open on interfaces that appeared after start-up \
-             (each retried at the next link change)",
+            "Failed attempts to open the packet path's socket on an interface that appeared \
+             after start-up (each retried at the next link change)",
             packet_interface_errors.clone(),
         );
         let kubernetes = kubernetes.then(|| KubeMetrics::register(&mut registry));

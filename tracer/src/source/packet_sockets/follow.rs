@@ -284,8 +284,13 @@ fn follow(
             if error.raw_os_error() == Some(libc::EINTR) {
                 continue;
             }
-            tracing::warn!(%error, "the packet path stops following interfaces");
-            following = false;
+            if following {
+                tracing::warn!(%error, "the packet path stops following interfaces");
+                following = false;
+            }
+            // Waits for the stop alone from now on; a poll that keeps
+            // failing (out of memory) must not spin.
+            std::thread::sleep(std::time::Duration::from_secs(1));
             continue;
         }
         if fds[0].revents != 0 {

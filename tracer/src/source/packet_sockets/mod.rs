@@ -313,9 +313,7 @@ mod tests {
         match PacketSocket::open(interface, |_| Ok(())) {
             Ok(socket) => Some(socket),
             Err(e) if e.step == "socket" => {
-                let why = format!("no AF_PACKET sockets here ({e}): run as root");
-                assert!(std::env::var("CI").as_deref() != Ok("true"), "{why}");
-                eprintln!("skipped: {why}");
+                skipped(&e);
                 None
             }
             Err(e) => panic!("{e}"),

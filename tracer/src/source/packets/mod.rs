@@ -206,7 +206,9 @@ struct Handshake {
 /// The flow table of the packet source.
 pub struct Flows {
     flows: HashMap<Key, Flow, TupleHasher>,
+    /// Most live views, and the views of the live flows.
     capacity: usize,
+    views: usize,
     handshakes: Bounded<Key, Handshake>,
     /// Recently closed tuples and the interface they were seen on.
     closed: Bounded<Key, u32>,
@@ -222,12 +224,15 @@ pub struct Flows {
 }
 
 impl Flows {
-    /// At most `capacity` live flows; `owners` names their servers.
+    /// At most `capacity` live views (a flow has one per local end: the
+    /// pipeline's connections); `owners` names the processes of their
+    /// ends.
     pub fn new(capacity: usize, owners: Box<dyn Owners + Send>) -> Self {
         let capacity = capacity.max(1);
         Self {
             flows: HashMap::default(),
             capacity,
+            views: 0,
             handshakes: Bounded::new(capacity.min(MAX_HANDSHAKES)),
             closed: Bounded::new(capacity.min(MAX_CLOSED)),
             hooked: Bounded::new(capacity),
@@ -290,7 +295,9 @@ impl Flows {
         self.handshakes.remove(&key);
         // A flow opened from segments that passed before the cover: the
         // pipeline dropped its copy, and no more segments come to end it.
-        self.flows.remove(&key);
+        if let Some(flow) = self.flows.remove(&key) {
+            self.views -= flow.views.iter().flatten().count();
+        }
         self.hooked.insert(key, ());
     }
 
@@ -450,17 +457,21 @@ impl Flows {
             ),
             None => (self.server_end(key, src_is_lo), false, Default::default()),
         };
-        if self.flows.len() >= self.capacity {
-            self.evict(segment.ts_ns, out);
-        }
         let server = key.end(server_is_lo);
         let client = key.end(!server_is_lo);
         let client_owner = self.owners.client(&client, &server);
         // A flow with no end known to be local (traffic the node forwards,
         // or a socket found nowhere) is reported from its server's end, as
         // a process unknown.
-        let server_local = self.owners.listening(&server) || client_owner.is_none();
+        let server_local = client_owner.is_none() || self.owners.serves(&server, &client);
         let server_tgid = server_local.then(|| self.owners.owner(&server).unwrap_or(0));
+        let needed = usize::from(server_local) + usize::from(client_owner.is_some());
+        // The pipeline holds as many connections as this table views: it
+        // must never be the one to push a live view out.
+        while self.views + needed > self.capacity && !self.flows.is_empty() {
+            self.evict(segment.ts_ns, out);
+        }
+        self.views += needed;
         if from_start {
             self.counters.flows_opened += 1;
         } else {
@@ -605,6 +616,7 @@ impl Flows {
         let Some(flow) = self.flows.remove(&key) else {
             return;
         };
+        self.views -= flow.views.iter().flatten().count();
         if remember {
             self.closed.insert(key, flow.ifindex);
         }

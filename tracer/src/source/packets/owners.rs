@@ -1,10 +1,12 @@
 //! Which local processes hold a flow's ends, since a packet names none. A
-//! server end: the listening sockets of every network namespace on the
-//! node (from procfs) are matched to the processes holding them; this also
-//! tells, for a flow first seen mid-stream, which end listens (and so is
-//! the server). A client end: the kernel notes which process connected
-//! each client socket (`CLIENTS`, read through `ClientTable`); sockets
-//! connected before the tracer started are matched by inode once, at start.
+//! server end is local when the kernel saw a local socket accept the
+//! connection (`SERVED`); its process is the one holding the listening
+//! socket, from the listeners of every network namespace on the node
+//! (procfs), which also tell, for a flow first seen mid-stream, which end
+//! listens (and so is the server). A client end: the kernel notes which
+//! process connected each client socket (`CLIENTS`). Both are read through
+//! `SocketNotes`; connections opened before the tracer started are matched
+//! by inode once, at start.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -16,7 +18,10 @@ use std::{
 use tracer_common::{ClientOwner, SockAddr, SocketEnds, AF_INET, AF_INET6};
 
 use super::decode::as_on_the_wire;
-use crate::metadata::procfs::{netns_inode, parse_row, socket_fds, ExistingConn, TCP_LISTEN};
+use crate::{
+    metadata::procfs::{netns_inode, parse_row, socket_fds, ExistingConn, TCP_LISTEN},
+    protocols::Side,
+};
 
 /// Answers the flow table's questions about local sockets.
 pub trait Owners {
@@ -25,14 +30,24 @@ pub trait Owners {
     /// Whether a local socket listens on `addr` (its address and port, or
     /// any address on its port).
     fn listening(&mut self, addr: &SockAddr) -> bool;
+    /// Whether a local socket accepted the connection from `client` to
+    /// `server` (so its server end is here). A remote server, or a
+    /// Service's virtual address, on a port that some local socket listens
+    /// on is not.
+    fn serves(&mut self, server: &SockAddr, client: &SockAddr) -> bool;
     /// The process that connected the local socket from `client` to
     /// `server`, if a local process did.
     fn client(&mut self, client: &SockAddr, server: &SockAddr) -> Option<ClientOwner>;
 }
 
-/// The kernel's note of which process connected each client socket.
-pub trait ClientTable {
-    fn get(&self, ends: &SocketEnds) -> Option<ClientOwner>;
+/// The kernel's notes of the node's own connections (`CLIENTS`, `SERVED`).
+pub trait SocketNotes {
+    /// The process that connected the client socket with these ends (its
+    /// own first), if the kernel noted it (and has not aged it out).
+    fn client(&self, ends: &SocketEnds) -> Option<ClientOwner>;
+    /// Whether a local socket accepted the connection with these ends
+    /// (its own, the server's, first).
+    fn served(&self, ends: &SocketEnds) -> bool;
 }
 
 /// Fixed answers, for tests and replays: listeners and their processes
@@ -75,6 +90,13 @@ impl Owners for FixedOwners {
 
     fn listening(&mut self, addr: &SockAddr) -> bool {
         self.find(addr).is_some()
+    }
+
+    /// A listener on the server's very address (not a wildcard one).
+    fn serves(&mut self, server: &SockAddr, _client: &SockAddr) -> bool {
+        self.listeners
+            .iter()
+            .any(|(l, _)| l.port == server.port && l.addr == server.addr)
     }
 
     fn client(&mut self, client: &SockAddr, server: &SockAddr) -> Option<ClientOwner> {
@@ -124,13 +146,14 @@ pub struct ProcOwners {
     scanned: Option<Instant>,
     /// Scans made (for tests and metrics).
     pub scans: u64,
-    /// The kernel's client sockets (none in tests and replays).
-    clients: Option<Box<dyn ClientTable + Send>>,
-    /// Client sockets open before start-up: ends → process.
-    existing: HashMap<SocketEnds, u32>,
+    /// The kernel's notes (none in tests and replays).
+    notes: Option<Box<dyn SocketNotes + Send>>,
+    /// Connections open before start-up, by their local end first: their
+    /// process and side.
+    existing: HashMap<SocketEnds, (u32, Side)>,
 }
 
-/// Most connections open at start-up remembered as clients.
+/// Most connections open at start-up remembered.
 const MAX_EXISTING: usize = 65_536;
 
 impl ProcOwners {
@@ -138,27 +161,39 @@ impl ProcOwners {
         Self::default()
     }
 
-    /// Also names client ends: from the kernel's table, and from the
-    /// connections found open at start-up (`existing`), whose processes
-    /// the kernel never saw connect.
-    pub fn with_clients(
+    /// Also tells which connections are the node's own: from the kernel's
+    /// notes, and from the connections found open at start-up
+    /// (`existing`), which the kernel never saw open.
+    pub fn with_notes(
         mut self,
-        clients: Box<dyn ClientTable + Send>,
+        notes: Box<dyn SocketNotes + Send>,
         existing: &[ExistingConn],
     ) -> Self {
-        self.clients = Some(clients);
+        self.notes = Some(notes);
         self.existing = existing
             .iter()
             .take(MAX_EXISTING)
-            .map(|c| (SocketEnds::new(&c.tuple.local, &c.tuple.remote), c.tgid))
+            .map(|c| {
+                let ends = SocketEnds::new(&c.tuple.local, &c.tuple.remote);
+                (ends, (c.tgid, c.side))
+            })
             .collect();
         self
     }
 
     /// The tgid (0: unknown) of the listener `addr` reaches, rescanning
-    /// once if it reaches none and the last scan is old enough.
-    fn lookup(&mut self, addr: &SockAddr) -> Option<u32> {
-        if let Some(found) = self.find(addr) {
+    /// once if it reaches none and the last scan is old enough. `exact`:
+    /// on its very address only (a wildcard listener counts at its own
+    /// namespace's addresses).
+    fn lookup(&mut self, addr: &SockAddr, exact: bool) -> Option<u32> {
+        let find = |owners: &Self| {
+            if exact {
+                owners.find_exact(addr)
+            } else {
+                owners.find(addr)
+            }
+        };
+        if let Some(found) = find(self) {
             return Some(found);
         }
         // An address that missed lately is not local (a remote server of
@@ -177,7 +212,7 @@ impl ProcOwners {
             return None;
         }
         self.rescan();
-        let found = self.find(addr);
+        let found = find(self);
         if found.is_none() {
             if self.missed.len() >= MAX_MISSES {
                 self.missed.clear();
@@ -202,12 +237,19 @@ impl ProcOwners {
     }
 
     fn find(&self, addr: &SockAddr) -> Option<u32> {
-        let exact = self.exact.get(&(addr.addr, addr.port, addr.family));
         let any = match addr.family {
             AF_INET => self.any4.get(&addr.port).or(self.any6.get(&addr.port)),
             _ => self.any6.get(&addr.port),
         };
-        exact.or(any).copied()
+        self.find_exact(addr).or(any.copied())
+    }
+
+    /// A listener on the address itself, or a wildcard one registered at
+    /// an address of its own namespace (`add`).
+    fn find_exact(&self, addr: &SockAddr) -> Option<u32> {
+        self.exact
+            .get(&(addr.addr, addr.port, addr.family))
+            .copied()
     }
 
     fn rescan(&mut self) {
@@ -298,21 +340,31 @@ impl ProcOwners {
 
 impl Owners for ProcOwners {
     fn owner(&mut self, server: &SockAddr) -> Option<u32> {
-        self.lookup(server).filter(|&tgid| tgid != 0)
+        self.lookup(server, false).filter(|&tgid| tgid != 0)
     }
 
     fn listening(&mut self, addr: &SockAddr) -> bool {
-        self.lookup(addr).is_some()
+        self.lookup(addr, false).is_some()
+    }
+
+    /// The kernel saw it accepted, or it was open at start-up; else (the
+    /// kernel's note aged out) a listener on the server's very address.
+    fn serves(&mut self, server: &SockAddr, client: &SockAddr) -> bool {
+        let ends = SocketEnds::new(server, client);
+        self.notes.as_ref().is_some_and(|notes| notes.served(&ends))
+            || matches!(self.existing.get(&ends), Some((_, Side::Server)))
+            || self.lookup(server, true).is_some()
     }
 
     fn client(&mut self, client: &SockAddr, server: &SockAddr) -> Option<ClientOwner> {
         let ends = SocketEnds::new(client, server);
-        let noted = self.clients.as_ref().and_then(|table| table.get(&ends));
-        noted.or_else(|| {
-            self.existing.get(&ends).map(|&tgid| ClientOwner {
+        let noted = self.notes.as_ref().and_then(|notes| notes.client(&ends));
+        noted.or_else(|| match self.existing.get(&ends) {
+            Some(&(tgid, Side::Client)) => Some(ClientOwner {
                 tgid,
                 comm: [0; 16],
-            })
+            }),
+            _ => None,
         })
     }
 }
@@ -356,6 +408,7 @@ fn local_addr(addr: SockAddr) -> SockAddr {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tracer_common::Tuple;
 
     fn v4(a: [u8; 4], port: u16) -> SockAddr {
         let mut addr = [0; 16];
@@ -433,6 +486,119 @@ mod tests {
         assert!(!owners.listening(&v4([192, 168, 1, 11], 8081)));
         assert!(!owners.listening(&v4([10, 0, 0, 1], 443)));
         assert_eq!(owners.scans, 0);
+    }
+
+    /// Kernel notes of fixed answers.
+    #[derive(Default)]
+    struct Noted {
+        clients: HashMap<SocketEnds, u32>,
+        served: Vec<SocketEnds>,
+    }
+
+    impl SocketNotes for Noted {
+        fn client(&self, ends: &SocketEnds) -> Option<ClientOwner> {
+            self.clients.get(ends).map(|&tgid| ClientOwner {
+                tgid,
+                comm: *b"noted\0\0\0\0\0\0\0\0\0\0\0",
+            })
+        }
+
+        fn served(&self, ends: &SocketEnds) -> bool {
+            self.served.contains(ends)
+        }
+    }
+
+    fn conn(tgid: u32, local: SockAddr, remote: SockAddr, side: Side) -> ExistingConn {
+        ExistingConn {
+            tgid,
+            fd: 3,
+            tuple: Tuple { local, remote },
+            side,
+        }
+    }
+
+    #[test]
+    fn clients_come_from_the_kernel_first_then_from_the_start_up_scan() {
+        let server = v4([10, 0, 0, 9], 80);
+        let (noted, open_before, accepted) = (
+            v4([10, 0, 0, 1], 40001),
+            v4([10, 0, 0, 1], 40002),
+            v4([10, 0, 0, 1], 40003),
+        );
+        // The kernel saw 40001 connect; the scan found 40001 (an older
+        // socket on the same ends), 40002, and a server socket of ours
+        // whose remote end is 40003's.
+        let kernel = Noted {
+            clients: HashMap::from([(SocketEnds::new(&noted, &server), 7)]),
+            ..Noted::default()
+        };
+        let existing = [
+            conn(5, noted, server, Side::Client),
+            conn(6, open_before, server, Side::Client),
+            conn(8, server, accepted, Side::Server),
+        ];
+        let mut owners = ProcOwners::new().with_notes(Box::new(kernel), &existing);
+        let tgid = |owners: &mut ProcOwners, client| owners.client(client, &server).map(|o| o.tgid);
+        assert_eq!(tgid(&mut owners, &noted), Some(7), "the kernel's note wins");
+        assert_eq!(owners.client(&noted, &server).unwrap().comm[..5], *b"noted");
+        assert_eq!(tgid(&mut owners, &open_before), Some(6));
+        assert_eq!(tgid(&mut owners, &accepted), None, "a server socket");
+        // Seen from its other end: the server's socket was open.
+        assert!(owners.serves(&server, &accepted));
+        // An IPv4 peer of a dual-stack socket, as the scan reads it.
+        let mapped = |v4: [u8; 4], port| {
+            let mut addr = [0u8; 16];
+            addr[10..12].copy_from_slice(&[0xff, 0xff]);
+            addr[12..].copy_from_slice(&v4);
+            SockAddr {
+                addr,
+                port,
+                family: AF_INET6,
+            }
+        };
+        let dual = conn(
+            9,
+            mapped([10, 0, 0, 1], 40004),
+            mapped([10, 0, 0, 9], 80),
+            Side::Client,
+        );
+        let mut owners = ProcOwners::new().with_notes(Box::new(Noted::default()), &[dual]);
+        assert_eq!(
+            owners
+                .client(&v4([10, 0, 0, 1], 40004), &server)
+                .map(|o| o.tgid),
+            Some(9)
+        );
+    }
+
+    #[test]
+    fn a_server_end_is_local_when_the_kernel_saw_it_accepted() {
+        let (server, client) = (v4([10, 0, 0, 9], 8080), v4([10, 0, 0, 1], 40001));
+        let kernel = Noted {
+            served: vec![SocketEnds::new(&server, &client)],
+            ..Noted::default()
+        };
+        let mut owners = ProcOwners::new().with_notes(Box::new(kernel), &[]);
+        owners.scanned = Some(Instant::now()); // no rescan of the real /proc
+        owners.scan_tokens = 0.0;
+        assert!(owners.serves(&server, &client));
+        assert!(!owners.serves(&server, &v4([10, 0, 0, 1], 40002)));
+    }
+
+    #[test]
+    fn a_wildcard_listener_is_local_at_its_own_addresses_only() {
+        let mut tables = Tables::default();
+        parse_table(TCP, AF_INET, &mut tables);
+        let holders = HashMap::from([(1001, 11)]);
+        let mut owners = ProcOwners::new();
+        owners.add(&tables, &holders);
+        owners.scanned = Some(Instant::now()); // no rescan of the real /proc
+        owners.scan_tokens = 0.0;
+        // 0.0.0.0:8080 in a namespace whose sockets use 192.168.1.10.
+        let client = v4([192, 168, 1, 11], 40000);
+        assert!(owners.listening(&v4([10, 9, 9, 9], 8080)));
+        assert!(!owners.serves(&v4([10, 9, 9, 9], 8080), &client));
+        assert!(owners.serves(&v4([192, 168, 1, 10], 8080), &client));
     }
 
     #[test]

@@ -957,7 +957,13 @@ fn a_flow_between_two_local_ends_is_reported_from_each() {
 #[test]
 fn a_local_client_of_a_remote_server_is_reported_from_its_end_only() {
     let (client, server) = (v4([10, 0, 0, 1], 50000), v4([10, 9, 9, 9], 80));
-    let owners = FixedOwners::default().with_client(&client, &server, CLIENT_TGID);
+    // A local process listens on every address of port 80: not the
+    // remote server's.
+    let owners = FixedOwners::listening(vec![(v4([0, 0, 0, 0], 80), SERVER_TGID)]).with_client(
+        &client,
+        &server,
+        CLIENT_TGID,
+    );
     let (rig, _) = through(owners, client, server);
     assert_eq!(calls_from(&rig, Side::Server), []);
     assert_eq!(calls_from(&rig, Side::Client), expected(&CALLS));
@@ -977,4 +983,44 @@ fn a_flow_with_no_local_end_known_is_reported_from_its_server_end() {
     assert_eq!(calls_from(&rig, Side::Client), []);
     assert_eq!(rig.opened[0].tgid, 0, "no process known");
     assert_eq!(rig.flows.counters.client_views, 0);
+}
+
+/// Each flow between two local ends is two connections of the pipeline's:
+/// the flow table counts views against its capacity, so it ends its own
+/// oldest flows first and the pipeline never pushes out a live view.
+#[test]
+fn views_count_against_the_capacity() {
+    const CAPACITY: usize = 16;
+    let server = v4([127, 0, 0, 1], 8080);
+    let clients: Vec<SockAddr> = (0..12).map(|i| v4([127, 0, 0, 1], 50_000 + i)).collect();
+    let owners = clients.iter().fold(
+        FixedOwners::listening(vec![(server, SERVER_TGID)]),
+        |owners, client| owners.with_client(client, &server, CLIENT_TGID),
+    );
+    let mut rig = Rig::new(CAPACITY, owners);
+    let mut conns: Vec<Conn> = clients
+        .iter()
+        .enumerate()
+        .map(|(i, &client)| Conn::new(client, server, 1_000 * i as u32, 7))
+        .collect();
+    for conn in &mut conns {
+        rig.feed(&conn.syn());
+        rig.feed(&conn.syn_ack());
+        let (req, resp) = first_exchange(conn, 10);
+        rig.feed(&req);
+        rig.feed_all(&resp);
+    }
+    assert!(rig.pipe.connections() <= CAPACITY);
+    assert!(
+        rig.flows.counters.flows_evicted > 0,
+        "the flow table made room"
+    );
+    assert_eq!(
+        rig.pipe.counters.evictions, 0,
+        "the pipeline never pushed out a live view"
+    );
+    assert_eq!(rig.pipe.counters.unknown_conn, 0);
+    // Every exchange seen from both ends.
+    assert_eq!(calls_from(&rig, Side::Server).len(), 12);
+    assert_eq!(calls_from(&rig, Side::Client).len(), 12);
 }
