@@ -465,7 +465,8 @@ fn a_server_accepting_without_an_address_buffer_is_named_by_its_ends() {
         "without-address",
     );
     let port = server.port.to_string();
-    let mut watch = tracer_e2e::tracer::spawn_watch(&dir, &["--port", &port]);
+    let mut watch =
+        tracer_e2e::tracer::spawn_watch(&dir, &["--source", "syscalls", "--port", &port]);
     // Ready once it prints: probe until the client's side of a probe shows
     // (the client's connect names the port either way).
     let ready = tracer_e2e::wait_until(tracer_e2e::wait::START_TIMEOUT, || {
@@ -481,10 +482,13 @@ fn a_server_accepting_without_an_address_buffer_is_named_by_its_ends() {
     one_thread_connection(&server, &mut tally);
     assert_eq!(server.tally(), tally, "the server's log");
     let served: u64 = tally.values().sum();
+    // The peer is the client's end, not the server's own.
+    let own_end = format!(" server peer=127.0.0.1:{port} ");
     let server_side = || {
         tracer_e2e::tracer::printed_lines(&watch)
             .into_iter()
             .filter(|l| l.contains(" server peer=127.0.0.1:") && l.contains(" /small/"))
+            .inspect(|l| assert!(!l.contains(&own_end), "{l}"))
             .count() as u64
     };
     let seen = tracer_e2e::wait_until(tracer_e2e::wait::METRICS_TIMEOUT, || {

@@ -166,9 +166,20 @@ pub fn on_accept_exit(ret: i64) {
     let fd = ret as u32;
     // 0 for a Unix socket, or without the BTF offsets.
     let sk = seq::socket_of(fd);
-    // A non-inet family is a Unix socket: skip.
+    // The ends the socket was established with, exact whatever the peer
+    // buffer (none at all from libuv and Node.js).
+    let mut established = None;
+    if sk != 0 {
+        // SAFETY: plain map lookup; the value is copied out at once.
+        established = unsafe { ACCEPTED.get(&sk) }.copied();
+        let _ = ACCEPTED.remove(&sk);
+    }
     let peer_ptr = args.arg1();
-    if peer_ptr != 0 {
+    if let Some(ends) = established {
+        tuple = ends;
+        let _ = PEER_TO_LOCAL.remove(&ends.remote);
+    } else if peer_ptr != 0 {
+        // A non-inet family is a Unix socket: skip.
         let Some(remote) = read_user_sockaddr(peer_ptr) else {
             return;
         };
@@ -178,19 +189,10 @@ pub fn on_accept_exit(ret: i64) {
             tuple.local = *local;
             let _ = PEER_TO_LOCAL.remove(&remote);
         }
-    } else if sk != 0 {
-        // No peer buffer (libuv, Node.js): the ends its socket was
-        // established with. Without them (a Unix socket, say) the
-        // addresses stay unknown (family 0), and the parser drops the
-        // connection if it is not HTTP.
-        // SAFETY: plain map lookup; the value is copied out at once.
-        if let Some(ends) = unsafe { ACCEPTED.get(&sk) } {
-            tuple = *ends;
-        }
     }
-    if sk != 0 {
-        let _ = ACCEPTED.remove(&sk);
-    }
+    // Otherwise (no buffer, and no note: a Unix socket, say) the addresses
+    // stay unknown (family 0), and the parser drops the connection if it is
+    // not HTTP.
     let mut info = ConnInfo::new(next_conn_id(), tuple, role::SERVER);
     seq::attach(&mut info, sk, 0, 0);
     if register(conn_key(tgid, fd), &info) {
@@ -313,6 +315,10 @@ pub fn on_state_change(change: &StateChange) {
             // The daemon covers the flows the hooks announce; a socket's
             // end uncovers its flow even when the daemon never learns of it.
             let _ = COVERED.remove(&FlowKey::new(&change.tuple.local, &change.tuple.remote));
+            // One never accepted through the hooks (reset in the queue,
+            // accepted by io_uring) must not leave its ends to a later
+            // socket at the same address.
+            let _ = ACCEPTED.remove(&change.sk);
             on_closed(change.sk)
         }
         _ => {}

@@ -1,6 +1,7 @@
 //! Every map of the kernel side, with its sizing and what happens when full.
-//! The loader sizes `SOCKETS`, `COVERED`, `CLIENTS` and the event rings
-//! `EVENTS_*` from the command line.
+//! The loader sizes `SOCKETS`, `COVERED`, `CLIENTS`, `SERVED` and the event
+//! rings `EVENTS_*` from the command line, and shrinks to one entry the
+//! maps of a source that does not run.
 
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_RING_SIZE},

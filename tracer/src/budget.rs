@@ -11,8 +11,10 @@ use std::path::{Path, PathBuf};
 /// 21 MiB idle without rings, +21 MiB with 10,000 Services).
 pub const FIXED_BYTES: u64 = 48 << 20;
 /// One traced connection end: the kernel's socket table entry (about 200
-/// bytes, preallocated) and the daemon's state (about 900 bytes idle, up to
-/// about 3 KiB with parser memos and held chunks).
+/// bytes, preallocated; with the packet path, about 200 more for the
+/// `CLIENTS`, `SERVED` and `COVERED` entries sized alike) and the daemon's
+/// state (about 900 bytes idle, up to about 3 KiB with parser memos and
+/// held chunks).
 pub const PER_CONNECTION_BYTES: u64 = 4 << 10;
 /// Without a flag or a cgroup limit: the DaemonSet's limit.
 pub const DEFAULT_BYTES: u64 = 512 << 20;

@@ -4,7 +4,8 @@
 //! near or far from the last, payloads cut anywhere, through the flow table
 //! (`tracer::source::packets`) into the whole pipeline, now and then with
 //! a wrong checksum; now and then a raw record for the decoder alone. Checks beyond "no panic, no hang": the
-//! flow and handshake tables stay within their capacity.
+//! flow and handshake tables and the views stay within their capacity, and
+//! the pipeline never evicts a live view.
 #![no_main]
 
 use std::collections::HashMap;
@@ -23,8 +24,9 @@ impl Sink for Discard {
     fn record(&mut self, _: &Record) {}
 }
 
-/// Small, so that eviction runs too.
-const CAPACITY: usize = 8;
+/// Small, so that eviction runs too: four flows, two of them with two
+/// views, do not fit.
+const CAPACITY: usize = 3;
 
 fn end(v6: bool, host: u8, port: u16) -> SockAddr {
     let mut addr = [0; 16];
@@ -56,9 +58,10 @@ fn record(event: &PacketEvent, header: &[u8], payload: &[u8]) -> Vec<u8> {
 }
 
 fuzz_target!(|data: &[u8]| {
-    // Port 80 listens on every address; its process is unknown. The
-    // clients of flows 0 and 3 are local too: those flows have two views.
-    let mut owners = FixedOwners::listening(vec![(end(false, 0, 80), 0)]);
+    // The servers (port 80 of host 1) listen here, their process unknown.
+    // The clients of flows 0 and 3 are local too: those flows have two
+    // views.
+    let mut owners = FixedOwners::listening(vec![(end(false, 1, 80), 0), (end(true, 1, 80), 0)]);
     for flow in [0u8, 3] {
         let v6 = flow == 3;
         let client = end(v6, 2 + flow, 40000 + u16::from(flow));
@@ -144,6 +147,10 @@ fuzz_target!(|data: &[u8]| {
         pipeline.handle(&record(&event, &header, payload));
         let flows = pipeline.packets().expect("the packet path runs");
         assert!(flows.flows() <= CAPACITY, "{} flows", flows.flows());
+        assert!(flows.views() <= CAPACITY, "{} views", flows.views());
+        // The flow table makes room for its views itself: the pipeline
+        // never has to push a live one out.
+        assert_eq!(pipeline.counters.evictions, 0);
         assert!(
             flows.handshakes() <= CAPACITY,
             "{} handshakes",

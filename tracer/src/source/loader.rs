@@ -532,12 +532,11 @@ pub fn load(opts: &LoadOptions) -> Result<Kernel, StartError> {
     let cover_flows = u8::from(opts.source == SourceChoice::Both);
     let trace_syscalls = u8::from(opts.source.syscalls());
     let note_clients = u8::from(opts.source.packets());
-    // Without the packet path nobody reads the client table: one entry.
-    let clients = if opts.source.packets() {
-        opts.max_connections
-    } else {
-        1
-    };
+    // A map no running source uses keeps one entry: its memory is
+    // preallocated.
+    let used_by = |used: bool, entries: u32| if used { entries } else { 1 };
+    let clients = used_by(opts.source.packets(), opts.max_connections);
+    let covered = used_by(opts.source == SourceChoice::Both, opts.max_connections);
     let hooks_only: u8 = opts.hooks_only.into();
     let rings = RingLayout::new(opts.ring_buffer_bytes, possible_cpus());
     let mut loader = EbpfLoader::new();
@@ -555,12 +554,17 @@ pub fn load(opts: &LoadOptions) -> Result<Kernel, StartError> {
         .override_global("WAKEUP_BYTES", &rings.wakeup_bytes, true)
         .map_max_entries("SOCKETS", opts.max_connections)
         .map_max_entries("DUP_REFS", opts.max_connections)
-        .map_max_entries("COVERED", opts.max_connections)
+        .map_max_entries("COVERED", covered)
         .map_max_entries("CLIENTS", clients)
         .map_max_entries("SERVED", clients)
         .map_max_entries("CLIENT_CONNECTING", clients.min(8192))
         .map_max_entries("SCRATCH", possible_cpus())
         .map_max_entries("PACKET_SCRATCH", possible_cpus());
+    if !opts.source.syscalls() {
+        for name in ["ACCEPTED", "PEER_TO_LOCAL", "CONNECTING"] {
+            loader.map_max_entries(name, 1);
+        }
+    }
     for (i, name) in RING_NAMES.iter().enumerate() {
         let used = i < rings.count as usize;
         loader.map_max_entries(name, if used { rings.bytes } else { PAGE });

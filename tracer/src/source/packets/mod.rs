@@ -248,6 +248,11 @@ impl Flows {
         self.flows.len()
     }
 
+    /// Live views: the pipeline connections of the live flows.
+    pub fn views(&self) -> usize {
+        self.views
+    }
+
     /// Handshakes waiting for their first payload.
     pub fn handshakes(&self) -> usize {
         self.handshakes.len()
@@ -466,8 +471,10 @@ impl Flows {
         let server_local = client_owner.is_none() || self.owners.serves(&server, &client);
         let server_tgid = server_local.then(|| self.owners.owner(&server).unwrap_or(0));
         let needed = usize::from(server_local) + usize::from(client_owner.is_some());
-        // The pipeline holds as many connections as this table views: it
-        // must never be the one to push a live view out.
+        // With the packet path alone the pipeline holds no more connections
+        // than this table has views, so it never pushes a live view out.
+        // (Views it drops at once, such as the tracer's own, are counted
+        // here until their flow ends: room is made early, never late.)
         while self.views + needed > self.capacity && !self.flows.is_empty() {
             self.evict(segment.ts_ns, out);
         }

@@ -182,18 +182,9 @@ impl ProcOwners {
     }
 
     /// The tgid (0: unknown) of the listener `addr` reaches, rescanning
-    /// once if it reaches none and the last scan is old enough. `exact`:
-    /// on its very address only (a wildcard listener counts at its own
-    /// namespace's addresses).
-    fn lookup(&mut self, addr: &SockAddr, exact: bool) -> Option<u32> {
-        let find = |owners: &Self| {
-            if exact {
-                owners.find_exact(addr)
-            } else {
-                owners.find(addr)
-            }
-        };
-        if let Some(found) = find(self) {
+    /// once if it reaches none and the last scan is old enough.
+    fn lookup(&mut self, addr: &SockAddr) -> Option<u32> {
+        if let Some(found) = self.find(addr) {
             return Some(found);
         }
         // An address that missed lately is not local (a remote server of
@@ -212,7 +203,7 @@ impl ProcOwners {
             return None;
         }
         self.rescan();
-        let found = find(self);
+        let found = self.find(addr);
         if found.is_none() {
             if self.missed.len() >= MAX_MISSES {
                 self.missed.clear();
@@ -340,20 +331,22 @@ impl ProcOwners {
 
 impl Owners for ProcOwners {
     fn owner(&mut self, server: &SockAddr) -> Option<u32> {
-        self.lookup(server, false).filter(|&tgid| tgid != 0)
+        self.lookup(server).filter(|&tgid| tgid != 0)
     }
 
     fn listening(&mut self, addr: &SockAddr) -> bool {
-        self.lookup(addr, false).is_some()
+        self.lookup(addr).is_some()
     }
 
     /// The kernel saw it accepted, or it was open at start-up; else (the
-    /// kernel's note aged out) a listener on the server's very address.
+    /// kernel's note aged out, or is not written yet) a listener known on
+    /// the server's very address. No rescan: the notes are the authority,
+    /// and a client calling many remote servers must not cost a scan each.
     fn serves(&mut self, server: &SockAddr, client: &SockAddr) -> bool {
         let ends = SocketEnds::new(server, client);
         self.notes.as_ref().is_some_and(|notes| notes.served(&ends))
             || matches!(self.existing.get(&ends), Some((_, Side::Server)))
-            || self.lookup(server, true).is_some()
+            || self.find_exact(server).is_some()
     }
 
     fn client(&mut self, client: &SockAddr, server: &SockAddr) -> Option<ClientOwner> {
@@ -580,7 +573,7 @@ mod tests {
         };
         let mut owners = ProcOwners::new().with_notes(Box::new(kernel), &[]);
         owners.scanned = Some(Instant::now()); // no rescan of the real /proc
-        owners.scan_tokens = 0.0;
+        owners.scan_tokens = -1e9; // and none later
         assert!(owners.serves(&server, &client));
         assert!(!owners.serves(&server, &v4([10, 0, 0, 1], 40002)));
     }
@@ -593,8 +586,8 @@ mod tests {
         let mut owners = ProcOwners::new();
         owners.add(&tables, &holders);
         owners.scanned = Some(Instant::now()); // no rescan of the real /proc
-        owners.scan_tokens = 0.0;
-        // 0.0.0.0:8080 in a namespace whose sockets use 192.168.1.10.
+        owners.scan_tokens = -1e9; // and none later
+                                   // 0.0.0.0:8080 in a namespace whose sockets use 192.168.1.10.
         let client = v4([192, 168, 1, 11], 40000);
         assert!(owners.listening(&v4([10, 9, 9, 9], 8080)));
         assert!(!owners.serves(&v4([10, 9, 9, 9], 8080), &client));
