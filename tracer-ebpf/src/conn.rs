@@ -177,7 +177,6 @@ pub fn on_accept_exit(ret: i64) {
     let peer_ptr = args.arg1();
     if let Some(ends) = established {
         tuple = ends;
-        let _ = PEER_TO_LOCAL.remove(&ends.remote);
     } else if peer_ptr != 0 {
         // A non-inet family is a Unix socket: skip.
         let Some(remote) = read_user_sockaddr(peer_ptr) else {
@@ -306,10 +305,15 @@ pub fn on_state_change(change: &StateChange) {
         (_, TCP_SYN_SENT) => on_syn_sent(change),
         (TCP_SYN_SENT, TCP_ESTABLISHED) => on_client_established(change),
         (TCP_SYN_RECV, TCP_ESTABLISHED) => {
-            // Server side: keep the local address until accept() asks for it,
-            // and both ends for an accept() that passes no address buffer.
-            let _ = PEER_TO_LOCAL.insert(&change.tuple.remote, &change.tuple.local, 0);
-            let _ = ACCEPTED.insert(&change.sk, &change.tuple, 0);
+            // Server side: keep both ends until accept() asks for them, by
+            // the socket where accept() can find the socket behind its new
+            // descriptor, else by the peer's address (which accept() then
+            // needs its peer buffer to name).
+            if seq::sockets_found() {
+                let _ = ACCEPTED.insert(&change.sk, &change.tuple, 0);
+            } else {
+                let _ = PEER_TO_LOCAL.insert(&change.tuple.remote, &change.tuple.local, 0);
+            }
         }
         (_, TCP_CLOSE) => {
             // The daemon covers the flows the hooks announce; a socket's

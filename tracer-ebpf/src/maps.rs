@@ -83,15 +83,17 @@ pub static SERVED: LruHashMap<SocketEnds, u8> = LruHashMap::with_max_entries(655
 pub static CLIENT_CONNECTING: LruHashMap<u64, ClientOwner> = LruHashMap::with_max_entries(8192, 0);
 
 /// Local address of each freshly established inbound connection, keyed by the
-/// remote address, until `accept` collects it. LRU: connections accepted by
+/// remote address, until `accept` collects it: on a kernel whose BTF does
+/// not let the hooks find a descriptor's socket (else `ACCEPTED`; the loader
+/// shrinks the unused one to one entry). LRU: connections accepted by
 /// untraced code age out.
 #[map]
 pub static PEER_TO_LOCAL: LruHashMap<SockAddr, SockAddr> = LruHashMap::with_max_entries(16384, 0);
 
 /// Both ends of each freshly established inbound connection, keyed by its
-/// kernel `sock` address, for an `accept` that passes no address buffer
-/// (libuv, Node.js): the hook finds the socket behind the new descriptor
-/// and its ends here. LRU: connections accepted by untraced code age out.
+/// kernel `sock` address: `accept` finds the socket behind its new
+/// descriptor and its ends here, whatever its peer buffer (none from libuv
+/// and Node.js). Removed at `CLOSE`; LRU besides.
 #[map]
 pub static ACCEPTED: LruHashMap<u64, Tuple> = LruHashMap::with_max_entries(16384, 0);
 

@@ -48,6 +48,13 @@ fn read<T>(at: u64) -> Option<T> {
     unsafe { bpf_probe_read_kernel(at as *const T) }.ok()
 }
 
+/// Whether the running kernel's BTF let the loader find the fields
+/// `socket_of` walks.
+#[inline(always)]
+pub fn sockets_found() -> bool {
+    offsets().known()
+}
+
 /// The TCP `struct sock` behind the current process's descriptor `fd`
 /// (a descriptor already known to be a socket), or 0.
 pub fn socket_of(fd: u32) -> u64 {

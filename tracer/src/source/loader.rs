@@ -560,8 +560,15 @@ pub fn load(opts: &LoadOptions) -> Result<Kernel, StartError> {
         .map_max_entries("CLIENT_CONNECTING", clients.min(8192))
         .map_max_entries("SCRATCH", possible_cpus())
         .map_max_entries("PACKET_SCRATCH", possible_cpus());
-    if !opts.source.syscalls() {
-        for name in ["ACCEPTED", "PEER_TO_LOCAL", "CONNECTING"] {
+    // Accepted sockets' ends are kept by socket where the hooks can find a
+    // descriptor's socket, else by peer address (tracer-ebpf/src/conn.rs).
+    let syscalls = opts.source.syscalls();
+    for (name, used) in [
+        ("ACCEPTED", syscalls && offsets.known()),
+        ("PEER_TO_LOCAL", syscalls && !offsets.known()),
+        ("CONNECTING", syscalls),
+    ] {
+        if !used {
             loader.map_max_entries(name, 1);
         }
     }

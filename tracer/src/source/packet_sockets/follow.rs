@@ -420,13 +420,7 @@ fn plan(held: &[(Interface, bool)], present: &[Interface]) -> Plan {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn iface(name: &str, index: u32) -> Interface {
-        Interface {
-            name: name.into(),
-            index,
-        }
-    }
+    use crate::source::packet_sockets::tests::iface;
 
     #[test]
     fn the_plan_opens_new_interfaces_and_closes_gone_ones() {

@@ -283,7 +283,7 @@ impl Filter {
 mod tests {
     use super::*;
 
-    fn iface(name: &str, index: u32) -> Interface {
+    pub(super) fn iface(name: &str, index: u32) -> Interface {
         Interface {
             name: name.into(),
             index,
